@@ -1,0 +1,213 @@
+"""Python API: the same two jobs as the command line, `train` and `generate`, with the same options.
+
+>>> from motiontune import api
+>>> result = api.train("newmove", data="clips/", output="out/", model="zeroscope/", token="sks", steps=400)
+>>> api.generate("a bear doing sks", "bear.mp4", model="zeroscope/", adapters=[result.adapter])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .backbones import load_backbone
+from .backbones.base import Backbone
+from .data import check_items, find_video_items
+from .errors import ConfigError
+from .utils import default_device
+
+PathLike = str | os.PathLike
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped inside the package."""
+    shipped = Path(str(resources.files("motiontune") / "assets" / "shapeworld"))
+    if not (shipped / "model_index.json").exists():
+        raise ConfigError(
+            "no --model given and this install ships no default model yet: pass --model DIR "
+            "(a diffusers text-to-video folder, or one written by `motiontune tiny-model DIR`)"
+        )
+    return shipped
+
+
+def open_backbone(model: PathLike | None, device: str | torch.device | None = None) -> Backbone:
+    """Load a model folder (the shipped default when `model` is None) with the attention controller installed."""
+    from .attention import AttentionController
+
+    backbone = load_backbone(model if model is not None else default_model_dir(), device or default_device())
+    AttentionController(backbone)
+    return backbone
+
+
+@dataclass
+class TrainResult:
+    adapter: Path
+    steps: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+    adapter_megabytes: float
+
+    def summary(self) -> str:
+        return (
+            f"adapter: {self.adapter} ({self.adapter_megabytes:.2f} MB)\n"
+            f"steps: {self.steps}, loss {self.first_loss:.4f} -> {self.last_loss:.4f} "
+            f"(mean of first/last 10%), {self.seconds:.1f} s"
+        )
+
+
+def _loss_summary(log_path: Path) -> tuple[float, float]:
+    losses = [json.loads(line)["loss"] for line in log_path.read_text().splitlines() if line.strip()]
+    window = max(1, len(losses) // 10)
+    return sum(losses[:window]) / window, sum(losses[-window:]) / window
+
+
+def train(
+    method: str,
+    data: PathLike,
+    output: PathLike,
+    model: PathLike | None = None,
+    token: str | None = "sks",
+    reg_data: PathLike | None = None,
+    steps: int = 400,
+    frames: int = 16,
+    height: int = 256,
+    width: int = 256,
+    sampling: str = "uniform",
+    learning_rate: float | None = None,
+    batch_size: int = 1,
+    gradient_accumulation: int = 1,
+    max_grad_norm: float = 1.0,
+    checkpoint_every: int = 100,
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+    validate_every: int = 0,
+    validation_prompts: list[str] | None = None,
+    seed: int = 0,
+    mixed_precision: str = "auto",
+    gradient_checkpointing: bool = False,
+    save_precision: str = "fp32",
+    cache_dir: PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    method_options: dict | None = None,
+) -> TrainResult:
+    """Train `method` on the captioned videos in `data` and write `output/adapter.safetensors`.
+
+    Every input is checked (videos readable and long enough, captions carry the token, options
+    known) before anything is written to `output`.
+    """
+    import time
+
+    from .data import VideoDataset
+    from .methods import create_method, method_class
+    from .training import TrainConfig, prepare_examples
+    from .training import train as run_training
+
+    method_class(method)
+    config = TrainConfig(
+        output_dir=Path(output),
+        steps=steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        max_grad_norm=max_grad_norm,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        validate_every=validate_every,
+        validation_prompts=list(validation_prompts or []),
+        seed=seed,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        save_precision=save_precision,
+        resume=resume,
+        progress=progress,
+    )
+    sources = {"target": find_video_items(data)}
+    if reg_data is not None:
+        sources["regularization"] = find_video_items(reg_data)
+    for items in sources.values():
+        check_items(items, frames, sampling)
+    backbone = open_backbone(model, device)
+    if height % backbone.vae_scale_factor or width % backbone.vae_scale_factor:
+        raise ConfigError(f"--height/--width must be multiples of {backbone.vae_scale_factor}, got {height}x{width}")
+    trainer = create_method(method, backbone, method_options, token=token)
+    for source, items in sources.items():
+        for item in items:
+            trainer.check_caption(item.caption, source, str(item.path))
+    for prompt in config.validation_prompts:
+        trainer.check_prompt(prompt)
+
+    cache = Path(cache_dir) if cache_dir is not None else Path(output) / "cache"
+    examples = []
+    for source, items in sources.items():
+        dataset = VideoDataset(items, frames, height, width, sampling)
+        examples += prepare_examples(backbone, dataset, source, cache, progress)
+    started = time.perf_counter()
+    adapter = run_training(trainer, examples, config)
+    seconds = time.perf_counter() - started
+    first, last = _loss_summary(config.output_dir / "training_log.jsonl")
+    return TrainResult(adapter, steps, first, last, seconds, adapter.stat().st_size / 2**20)
+
+
+def generate(
+    prompt: str,
+    output: PathLike = "output.mp4",
+    model: PathLike | None = None,
+    adapters: list[PathLike] | None = None,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int = 50,
+    guidance_scale: float = 9.0,
+    negative_prompt: str = "",
+    sampler: str = "ddim",
+    seed: int = 0,
+    reference: PathLike | None = None,
+    noise_prior: float = 0.0,
+    fps: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Generate one video for `prompt` with any number of adapters; returns the MP4, GIF and PNG paths.
+
+    Frames and size default to those the (first) adapter was trained at, else 16 frames at the
+    UNet's configured sample size (32 latent pixels when the config has none).
+    """
+    from .adapters import read_metadata
+    from .generation import GenerationConfig
+    from .generation import generate as run_generation
+    from .methods import load_adapter
+
+    adapters = [Path(a) for a in adapters or []]
+    metadata = [read_metadata(path) for path in adapters]
+    backbone = open_backbone(model, device)
+    methods = [load_adapter(path, backbone) for path in adapters]
+    trained = next((m["training"] for m in metadata if "training" in m), None)
+    if trained:
+        _, trained_frames, latent_h, latent_w = trained["latent_shape"]
+        scale = backbone.vae_scale_factor
+        native = (trained_frames, latent_h * scale, latent_w * scale)
+    else:
+        size = (backbone.unet.config.sample_size or 32) * backbone.vae_scale_factor
+        native = (16, size, size)
+    settings = GenerationConfig(
+        frames=frames or native[0],
+        height=height or native[1],
+        width=width or native[2],
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        negative_prompt=negative_prompt,
+        sampler=sampler,
+        reference=Path(reference) if reference is not None else None,
+        noise_prior=noise_prior,
+        progress=progress,
+        fps=fps,
+    )
+    return run_generation(backbone, prompt, output, methods, settings)

@@ -1,0 +1,274 @@
+"""The attention controller: the only code in motiontune that touches attention.
+
+One `AttentionController` installs a `ControlledProcessor` on every attention site a backbone
+declares. Each processor takes the SDPA fast path unless the controller asks it to
+
+* record attention probabilities (cross-attention per token, temporal F x F maps), with or
+  without gradients;
+* edit cross-attention scores inside per-frame boxes before the softmax (MotionBooth Eq. 6-7);
+* inject learnable embeddings into temporal attention query/key and value (Motion Inversion).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from .backbones.base import AttentionSite, Backbone
+
+
+@dataclass
+class ForwardContext:
+    """What one denoiser call looks like: set by the backbone call site, read by processors."""
+
+    batch: int
+    frames: int
+    latent_hw: tuple[int, int]
+    conditional: torch.Tensor | None = None
+
+
+@dataclass
+class SubjectBox:
+    """One subject for a box edit: its token positions and a box per frame, `(F, 4)` as x1, y1, x2, y2 in [0, 1]."""
+
+    token_positions: list[int]
+    boxes: torch.Tensor
+
+
+@dataclass
+class BoxEdit:
+    """Cross-attention editing of MotionBooth (Eq. 6-7; code semantics of its `AttnEditProcessor`).
+
+    Scores `S = QK^T / sqrt(d)` of the conditional batch rows become, per frame k:
+    `S + strength * (1 - |B_k| / |Q|)` for subject tokens inside box `B_k` while `amplify` is on,
+    and `-inf` for subject tokens outside their box. With `suppress_other_words`, every other prompt
+    word (positions 1 .. prompt_length - 2) is suppressed everywhere, as the official code does;
+    start, end and padding tokens are never touched.
+    """
+
+    subjects: list[SubjectBox]
+    strength: float = 10.0
+    amplify: bool = True
+    prompt_length: int | None = None
+    suppress_other_words: bool = True
+
+    def bias_and_mask(self, frames: int, grid: tuple[int, int], tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive bias `(F, h*w, T)` and suppression mask `(F, h*w, T)` for one layer's grid."""
+        h, w = grid
+        bias = torch.zeros(frames, h, w, tokens)
+        suppress = torch.zeros(frames, h, w, tokens, dtype=torch.bool)
+        subject_tokens: set[int] = set()
+        for subject in self.subjects:
+            boxes = subject.boxes
+            if boxes.shape[0] != frames:
+                raise ValueError(f"box edit has boxes for {boxes.shape[0]} frames, video has {frames}")
+            inside = torch.zeros(frames, h, w, dtype=torch.bool)
+            for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+                c1, r1 = max(round(w * x1), 0), max(round(h * y1), 0)
+                c2, r2 = max(round(w * x2), 0), max(round(h * y2), 0)
+                inside[k, r1:r2, c1:c2] = True
+            area = inside.flatten(1).sum(1).float() / (h * w)
+            positions = [p for p in subject.token_positions if p < tokens]
+            subject_tokens.update(positions)
+            if self.amplify:
+                gain = self.strength * (1 - area)[:, None, None, None]
+                bias[..., positions] += gain * inside[..., None]
+            suppress[..., positions] |= ~inside[..., None]
+        if self.suppress_other_words:
+            last_word = (self.prompt_length or tokens) - 1
+            others = [j for j in range(1, last_word) if j not in subject_tokens]
+            suppress[..., others] = True
+        return bias.flatten(1, 2), suppress.flatten(1, 2)
+
+
+class TemporalEmbedding(torch.nn.Module):
+    """Learnable embeddings added inside one temporal attention (Motion Inversion Sec. 3).
+
+    `query_key` `(1, F_max, C)` is added to the normalised input feeding `to_q` and `to_k`;
+    `value` `(h*w, F_max, C)` is added to the input feeding `to_v`. Both start at zero, so an
+    untrained embedding is an identity. Fewer frames slice, more frames interpolate over time.
+    """
+
+    def __init__(self, channels: int, max_frames: int, value_tokens: int | None = None, query_key: bool = True):
+        super().__init__()
+        self.query_key = torch.nn.Parameter(torch.zeros(1, max_frames, channels)) if query_key else None
+        self.value = torch.nn.Parameter(torch.zeros(value_tokens, max_frames, channels)) if value_tokens else None
+
+    @staticmethod
+    def _frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
+        if embedding.shape[1] >= frames:
+            return embedding[:, :frames]
+        return F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=True).transpose(1, 2)
+
+    def query_key_for(self, frames: int) -> torch.Tensor | None:
+        return None if self.query_key is None else self._frames(self.query_key, frames)
+
+    def value_for(self, frames: int, rows: int) -> torch.Tensor | None:
+        """Value embedding for `rows = B*h*w` batch rows; repeated over the batch."""
+        if self.value is None:
+            return None
+        value = self._frames(self.value, frames)
+        if rows % value.shape[0]:
+            raise ValueError(f"value embedding has {value.shape[0]} positions, attention has {rows} rows")
+        return value.repeat(rows // value.shape[0], 1, 1)
+
+
+@dataclass
+class _Recording:
+    select: Callable[[AttentionSite], bool]
+    with_grad: bool
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AttentionController:
+    """Installs processors on a backbone's attention sites and holds what they should do."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.sites = {site.name: site for site in backbone.sites}
+        self.context: ForwardContext | None = None
+        self.box_edit: BoxEdit | None = None
+        self.embeddings: dict[str, TemporalEmbedding] = {}
+        self._recordings: list[_Recording] = []
+        self._fast = AttnProcessor2_0()
+        processors = {f"{name}.processor": ControlledProcessor(self, site) for name, site in self.sites.items()}
+        backbone.unet.set_attn_processor(processors)
+        backbone.controller = self
+
+    def sites_of(self, kind: str) -> list[AttentionSite]:
+        return [site for site in self.sites.values() if site.kind == kind]
+
+    def begin(self, batch: int, frames: int, latent_hw: tuple[int, int], conditional=None) -> None:
+        """Called by the backbone before each denoiser call with the shape of what it denoises."""
+        self.context = ForwardContext(batch, frames, latent_hw, conditional)
+
+    def grid(self, site: AttentionSite) -> tuple[int, int]:
+        return self.backbone.grid_at_level(self.context.latent_hw, site.level)
+
+    @contextlib.contextmanager
+    def record(self, select: Callable[[AttentionSite], bool], with_grad: bool = False) -> Iterator[dict]:
+        """Record attention probabilities of the selected sites during the block; yields `{site: probs}`.
+
+        Cross-attention probabilities have shape `(B*F*heads, h*w, T)`; temporal ones `(B*h*w*heads, F, F)`.
+        A site recorded twice in one block (e.g. recomputed under gradient checkpointing) keeps its last map.
+        """
+        recording = _Recording(select, with_grad)
+        self._recordings.append(recording)
+        try:
+            yield recording.maps
+        finally:
+            self._recordings.remove(recording)
+
+    @contextlib.contextmanager
+    def editing(self, edit: BoxEdit | None) -> Iterator[None]:
+        previous, self.box_edit = self.box_edit, edit
+        try:
+            yield
+        finally:
+            self.box_edit = previous
+
+    def recordings_for(self, site: AttentionSite) -> list[_Recording]:
+        return [recording for recording in self._recordings if recording.select(site)]
+
+
+class ControlledProcessor:
+    """Attention processor of one site: SDPA unless recording, editing or injecting is asked for."""
+
+    def __init__(self, controller: AttentionController, site: AttentionSite):
+        self.controller = controller
+        self.site = site
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        controller = self.controller
+        recordings = controller.recordings_for(self.site)
+        edit = controller.box_edit if self.site.kind == "cross" and controller.context is not None else None
+        embedding = controller.embeddings.get(self.site.name)
+        if not (recordings or edit or embedding):
+            return controller._fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+        residual = hidden_states
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is None:
+            key_input = value_input = query_input = hidden_states
+        else:
+            if attn.norm_cross:
+                encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+            query_input, key_input, value_input = hidden_states, encoder_hidden_states, encoder_hidden_states
+        if embedding is not None:
+            frames = hidden_states.shape[1]
+            query_key = embedding.query_key_for(frames)
+            if query_key is not None:
+                query_input = key_input = hidden_states + query_key.to(hidden_states.dtype)
+            value = embedding.value_for(frames, hidden_states.shape[0])
+            if value is not None:
+                value_input = hidden_states + value.to(hidden_states.dtype)
+
+        query = attn.to_q(query_input)
+        key = attn.to_k(key_input)
+        value = attn.to_v(value_input)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        if recordings or edit:
+            out = self._explicit_attention(attn, query, key, value, attention_mask, recordings, edit)
+        else:
+            batch = query.shape[0]
+            heads = attn.heads
+            q, k, v = (x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scale)
+            out = out.transpose(1, 2).reshape(batch, -1, heads * out.shape[-1])
+
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _explicit_attention(self, attn, query, key, value, attention_mask, recordings, edit) -> torch.Tensor:
+        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
+        scores = torch.baddbmm(
+            torch.zeros(query.shape[0], query.shape[1], key.shape[1], dtype=query.dtype, device=query.device),
+            query,
+            key.transpose(-1, -2),
+            beta=0,
+            alpha=attn.scale,
+        )
+        if attention_mask is not None:
+            scores = scores + attn.prepare_attention_mask(attention_mask, key.shape[1], query.shape[0] // attn.heads)
+        if edit is not None:
+            scores = self._edit_scores(scores, attn.heads, edit)
+        probs = scores.float().softmax(dim=-1).to(value.dtype)
+        for recording in recordings:
+            recording.maps[self.site.name] = probs if recording.with_grad else probs.detach()
+        return attn.batch_to_head_dim(torch.bmm(probs, value))
+
+    def _edit_scores(self, scores: torch.Tensor, heads: int, edit: BoxEdit) -> torch.Tensor:
+        context = self.controller.context
+        grid = self.controller.grid(self.site)
+        tokens = scores.shape[-1]
+        if grid[0] * grid[1] != scores.shape[1]:
+            raise RuntimeError(f"{self.site.name}: grid {grid} does not match {scores.shape[1]} query tokens")
+        bias, suppress = edit.bias_and_mask(context.frames, grid, tokens)
+        conditional = context.conditional
+        if conditional is None:
+            conditional = torch.ones(context.batch, dtype=torch.bool)
+        shape = (context.batch, context.frames, heads, *bias.shape[1:])
+        rows = conditional.to(torch.float32)[:, None, None, None, None]
+        bias = (rows * bias[None, :, None]).expand(shape).flatten(0, 2).to(scores.device, scores.dtype)
+        suppress = (conditional[:, None, None, None, None] & suppress[None, :, None]).expand(shape).flatten(0, 2)
+        scores = scores + bias
+        return scores.masked_fill(suppress.to(scores.device), torch.finfo(scores.dtype).min)

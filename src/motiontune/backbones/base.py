@@ -1,0 +1,155 @@
+"""What every backbone declares, and the loading of a diffusers model folder into components."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from ..errors import InputError
+
+SiteKind = Literal["spatial_self", "cross", "temporal"]
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention module of a backbone and what its processor sees.
+
+    `layout` names the token layout of `hidden_states` at this site:
+    `"frames"` = `(B*F, h*w, C)` (spatial; batch row `b*F + f`, token `y*w + x`),
+    `"pixels"` = `(B*h*w, F, C)` (temporal; batch row `b*h*w + y*w + x`, token = frame).
+    `level` is the resolution level: the site's grid is the latent grid halved `level` times.
+    """
+
+    name: str
+    kind: SiteKind
+    layout: Literal["frames", "pixels"]
+    level: int
+    block: str
+
+
+@dataclass
+class ModelComponents:
+    """The five parts of a text-to-video model folder."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    path: Path
+
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+AUTO_CLASSES = {
+    "unet": ("diffusers", "AutoModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "AutoModel"),
+    "tokenizer": ("transformers", "AutoTokenizer"),
+    "scheduler": ("diffusers", "DDIMScheduler"),
+}
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A local folder as is; a hub id (`org/name`) only when it is already cached or we are online."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{path}: model must be a diffusers model folder, got a file")
+        return path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(model)):
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        try:
+            return Path(snapshot_download(str(model), local_files_only=offline))
+        except Exception as error:
+            raise InputError(f"{model}: not a local folder and not available from the hub ({error})") from None
+    raise InputError(f"{path}: model folder does not exist")
+
+
+def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32) -> ModelComponents:
+    """Load unet, vae, text encoder, tokenizer and scheduler from a standard diffusers folder.
+
+    Classes come from the folder's `model_index.json` (any tokenizer or scheduler it names), with
+    auto classes as the fallback, so a folder the project has never seen loads without special cases.
+    """
+    path = resolve_model_dir(model)
+    index_file = path / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    loaded = {}
+    for name in COMPONENTS:
+        folder = path / name
+        if not folder.is_dir():
+            raise InputError(f"{path}: model folder has no '{name}/' subfolder (expected a diffusers layout)")
+        library, class_name = index.get(name) or AUTO_CLASSES[name]
+        cls = getattr(importlib.import_module(library), class_name, None)
+        if cls is None:
+            library, class_name = AUTO_CLASSES[name]
+            cls = getattr(importlib.import_module(library), class_name)
+        try:
+            if name in ("tokenizer", "scheduler"):
+                loaded[name] = cls.from_pretrained(folder)
+            else:
+                loaded[name] = cls.from_pretrained(folder, dtype=dtype)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"{folder}: cannot load {name} ({first_line})") from None
+    return ModelComponents(path=path, **loaded)
+
+
+class Backbone:
+    """Every architecture-specific fact of one text-to-video architecture, behind one interface.
+
+    A subclass declares which model class it serves (`unet_class_names`), its attention sites, its
+    parameter groups (regexes over the denoiser's parameter names) and its conventions for text
+    embeddings, latents and gradient checkpointing. Methods only ever talk to this interface.
+    """
+
+    name: ClassVar[str]
+    unet_class_names: ClassVar[tuple[str, ...]]
+    parameter_group_patterns: ClassVar[dict[str, str]]
+    lora_target_patterns: ClassVar[dict[str, str]]
+
+    def __init__(self, components: ModelComponents):
+        self.unet = components.unet
+        self.vae = components.vae
+        self.text_encoder = components.text_encoder
+        self.tokenizer = components.tokenizer
+        self.scheduler = components.scheduler
+        self.path = components.path
+        self.controller = None
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device) if dtype is None else module.to(device, dtype)
+        return self
+
+    def parameter_names(self, group: str) -> list[str]:
+        """Names of the denoiser parameters in a declared group (e.g. `temporal`, `cross_kv`)."""
+        if group not in self.parameter_group_patterns:
+            known = ", ".join(sorted(self.parameter_group_patterns))
+            raise KeyError(f"backbone '{self.name}' has no parameter group '{group}' (known: {known})")
+        pattern = re.compile(self.parameter_group_patterns[group])
+        return [name for name, _ in self.unet.named_parameters() if pattern.search(name)]
+
+    def lora_target(self, groups: list[str]) -> str:
+        """A peft `target_modules` regex covering the linear layers of the named groups."""
+        return "|".join(f"(?:{self.lora_target_patterns[group]})" for group in groups)

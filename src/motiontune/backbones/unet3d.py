@@ -1,0 +1,179 @@
+"""ModelScope / ZeroScope `UNet3DConditionModel`: every architecture-specific fact in one place.
+
+Token layouts (diffusers 0.42, `unet_3d_condition.py`, `transformer_temporal.py`):
+spatial attention sees `(B*F, h*w, C)`, temporal attention sees `(B*h*w, F, C)`; text embeddings
+are passed as `(B, L, D)` and repeated over frames inside the UNet. Both `attn1` and `attn2` of a
+temporal transformer are self-attention over frames.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from torch.utils.checkpoint import checkpoint
+
+from .base import AttentionSite, Backbone, ModelComponents
+
+TEMPORAL = r"^(?:transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)"
+_TEMPORAL_LINEARS = r".*(?:transformer_in|\.temp_attentions\.\d+)\.transformer_blocks\.\d+"
+_SPATIAL_BLOCK = r".*\.attentions\.\d+\.transformer_blocks\.\d+"
+_PROJECTIONS = r"\.(?:to_q|to_k|to_v|to_out\.0)"
+_FEED_FORWARD = r"\.ff\.net\.(?:0\.proj|2)"
+
+CHECKPOINT_UNITS = re.compile(r"^(?:transformer_in|.*\.(?:attentions|temp_attentions|resnets|temp_convs)\.\d+)$")
+CHECKPOINT_HOOK = "motiontune.gradient_checkpointing"
+
+
+class _CheckpointHook(ModelHook):
+    """Recompute a module's activations in backward instead of storing them (non-reentrant)."""
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return checkpoint(self.fn_ref.original_forward, *args, use_reentrant=False, **kwargs)
+
+
+class UNet3DBackbone(Backbone):
+    """ZeroScope / ModelScope text-to-video UNet (`UNet3DConditionModel`)."""
+
+    name = "unet3d"
+    unet_class_names = ("UNet3DConditionModel",)
+    parameter_group_patterns = {
+        "temporal": TEMPORAL,
+        "temporal_attention": r"^(?:transformer_in\.|.*\.temp_attentions\.)",
+        "spatial": r"^(?!transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",
+        "cross": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.",
+        "cross_kv": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.to_[kv]\.",
+        "all": r".",
+    }
+    lora_target_patterns = {
+        "temporal": rf"{_TEMPORAL_LINEARS}(?:\.attn[12]{_PROJECTIONS}|{_FEED_FORWARD})",
+        "spatial": rf"{_SPATIAL_BLOCK}(?:\.attn[12]{_PROJECTIONS}|{_FEED_FORWARD})",
+        "spatial_self": rf"{_SPATIAL_BLOCK}(?:\.attn1{_PROJECTIONS}|{_FEED_FORWARD})",
+        "cross_kv": rf"{_SPATIAL_BLOCK}\.attn2\.to_[kv]",
+    }
+
+    def __init__(self, components: ModelComponents):
+        super().__init__(components)
+        self.sites = self._find_sites()
+
+    def _find_sites(self) -> list[AttentionSite]:
+        num_levels = len(self.unet.config.block_out_channels)
+        sites = []
+        for key in self.unet.attn_processors:
+            name = key.removesuffix(".processor")
+            if name.startswith("transformer_in."):
+                block, level = "in", 0
+            elif name.startswith("mid_block."):
+                block, level = "mid", num_levels - 1
+            else:
+                block, index = re.match(r"(down|up)_blocks\.(\d+)\.", name).groups()
+                level = int(index) if block == "down" else num_levels - 1 - int(index)
+            if name.startswith("transformer_in.") or ".temp_attentions." in name:
+                sites.append(AttentionSite(name, "temporal", "pixels", level, block))
+            else:
+                kind = "cross" if name.endswith("attn2") else "spatial_self"
+                sites.append(AttentionSite(name, kind, "frames", level, block))
+        return sites
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.unet.config.block_out_channels)
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def grid_at_level(self, latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+        """The token grid (h, w) a site at `level` sees: each downsampler maps n to ceil(n / 2)."""
+        h, w = latent_hw
+        for _ in range(level):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    @torch.no_grad()
+    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixels `(B, F, 3, H, W)` in [-1, 1] to scaled latents `(B, C, F, h, w)`; posterior mean by default."""
+        batch, frames = pixels.shape[:2]
+        flat = pixels.flatten(0, 1).to(self.vae.device, self.vae.dtype)
+        posterior = self.vae.encode(flat).latent_dist
+        latents = posterior.sample(generator) if generator is not None else posterior.mode()
+        latents = latents * self.vae.config.scaling_factor
+        return latents.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4).contiguous()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """Scaled latents `(B, C, F, h, w)` to pixels `(B, F, 3, H, W)` in [-1, 1]."""
+        batch, _, frames = latents.shape[:3]
+        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor
+        flat = flat.to(self.vae.dtype)
+        pixels = torch.cat([self.vae.decode(part).sample for part in flat.split(chunk)])
+        return pixels.clamp(-1, 1).float().unflatten(0, (batch, frames))
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings `(B, L, D)`: the text encoder's last hidden state (ModelScope convention)."""
+        ids = self.tokenize(prompts).to(self.text_encoder.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    def token_ids(self, text: str) -> list[int]:
+        """Ids of `text`'s tokens, without start/end tokens."""
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
+        """Positions of `phrase`'s tokens inside the tokenized `prompt` (start token at position 0)."""
+        ids = self.tokenize([prompt])[0].tolist()
+        target = self.token_ids(phrase)
+        for start in range(len(ids) - len(target) + 1):
+            if ids[start : start + len(target)] == target:
+                return list(range(start, start + len(target)))
+        raise ValueError(f"phrase {phrase!r} not found in prompt {prompt!r}")
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        conditional: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoiser's output for latents `(B, C, F, h, w)` and text `(B, L, D)`.
+
+        `conditional` marks which batch rows carry the prompt (the rest are the unconditional half of
+        classifier-free guidance); attention edits apply to conditional rows only.
+        """
+        if self.controller is not None:
+            self.controller.begin(latents.shape[0], latents.shape[2], tuple(latents.shape[-2:]), conditional)
+        return self.unet(latents, timesteps, encoder_hidden_states=text, return_dict=False)[0]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint every resnet, temporal conv and transformer of the UNet (diffusers has none for UNet3D).
+
+        Done through diffusers' hook registry, so module names (and so adapter keys) do not change.
+        """
+        for name, module in self.unet.named_modules():
+            if CHECKPOINT_UNITS.match(name):
+                registry = HookRegistry.check_if_exists_or_initialize(module)
+                if registry.get_hook(CHECKPOINT_HOOK) is None:
+                    registry.register_hook(_CheckpointHook(), CHECKPOINT_HOOK)
+
+    def disable_gradient_checkpointing(self) -> None:
+        for name, module in self.unet.named_modules():
+            if CHECKPOINT_UNITS.match(name) and hasattr(module, "_diffusers_hook"):
+                module._diffusers_hook.remove_hook(CHECKPOINT_HOOK, recurse=False)

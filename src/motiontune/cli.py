@@ -1,0 +1,319 @@
+"""`motiontune` command line: train, generate, demo, tiny-model. Every option can also come from YAML."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError, MotiontuneError
+
+MOTION_TOKEN_HELP = "rare token that stands for the learned motion or subject in prompts (V*), e.g. sks"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file whose keys are this command's options (dashes or underscores); "
+        "options given on the command line win",
+    )
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help="diffusers text-to-video model folder (e.g. a local ZeroScope checkout); "
+        "defaults to the model shipped with motiontune",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _method_fields() -> dict[str, dataclasses.Field]:
+    from .methods import METHODS
+
+    fields: dict[str, dataclasses.Field] = {}
+    for cls in METHODS.values():
+        for item in dataclasses.fields(cls.Config):
+            fields.setdefault(item.name, item)
+    return fields
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    from .methods import METHODS
+
+    group = parser.add_argument_group("method options (each applies to the methods whose config has it)")
+    for name, item in _method_fields().items():
+        owners = [m for m, cls in METHODS.items() if name in {f.name for f in dataclasses.fields(cls.Config)}]
+        help_text = f"{item.metadata.get('help', '')} [{', '.join(owners)}; default {item.default}]"
+        flag = "--" + name.replace("_", "-")
+        if item.type in (bool, "bool"):
+            group.add_argument(flag, dest=f"method_{name}", action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(item.type), str)
+            group.add_argument(flag, dest=f"method_{name}", type=kind, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="motiontune",
+        description="Teach text-to-video diffusion models new motions and subjects, and steer them at inference.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="customize a model on a few reference videos and write an adapter",
+        description="Train an adapter. DATA holds name.mp4 + name.txt pairs (or a metadata.csv/.jsonl with "
+        "video_path,caption). Writes OUTPUT/adapter.safetensors, checkpoints and a training log.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_config(train)
+    train.add_argument("--method", default="newmove", help="newmove or dreambooth (baseline)")
+    _add_model(train)
+    train.add_argument("--data", type=Path, help="folder of reference videos with captions (required)")
+    train.add_argument("--reg-data", type=Path, help="folder of real captioned regularization videos (NewMove Eq. 3)")
+    train.add_argument("--token", default="sks", help=MOTION_TOKEN_HELP)
+    train.add_argument("--output", type=Path, help="output folder for the adapter and checkpoints (required)")
+    train.add_argument("--steps", type=_positive_int, default=400, help="optimizer steps")
+    train.add_argument("--frames", type=_positive_int, default=16, help="frames sampled from each video")
+    train.add_argument("--height", type=_positive_int, default=256, help="training height in pixels")
+    train.add_argument("--width", type=_positive_int, default=256, help="training width in pixels")
+    train.add_argument("--sampling", default="uniform", help="frame sampling: uniform or stride:K")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's own)")
+    train.add_argument("--batch-size", type=_positive_int, default=1, help="clips per micro-batch")
+    train.add_argument("--gradient-accumulation", type=_positive_int, default=1, help="micro-batches per step")
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="write a checkpoint every N steps")
+    train.add_argument("--keep-checkpoints", type=int, default=2, help="how many checkpoints to keep")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
+    train.add_argument("--validate-every", type=int, default=0, help="write validation videos every N steps")
+    train.add_argument(
+        "--validation-prompt", action="append", default=None, help="prompt for validation videos (repeatable)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed of every random draw in training")
+    train.add_argument("--mixed-precision", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), no, bf16, fp16")
+    train.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in backward to save memory",
+    )
+    train.add_argument("--save-precision", default="fp32", help="adapter tensor precision: fp32, fp16 or bf16")
+    train.add_argument("--cache-dir", type=Path, default=None, help="cache VAE latents here (default OUTPUT/cache)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_method_options(train)
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate a video, optionally with adapters",
+        description="Generate one video and write VIDEO.mp4 with VIDEO.gif and a VIDEO.png contact sheet beside it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_config(generate)
+    _add_model(generate)
+    generate.add_argument("--adapter", type=Path, action="append", default=None, help="adapter file (repeatable)")
+    generate.add_argument("--prompt", help="text prompt; must contain each adapter's token (required)")
+    generate.add_argument("--negative-prompt", default="", help="prompt of the unconditional branch")
+    generate.add_argument("--frames", type=_positive_int, default=None, help="frames (default: the adapter's)")
+    generate.add_argument("--height", type=_positive_int, default=None, help="height (default: the adapter's)")
+    generate.add_argument("--width", type=_positive_int, default=None, help="width (default: the adapter's)")
+    generate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps")
+    generate.add_argument("--guidance-scale", type=float, default=9.0, help="classifier-free guidance scale")
+    generate.add_argument("--sampler", default="ddim", help="ddim, ddpm, dpm++, euler, euler-a or unipc")
+    generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same frames")
+    generate.add_argument("--reference", type=Path, default=None, help="reference video for --noise-prior")
+    generate.add_argument(
+        "--noise-prior",
+        type=float,
+        default=0.0,
+        help="start from sqrt(p) * inverted reference + sqrt(1-p) * noise",
+    )
+    generate.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the MP4/GIF")
+    generate.add_argument("--output", type=Path, default=Path("output.mp4"), help="output MP4 path")
+    generate.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the main job end to end on the shipped default and write a report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_config(demo)
+    demo.add_argument("--output", type=Path, default=Path("motiontune-demo"), help="folder for everything")
+    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
+    demo.add_argument("--device", default=None, help="torch device")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="write a tiny random text-to-video model folder (diffusers layout) for tests and trials",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tiny.add_argument("output", type=Path, help="folder to create")
+    tiny.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    return parser
+
+
+def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`, with defaults taken from the subcommand's `--config` YAML when given."""
+    args = parser.parse_args(argv)
+    config_path = getattr(args, "config", None)
+    if config_path is None:
+        return args
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: config file does not exist")
+    try:
+        values = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_path}: config must be a mapping of option names to values")
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    dests = {action.dest for action in subparser._actions}
+    defaults = {}
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest not in dests and f"method_{dest}" in dests:
+            dest = f"method_{dest}"
+        if dest not in dests or dest in ("config", "help"):
+            raise ConfigError(f"{config_path}: unknown option '{key}' for 'motiontune {args.command}'")
+        action = next(a for a in subparser._actions if a.dest == dest)
+        if isinstance(value, str) and action.type is Path:
+            value = Path(value)
+        if action.dest in ("validation_prompt", "adapter") and not isinstance(value, list):
+            value = [value]
+        defaults[dest] = value
+    subparser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) is None:
+            raise ConfigError(f"missing --{name.replace('_', '-')} (give it on the command line or in --config)")
+
+
+def _method_options(args: argparse.Namespace, method_name: str) -> dict:
+    from .methods import method_class
+
+    cls = method_class(method_name)
+    own = {f.name for f in dataclasses.fields(cls.Config)}
+    options = {}
+    for name in _method_fields():
+        value = getattr(args, f"method_{name}", None)
+        if value is None:
+            continue
+        if name not in own:
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to method '{method_name}'")
+        options[name] = value
+    return options
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from . import api
+
+    _require(args, "data", "output")
+    result = api.train(
+        method=args.method,
+        data=args.data,
+        output=args.output,
+        model=args.model,
+        token=args.token,
+        reg_data=args.reg_data,
+        steps=args.steps,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        sampling=args.sampling,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        max_grad_norm=args.max_grad_norm,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
+        validate_every=args.validate_every,
+        validation_prompts=args.validation_prompt or [],
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        save_precision=args.save_precision,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        progress=not args.quiet,
+        method_options=_method_options(args, args.method),
+    )
+    print(result.summary())
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from . import api
+
+    _require(args, "prompt")
+    outputs = api.generate(
+        prompt=args.prompt,
+        output=args.output,
+        model=args.model,
+        adapters=args.adapter or [],
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        sampler=args.sampler,
+        seed=args.seed,
+        reference=args.reference,
+        noise_prior=args.noise_prior,
+        fps=args.fps,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    for kind, path in outputs.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    demo(args.output, steps=args.steps, device=args.device, progress=not args.quiet)
+    return 0
+
+
+def run_tiny_model(args: argparse.Namespace) -> int:
+    from .tiny import build_tiny_model
+
+    print(build_tiny_model(args.output, seed=args.seed))
+    return 0
+
+
+COMMANDS = {"train": run_train, "generate": run_generate, "demo": run_demo, "tiny-model": run_tiny_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        args = _apply_yaml(parser, argv)
+        return COMMANDS[args.command](args)
+    except MotiontuneError as error:
+        print(f"motiontune: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("motiontune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

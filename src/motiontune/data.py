@@ -1,0 +1,194 @@
+"""Datasets of captioned videos: folder of ``name.mp4`` + ``name.txt`` pairs, or a metadata CSV / JSONL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from motiontune.errors import InputError
+from motiontune.video import count_frames, parse_sampling, read_video, sample_indices
+
+__all__ = [
+    "METADATA_FILENAMES",
+    "VIDEO_EXTENSIONS",
+    "VideoDataset",
+    "VideoItem",
+    "check_items",
+    "find_video_items",
+]
+
+#: Extensions recognised as videos in the folder-of-pairs layout.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif")
+#: Metadata files looked up inside a dataset folder, in order of preference.
+METADATA_FILENAMES = ("metadata.csv", "metadata.jsonl", "captions.csv")
+_REQUIRED_FIELDS = ("video_path", "caption")
+_NO_VIDEOS = "no videos found (expected name.mp4 + name.txt pairs or metadata.csv/.jsonl)"
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One training clip: a video file (or folder of frames) and its caption."""
+
+    path: Path
+    caption: str
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid UTF-8 text ({_one_line(exc)})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read file ({_one_line(exc.strerror or exc)})") from exc
+
+
+def _make_item(meta: Path, line: int, video: object, caption: object) -> VideoItem:
+    """Validate one metadata row (``video`` relative to the metadata file's folder)."""
+    where = f"{meta}:{line}"
+    if not isinstance(video, str) or not video.strip():
+        raise InputError(f"{where}: empty or invalid 'video_path' value {_one_line(repr(video))}")
+    if not isinstance(caption, str):
+        raise InputError(f"{where}: 'caption' must be a string, got {_one_line(repr(caption))}")
+    if not caption.strip():
+        raise InputError(f"{where}: empty caption for {video.strip()}")
+    video_path = meta.parent / video.strip()
+    if not video_path.exists():
+        raise InputError(f"{where}: video file not found: {video_path}")
+    return VideoItem(path=video_path, caption=caption.strip())
+
+
+def _items_from_csv(meta: Path) -> list[VideoItem]:
+    text = _read_text(meta)
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = reader.fieldnames or []
+        missing = [f for f in _REQUIRED_FIELDS if f not in [h.strip() for h in header]]
+        if missing:
+            found = _one_line(",".join(header))
+            raise InputError(f"{meta}:1: missing column(s) {', '.join(missing)} (header is {found!r})")
+        reader.fieldnames = [h.strip() for h in header]
+        items = []
+        for row in reader:
+            absent = [f for f in _REQUIRED_FIELDS if row.get(f) is None]
+            if absent:
+                raise InputError(f"{meta}:{reader.line_num}: missing value(s) for {', '.join(absent)}")
+            items.append(_make_item(meta, reader.line_num, row["video_path"], row["caption"]))
+    except csv.Error as exc:
+        raise InputError(f"{meta}:{reader.line_num}: malformed CSV ({_one_line(exc)})") from exc
+    return items
+
+
+def _items_from_jsonl(meta: Path) -> list[VideoItem]:
+    items = []
+    for number, line in enumerate(_read_text(meta).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{meta}:{number}: invalid JSON ({_one_line(exc)})") from exc
+        if not isinstance(record, dict):
+            raise InputError(f"{meta}:{number}: expected a JSON object with video_path and caption")
+        absent = [f for f in _REQUIRED_FIELDS if f not in record]
+        if absent:
+            raise InputError(f"{meta}:{number}: missing field(s) {', '.join(absent)}")
+        items.append(_make_item(meta, number, record["video_path"], record["caption"]))
+    return items
+
+
+def _items_from_metadata(meta: Path) -> list[VideoItem]:
+    items = _items_from_jsonl(meta) if meta.suffix.lower() == ".jsonl" else _items_from_csv(meta)
+    if not items:
+        raise InputError(f"{meta}: {_NO_VIDEOS}")
+    return items
+
+
+def _items_from_pairs(root: Path) -> list[VideoItem]:
+    videos = sorted(
+        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_EXTENSIONS
+    )
+    if not videos:
+        raise InputError(f"{root}: {_NO_VIDEOS}")
+    items = []
+    for video in videos:
+        caption_file = video.with_suffix(".txt")
+        if not caption_file.is_file():
+            raise InputError(f"{video}: missing caption file {caption_file.name}")
+        caption = _read_text(caption_file).strip()
+        if not caption:
+            raise InputError(f"{caption_file}: empty caption")
+        items.append(VideoItem(path=video, caption=caption))
+    return items
+
+
+def find_video_items(root: str | os.PathLike[str]) -> list[VideoItem]:
+    """List the captioned videos of a dataset, sorted by path.
+
+    ``root`` is a folder of ``name.<ext>`` + ``name.txt`` pairs, a folder holding ``metadata.csv``,
+    ``metadata.jsonl`` or ``captions.csv`` (fields ``video_path,caption``, paths relative to the folder),
+    or the path of such a .csv / .jsonl file. Raises InputError (one line naming the file) on any problem.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() not in (".csv", ".jsonl"):
+            raise InputError(f"{root}: expected a dataset folder or a metadata .csv/.jsonl file")
+        items = _items_from_metadata(root)
+    else:
+        present = [root / name for name in METADATA_FILENAMES if (root / name).is_file()]
+        if len(present) > 1 and present[1].name == "metadata.jsonl":
+            raise InputError(f"{root}: both metadata.csv and metadata.jsonl found, keep only one")
+        items = _items_from_metadata(present[0]) if present else _items_from_pairs(root)
+    return sorted(items, key=lambda item: (str(item.path), item.caption))
+
+
+def check_items(items: list[VideoItem], num_frames: int, sampling: str = "uniform") -> None:
+    """Open every video once and raise the first InputError / ConfigError (e.g. too few frames), so a
+    training run can fail before it writes anything."""
+    if not items:
+        raise InputError("empty dataset: no videos to train on")
+    parse_sampling(sampling)
+    for item in items:
+        sample_indices(count_frames(item.path), num_frames, sampling, item.path)
+
+
+class VideoDataset(Dataset):
+    """Captioned clips decoded on the fly to (num_frames, 3, height, width) float tensors in [-1, 1]."""
+
+    def __init__(
+        self, items: list[VideoItem], num_frames: int, height: int, width: int, sampling: str = "uniform"
+    ) -> None:
+        if len(items) == 0:
+            raise InputError("empty dataset: no videos to train on")
+        self.items = list(items)
+        self.num_frames = num_frames
+        self.height = height
+        self.width = width
+        self.sampling = sampling
+
+    @classmethod
+    def from_root(
+        cls, root: str | os.PathLike[str], num_frames: int, height: int, width: int, sampling: str = "uniform"
+    ) -> VideoDataset:
+        """Build a dataset from anything :func:`find_video_items` accepts."""
+        return cls(find_video_items(root), num_frames, height, width, sampling)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        item = self.items[index]
+        pixels = read_video(item.path, self.num_frames, self.height, self.width, self.sampling)
+        return {"pixels": pixels, "caption": item.caption, "path": str(item.path)}

@@ -1,0 +1,114 @@
+"""Text-to-video generation with any number of adapters, through the one sampling loop."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .backbones.base import Backbone
+from .errors import ConfigError
+from .methods.base import Method
+from .sampling import StepHook, ddim_invert, make_scheduler, noise_prior, sample
+
+
+@dataclass
+class GenerationConfig:
+    frames: int = 16
+    height: int = 256
+    width: int = 256
+    steps: int = 50
+    guidance_scale: float = 9.0
+    seed: int = 0
+    negative_prompt: str = ""
+    sampler: str = "ddim"
+    reference: Path | None = None
+    noise_prior: float = 0.0
+    inversion_steps: int | None = None
+    progress: bool = True
+    fps: int = 8
+
+    def __post_init__(self):
+        scale_hint = "(multiples of the VAE factor, e.g. 8)"
+        if self.frames < 1 or self.height < 1 or self.width < 1:
+            raise ConfigError(f"frames, height and width must be positive {scale_hint}")
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.noise_prior and self.reference is None:
+            raise ConfigError("--noise-prior needs --reference VIDEO to invert")
+
+
+def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) -> torch.Tensor:
+    """Seeded Gaussian latents (a CPU generator, so a seed gives the same video on any device),
+    optionally blended with the DDIM-inverted reference: z = sqrt(p) z_inv + sqrt(1 - p) eps."""
+    if settings.height % backbone.vae_scale_factor or settings.width % backbone.vae_scale_factor:
+        raise ConfigError(
+            f"height and width must be multiples of {backbone.vae_scale_factor}, got {settings.height}x{settings.width}"
+        )
+    h, w = backbone.latent_size(settings.height, settings.width)
+    generator = torch.Generator().manual_seed(settings.seed)
+    shape = (batch, backbone.latent_channels, settings.frames, h, w)
+    noise = torch.randn(shape, generator=generator).to(backbone.device, backbone.dtype)
+    if settings.reference is None or settings.noise_prior == 0:
+        return noise
+    from .video import read_video
+
+    pixels = read_video(settings.reference, settings.frames, settings.height, settings.width)
+    reference = backbone.encode_video(pixels[None])
+    empty = backbone.encode_prompt([""])
+    inverted = ddim_invert(backbone, reference, empty, settings.inversion_steps or settings.steps, settings.progress)
+    return noise_prior(inverted.expand_as(noise), noise, settings.noise_prior)
+
+
+def generate_latents(
+    backbone: Backbone,
+    prompts: list[str],
+    methods: Sequence[Method] = (),
+    settings: GenerationConfig | None = None,
+    hooks: Sequence[StepHook] = (),
+) -> torch.Tensor:
+    """Sample latents `(B, C, F, h, w)` for `prompts` with every adapter's inference hooks active."""
+    settings = settings or GenerationConfig()
+    for method in methods:
+        for prompt in prompts:
+            method.check_prompt(prompt)
+    with torch.no_grad():
+        text = backbone.encode_prompt(prompts)
+        uncond = backbone.encode_prompt([settings.negative_prompt] * len(prompts))
+    latents = initial_latents(backbone, len(prompts), settings)
+    all_hooks = [hook for method in methods for hook in method.inference_hooks()] + list(hooks)
+    generator = torch.Generator().manual_seed(settings.seed)
+    return sample(
+        backbone,
+        latents,
+        text,
+        uncond,
+        make_scheduler(backbone, settings.sampler),
+        num_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        generator=generator,
+        hooks=all_hooks,
+        progress=settings.progress,
+    )
+
+
+def generate(
+    backbone: Backbone,
+    prompt: str,
+    output: str | os.PathLike,
+    methods: Sequence[Method] = (),
+    settings: GenerationConfig | None = None,
+) -> dict[str, Path]:
+    """Generate one video and write `output` (MP4) with a GIF and a PNG contact sheet beside it."""
+    from .video import frames_to_uint8, save_outputs
+
+    settings = settings or GenerationConfig()
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
+    latents = generate_latents(backbone, [prompt], methods, settings)
+    frames = frames_to_uint8(backbone.decode_latents(latents)[0])
+    return save_outputs(frames, output, fps=settings.fps, label=prompt)

@@ -1,0 +1,172 @@
+"""The small interface every method (and baseline) implements, and the pieces they share.
+
+A method says which parameters train, what the loss of a batch is, how training timesteps are
+drawn, which hooks it needs at inference, and what its adapter file holds. The training loop
+(`motiontune.training`) and the sampling loop (`motiontune.sampling`) serve every method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from ..backbones.base import Backbone
+from ..errors import ConfigError, InputError
+from ..sampling import StepHook
+
+
+def uniform_timesteps(
+    batch: int,
+    generator: torch.Generator,
+    num_train_timesteps: int = 1000,
+    low: int = 0,
+    high: int | None = None,
+) -> torch.Tensor:
+    """t ~ U{low, ..., high - 1} (the DDPM simple loss, Ho et al. 2020 Algorithm 1)."""
+    high = num_train_timesteps if high is None else high
+    return torch.randint(low, high, (batch,), generator=generator)
+
+
+def coarse_noise_timesteps(
+    batch: int, generator: torch.Generator, num_train_timesteps: int = 1000, alpha: float = 0.5
+) -> torch.Tensor:
+    """NewMove's coarse-noise sampling (after ReVersion): p(t) ∝ f(t) = 1 - alpha cos(pi t / T).
+
+    With alpha = 0.5, noisy timesteps (t near T) are drawn 3x as often as clean ones (t near 0).
+    """
+    t = torch.arange(num_train_timesteps, dtype=torch.float64)
+    weights = 1 - alpha * torch.cos(math.pi * t / num_train_timesteps)
+    return torch.multinomial(weights, batch, replacement=True, generator=generator)
+
+
+def training_scheduler(backbone: Backbone) -> DDPMScheduler:
+    """The forward-noising process of the model folder's own scheduler config."""
+    return DDPMScheduler.from_config(backbone.scheduler.config)
+
+
+def noised(
+    scheduler: DDPMScheduler, latents: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw eps and return `(x_t, eps, target)`: x_t = sqrt(a_t) x + sqrt(1 - a_t) eps (DDPM Eq. 4).
+
+    The target is eps, or v = sqrt(a_t) eps - sqrt(1 - a_t) x for v-prediction models.
+    """
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    timesteps = timesteps.to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ConfigError(f"training supports epsilon and v_prediction models, not '{prediction_type}'")
+    return noisy, noise, target
+
+
+def denoising_loss(backbone: Backbone, scheduler, batch: dict, timesteps: torch.Tensor, generator) -> torch.Tensor:
+    """The simple diffusion loss E ||eps - eps_theta(x_t, c, t)||^2 (element mean), Eq. 1 of NewMove."""
+    noisy, _, target = noised(scheduler, batch["latents"], timesteps, generator)
+    prediction = backbone.predict_noise(noisy, timesteps.to(noisy.device), batch["text"])
+    return F.mse_loss(prediction.float(), target.float())
+
+
+class Method:
+    """Base class: subclasses set `name`, `Config` (a dataclass of hyper-parameters) and override hooks."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    default_learning_rate: ClassVar[float] = 1e-5
+    uses_token: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, config: Any = None, token: str | None = None):
+        self.backbone = backbone
+        self.config = config if config is not None else self.Config()
+        self.token = token
+        self.source = f"{self.name} adapter"
+        self.scheduler = training_scheduler(backbone)
+        if self.uses_token and not token:
+            raise ConfigError(f"method '{self.name}' needs a token (e.g. --token sks)")
+
+    @classmethod
+    def config_from_dict(cls, values: dict) -> Any:
+        """Build the method's config, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.name} option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls.Config(**values)
+
+    # --- training -----------------------------------------------------------------------------
+    def prepare_for_training(self) -> None:
+        """Mark what trains (and inject adapters or embeddings)."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """Optimizer parameter groups; override for per-group settings."""
+        return [{"params": self.trainable_parameters(), "lr": learning_rate}]
+
+    def extra_modules(self) -> torch.nn.Module | None:
+        """Trainable modules that live outside the backbone (embeddings), for the training wrapper."""
+        return None
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return uniform_timesteps(batch, generator, self.scheduler.config.num_train_timesteps)
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
+        return denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
+
+    def check_caption(self, caption: str, source: str, where: str) -> None:
+        """Reject training captions that cannot teach the method (e.g. a target without the token)."""
+        if self.uses_token and source == "target" and self.token not in caption.split():
+            raise InputError(f"{where}: caption {caption!r} does not contain the token '{self.token}'")
+
+    # --- inference ----------------------------------------------------------------------------
+    def check_prompt(self, prompt: str) -> None:
+        """Reject prompts that cannot trigger what the adapter learned."""
+        if self.uses_token and self.token not in prompt.split():
+            raise InputError(f"{self.source}: prompt {prompt!r} does not contain the adapter's token '{self.token}'")
+
+    def inference_hooks(self) -> list[StepHook]:
+        return []
+
+    # --- adapter ------------------------------------------------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        raise NotImplementedError
+
+    def adapter_metadata(self) -> dict:
+        return {
+            "method": self.name,
+            "backbone": self.backbone.name,
+            "token": self.token,
+            "hyperparameters": dataclasses.asdict(self.config),
+        }
+
+
+def copy_into_parameters(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
+    """Copy `prefix.<name>` tensors into `module`'s parameters, naming the file on any mismatch."""
+    parameters = dict(module.named_parameters())
+    for key, value in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if name not in parameters:
+            raise ConfigError(f"{source}: adapter tensor '{key}' has no matching parameter in this model")
+        if parameters[name].shape != value.shape:
+            raise ConfigError(
+                f"{source}: adapter tensor '{key}' has shape {tuple(value.shape)}, "
+                f"model expects {tuple(parameters[name].shape)} (trained for another model size?)"
+            )
+        with torch.no_grad():
+            parameters[name].copy_(value.to(parameters[name].dtype))

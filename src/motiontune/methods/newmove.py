@@ -1,0 +1,157 @@
+"""NewMove: "Customizing Motion in Text-to-Video Diffusion Models" (Materzynska et al., 2023).
+
+Fine-tune all temporal layers and the spatial cross-attention keys/values on a few videos of one
+motion captioned with a rare token V* (Sec. 3.2), mixed with real regularization videos
+(Eq. 3: min sum over D^m ∪ D^r of L(x, c)), with the loss of Eq. 1 under coarse-noise timestep
+sampling p(t) ∝ 1 - alpha cos(pi t / T), alpha = 0.5. The token embedding stays frozen.
+
+Every ablation of the paper's Table 2 is a switch: `spatial` none/kv/all (a), `temporal` (b),
+`train_token` (c), `timestep_sampling` uniform/coarse (d), regularization none/real (the
+training data, e), and `adapter` full/lora with `lora_rank` 32 (f).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+
+from ..errors import ConfigError
+from .base import Method, coarse_noise_timesteps, copy_into_parameters, denoising_loss, uniform_timesteps
+
+SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
+TOKEN_KEY = "text_encoder.token_embeddings"
+
+
+@dataclass
+class NewMoveConfig:
+    spatial: str = field(
+        default="kv",
+        metadata={"help": "spatial parameters to train: none, kv (cross-attention keys/values) or all"},
+    )
+    temporal: bool = field(default=True, metadata={"help": "train all temporal layers (convs and transformers)"})
+    train_token: bool = field(default=False, metadata={"help": "also train the token's text embedding"})
+    timestep_sampling: str = field(
+        default="coarse", metadata={"help": "coarse (p(t) ∝ 1 - alpha cos(pi t/T)) or uniform"}
+    )
+    coarse_alpha: float = field(default=0.5, metadata={"help": "alpha of coarse-noise timestep sampling"})
+    adapter: str = field(default="full", metadata={"help": "full fine-tuning or lora on the same layers"})
+    lora_rank: int = field(default=32, metadata={"help": "LoRA rank when --adapter lora"})
+
+    def __post_init__(self):
+        if self.spatial not in SPATIAL_GROUPS:
+            raise ConfigError(f"spatial must be one of {', '.join(SPATIAL_GROUPS)}, got '{self.spatial}'")
+        if self.timestep_sampling not in ("coarse", "uniform"):
+            raise ConfigError(f"timestep_sampling must be coarse or uniform, got '{self.timestep_sampling}'")
+        if self.adapter not in ("full", "lora"):
+            raise ConfigError(f"adapter must be full or lora, got '{self.adapter}'")
+        if not (self.temporal or self.spatial != "none" or self.train_token):
+            raise ConfigError("nothing to train: enable temporal, spatial or train_token")
+
+
+class NewMove(Method):
+    name = "newmove"
+    Config = NewMoveConfig
+    default_learning_rate = 1e-5
+    lora_adapter_name = "newmove"
+    _injected = False
+
+    def _groups(self) -> list[str]:
+        return (["temporal"] if self.config.temporal else []) + SPATIAL_GROUPS[self.config.spatial]
+
+    def _token_embedding(self) -> torch.nn.Parameter:
+        return self.backbone.text_encoder.get_input_embeddings().weight
+
+    def _token_ids(self) -> list[int]:
+        return self.backbone.token_ids(self.token)
+
+    # --- training -----------------------------------------------------------------------------
+    def prepare_for_training(self) -> None:
+        self._inject()
+        if self.config.train_token:
+            weight = self._token_embedding()
+            weight.requires_grad_(True)
+            rows = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+            rows[self._token_ids()] = 1
+            weight.register_hook(lambda grad: grad * rows)
+
+    def _inject(self) -> None:
+        if self._injected:
+            return
+        self._injected = True
+        groups = self._groups()
+        if self.config.adapter == "lora":
+            if groups:
+                lora = LoraConfig(
+                    r=self.config.lora_rank,
+                    lora_alpha=self.config.lora_rank,
+                    target_modules=self.backbone.lora_target(groups),
+                )
+                inject_adapter_in_model(lora, self.backbone.unet, adapter_name=self.lora_adapter_name)
+            return
+        self.backbone.unet.requires_grad_(False)
+        for group in groups:
+            for name in self.backbone.parameter_names(group):
+                self.backbone.unet.get_parameter(name).requires_grad_(True)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.backbone.unet.parameters() if p.requires_grad]
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        groups = [{"params": self.trainable_parameters(), "lr": learning_rate}]
+        if self.config.train_token:
+            groups.append({"params": [self._token_embedding()], "lr": learning_rate, "weight_decay": 0.0})
+        return groups
+
+    def extra_modules(self) -> torch.nn.Module | None:
+        return self.backbone.text_encoder.get_input_embeddings() if self.config.train_token else None
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        steps = self.scheduler.config.num_train_timesteps
+        if self.config.timestep_sampling == "coarse":
+            return coarse_noise_timesteps(batch, generator, steps, self.config.coarse_alpha)
+        return uniform_timesteps(batch, generator, steps)
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        if self.config.train_token:
+            batch = {**batch, "text": self.backbone.encode_prompt(batch["captions"])}
+        timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
+        return denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
+
+    # --- adapter ------------------------------------------------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        unet = self.backbone.unet
+        if self.config.adapter == "lora":
+            state = get_peft_model_state_dict(unet, adapter_name=self.lora_adapter_name) if self._groups() else {}
+            tensors = {f"unet.{key}": value for key, value in state.items()}
+        else:
+            names = [name for group in self._groups() for name in self.backbone.parameter_names(group)]
+            tensors = {f"unet.{name}": unet.get_parameter(name) for name in names}
+        if self.config.train_token:
+            tensors[TOKEN_KEY] = self._token_embedding()[self._token_ids()]
+        return {key: value.detach().clone() for key, value in tensors.items()}
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        unet = self.backbone.unet
+        if self.config.adapter == "lora":
+            self._inject()
+            state = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
+            result = set_peft_model_state_dict(unet, state, adapter_name=self.lora_adapter_name)
+            if result.unexpected_keys:
+                raise ConfigError(f"{source}: LoRA tensors do not match this model ({result.unexpected_keys[0]})")
+        else:
+            copy_into_parameters(unet, tensors, "unet.", source)
+        if TOKEN_KEY in tensors:
+            with torch.no_grad():
+                weight = self._token_embedding()
+                weight[self._token_ids()] = tensors[TOKEN_KEY].to(weight.dtype)
+
+    def adapter_metadata(self) -> dict:
+        metadata = super().adapter_metadata()
+        metadata["targets"] = {
+            "groups": self._groups(),
+            "lora_target": self.backbone.lora_target(self._groups()) if self.config.adapter == "lora" else None,
+            "token_ids": self._token_ids() if self.config.train_token else [],
+        }
+        return metadata

@@ -1,0 +1,190 @@
+"""Build a tiny text-to-video model folder in the standard diffusers layout, from config, offline.
+
+The folder has exactly the layout of a ZeroScope / ModelScope checkout (`model_index.json`, `unet/`,
+`vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), so the loading code that serves real models
+serves it too. Weights are random: it exists for tests, benchmarks and the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+DEFAULT_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "and",
+    "with",
+    "is",
+    "doing",
+    "moving",
+    "static",
+    "left",
+    "right",
+    "up",
+    "down",
+    "zigzag",
+    "orbit",
+    "bounce",
+    "diagonal",
+    "circle",
+    "square",
+    "triangle",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "white",
+    "black",
+    "gray",
+    "textured",
+    "background",
+    "person",
+    "dog",
+    "cat",
+    "car",
+    "sks",
+    "pll",
+]
+
+ZEROSCOPE_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+TINY_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+    "up_block_types": ("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+    "block_out_channels": (32, 32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+TINY_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "scaling_factor": 0.18215,
+}
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2 / CLIP convention)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+
+def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int) -> CLIPTokenizer:
+    """A CLIP byte-level BPE tokenizer whose merges spell each word of `words` as one token.
+
+    Any other text still tokenizes, into single characters, exactly like a real CLIP vocabulary.
+    """
+    alphabet = _byte_alphabet()
+    vocab: dict[str, int] = {}
+    for symbol in [*alphabet, *(c + "</w>" for c in alphabet)]:
+        vocab.setdefault(symbol, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        joined = symbols[0]
+        for symbol in symbols[1:]:
+            merge = (joined, symbol)
+            joined += symbol
+            if joined not in vocab:
+                merges.append(merge)
+                vocab[joined] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def build_tiny_model(
+    output_dir: str | os.PathLike,
+    *,
+    words: list[str] | tuple[str, ...] = DEFAULT_WORDS,
+    text_length: int = 16,
+    unet_config: dict | None = None,
+    vae_config: dict | None = None,
+    text_hidden_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny, randomly initialised UNet3D text-to-video model folder and return its path.
+
+    The write is atomic: the folder appears complete or not at all.
+    """
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    unet_kwargs = {**TINY_UNET, **(unet_config or {})}
+    tokenizer = build_word_tokenizer(words, text_length)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden_size,
+            intermediate_size=2 * text_hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=text_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet3DConditionModel(**{**unet_kwargs, "cross_attention_dim": text_hidden_size})
+    vae = AutoencoderKL(**{**TINY_VAE, **(vae_config or {})})
+    scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        unet.save_pretrained(staging / "unet")
+        vae.save_pretrained(staging / "vae")
+        text_encoder.save_pretrained(staging / "text_encoder")
+        tokenizer.save_pretrained(staging / "tokenizer")
+        scheduler.save_pretrained(staging / "scheduler")
+        model_index = {
+            "_class_name": "TextToVideoSDPipeline",
+            "unet": ["diffusers", "UNet3DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+        }
+        (staging / "model_index.json").write_text(json.dumps(model_index, indent=2))
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return output_dir

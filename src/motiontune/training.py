@@ -1,0 +1,310 @@
+"""One training loop for every method: accelerate, gradient accumulation, checkpoints, resume.
+
+A method supplies trainable parameters, a loss for a batch and a timestep sampler; this loop draws
+batches from cached latents, steps the optimizer, writes atomic checkpoints every N steps (adapter,
+optimizer state and random-generator states, all safetensors + JSON: nothing is pickled) and
+validation videos, and resumes bit-exactly from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from .adapters import atomic_save_tensors, read_adapter, save_adapter
+from .backbones.base import Backbone
+from .data import VideoDataset
+from .errors import ConfigError, InputError
+from .methods.base import Method
+from .utils import peak_memory_mb
+
+
+@dataclass
+class Example:
+    """One training clip: cached latents `(C, F, h, w)`, its caption and its text embedding `(L, D)`."""
+
+    latents: torch.Tensor
+    caption: str
+    text: torch.Tensor
+    source: str
+    path: str
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Path
+    steps: int = 400
+    learning_rate: float | None = None
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_sampling_steps: int = 25
+    guidance_scale: float = 9.0
+    seed: int = 0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    save_precision: str = "fp32"
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self.output_dir = Path(self.output_dir)
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ConfigError("--batch-size and --gradient-accumulation must be at least 1")
+        if self.save_precision not in SAVE_DTYPES:
+            raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
+
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def prepare_examples(
+    backbone: Backbone,
+    dataset: VideoDataset,
+    source: str,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> list[Example]:
+    """Encode every clip once with the VAE (cached on disk by file content and size) and its caption."""
+    examples = []
+    for index in tqdm(range(len(dataset)), desc=f"encoding {source} videos", disable=not progress, leave=False):
+        item = dataset.items[index]
+        cache_file = None
+        if cache_dir is not None:
+            stat = Path(item.path).stat()
+            key = f"{Path(item.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dataset.num_frames}|"
+            key += f"{dataset.height}|{dataset.width}|{dataset.sampling}|{backbone.path}"
+            cache_file = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+        if cache_file is not None and cache_file.exists():
+            latents = load_file(str(cache_file))["latents"].to(backbone.device, backbone.dtype)
+        else:
+            pixels = dataset[index]["pixels"][None]
+            latents = backbone.encode_video(pixels)[0]
+            if cache_file is not None:
+                atomic_save_tensors({"latents": latents}, cache_file, {})
+        with torch.no_grad():
+            text = backbone.encode_prompt([item.caption])[0]
+        examples.append(Example(latents, item.caption, text, source, str(item.path)))
+    return examples
+
+
+class _TrainingModule(torch.nn.Module):
+    """Holds everything that trains, so accelerate (DDP) sees and syncs it; forward is the method's loss."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.unet = method.backbone.unet
+        self.extra = method.extra_modules()
+        self.method = [method]
+
+    def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        return self.method[0].loss(batch, generator)
+
+
+def _draw_batch(examples: list[Example], size: int, generator: torch.Generator, device) -> dict:
+    """A batch drawn uniformly from all examples (the literal union D^m ∪ D^r of NewMove Eq. 3)."""
+    picks = torch.randint(len(examples), (size,), generator=generator).tolist()
+    chosen = [examples[i] for i in picks]
+    return {
+        "latents": torch.stack([e.latents for e in chosen]).to(device),
+        "text": torch.stack([e.text for e in chosen]).to(device),
+        "captions": [e.caption for e in chosen],
+        "sources": [e.source for e in chosen],
+    }
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], layout: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in layout["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = sorted((output_dir / "checkpoints").glob("step-*"))
+    complete = [c for c in checkpoints if (c / "state.json").exists()]
+    return complete[-1] if complete else None
+
+
+def _save_checkpoint(output_dir: Path, step: int, method: Method, optimizer, generator, keep: int) -> Path:
+    """Write adapter, optimizer and RNG states to a temporary folder, then rename it into place."""
+    root = output_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=root))
+    try:
+        save_adapter(staging / "adapter.safetensors", method.adapter_tensors(), method.adapter_metadata())
+        tensors, layout = _optimizer_tensors(optimizer)
+        tensors["rng.generator"] = generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
+        (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def _restore_checkpoint(checkpoint: Path, method: Method, optimizer, generator) -> int:
+    tensors, _ = read_adapter(checkpoint / "adapter.safetensors", device=method.backbone.device)
+    method.load_adapter_tensors(tensors, str(checkpoint / "adapter.safetensors"))
+    state = json.loads((checkpoint / "state.json").read_text())
+    saved = load_file(str(checkpoint / "optimizer.safetensors"))
+    generator.set_state(saved.pop("rng.generator"))
+    torch.set_rng_state(saved.pop("rng.torch"))
+    _load_optimizer(optimizer, saved, state["optimizer"])
+    return int(state["step"])
+
+
+def _resolve_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
+    """Train `method` on `examples` and write `output_dir/adapter.safetensors`; return its path."""
+    if not examples:
+        raise InputError("no training examples (empty dataset)")
+    backbone = method.backbone
+    output_dir = config.output_dir
+    learning_rate = config.learning_rate or method.default_learning_rate
+    accelerator = Accelerator(
+        mixed_precision=_resolve_precision(config.mixed_precision, backbone.device),
+        gradient_accumulation_steps=config.gradient_accumulation,
+        cpu=backbone.device.type == "cpu",
+    )
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    method.prepare_for_training()
+    if config.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
+    groups = method.parameter_groups(learning_rate)
+    if not any(p.requires_grad for group in groups for p in group["params"]):
+        raise ConfigError(f"method '{method.name}' has no trainable parameters with these options")
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2)
+    module = _TrainingModule(method)
+    module, optimizer = accelerator.prepare(module, optimizer)
+
+    start = 0
+    checkpoint = latest_checkpoint(output_dir) if config.resume else None
+    if config.resume and checkpoint is None and accelerator.is_main_process:
+        tqdm.write(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
+    if checkpoint is not None:
+        start = _restore_checkpoint(checkpoint, method, optimizer, generator)
+    log_path = output_dir / "training_log.jsonl"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_lines = log_path.read_text().splitlines()[:start] if (start and log_path.exists()) else []
+    log_path.write_text("".join(line + "\n" for line in log_lines))
+
+    trainable = [p for group in groups for p in group["params"] if p.requires_grad]
+    module.train()
+    bar = tqdm(range(start, config.steps), desc=f"training {method.name}", disable=not config.progress)
+    started = time.perf_counter()
+    for step in bar:
+        total = 0.0
+        for _ in range(config.gradient_accumulation):
+            batch = _draw_batch(examples, config.batch_size, generator, backbone.device)
+            with accelerator.accumulate(module), accelerator.autocast():
+                loss = module(batch, generator)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.detach().item() / config.gradient_accumulation
+        bar.set_postfix(loss=f"{total:.4f}")
+        with log_path.open("a") as log:
+            log.write(json.dumps({"step": step + 1, "loss": total}) + "\n")
+        done = step + 1
+        if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0:
+            _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints)
+        if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
+            module.eval()
+            _validate(method, config, done, examples[0].latents.shape)
+            module.train()
+    module.eval()
+    elapsed = time.perf_counter() - started
+    if not accelerator.is_main_process:
+        return output_dir / "adapter.safetensors"
+    dtype = SAVE_DTYPES[config.save_precision]
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in method.adapter_tensors().items()}
+    metadata = method.adapter_metadata()
+    metadata["training"] = {
+        "steps": config.steps,
+        "learning_rate": learning_rate,
+        "batch_size": config.batch_size,
+        "gradient_accumulation": config.gradient_accumulation,
+        "seed": config.seed,
+        "examples": len(examples),
+        "latent_shape": list(examples[0].latents.shape),
+        "base_model": str(backbone.path),
+        "seconds": round(elapsed, 2),
+        "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
+    }
+    path = save_adapter(output_dir / "adapter.safetensors", tensors, metadata)
+    if config.validation_prompts and not config.validate_every:
+        _validate(method, config, config.steps, examples[0].latents.shape)
+    return path
+
+
+def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:
+    from .generation import GenerationConfig, generate_latents
+    from .video import frames_to_uint8, save_outputs
+
+    backbone = method.backbone
+    _, frames, h, w = latent_shape
+    scale = backbone.vae_scale_factor
+    settings = GenerationConfig(
+        frames=frames,
+        height=h * scale,
+        width=w * scale,
+        steps=config.validation_sampling_steps,
+        guidance_scale=config.guidance_scale,
+        seed=config.seed,
+        progress=False,
+    )
+    for index, prompt in enumerate(config.validation_prompts):
+        latents = generate_latents(backbone, [prompt], [method], settings)
+        frames_uint8 = frames_to_uint8(backbone.decode_latents(latents)[0])
+        save_outputs(frames_uint8, config.output_dir / "validation" / f"step-{step:06d}-{index}.mp4", label=prompt)
