@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -39,9 +40,22 @@ def open_backbone(model: PathLike | None, device: str | torch.device | None = No
     """Load a model folder (the shipped default when `model` is None) with the attention controller installed."""
     from .attention import AttentionController
 
-    backbone = load_backbone(model if model is not None else default_model_dir(), device or default_device())
+    backbone = load_backbone(model if model is not None else default_model_dir(), _checked_device(device))
     AttentionController(backbone)
     return backbone
+
+
+def _checked_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to use, as a ConfigError (one line) when it is malformed or not available."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device: unknown torch device '{device}' (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device
 
 
 @dataclass
@@ -67,6 +81,32 @@ def _loss_summary(log_path: Path) -> tuple[float, float]:
     return sum(losses[:window]) / window, sum(losses[-window:]) / window
 
 
+def _check_resumable(output: Path, current: dict) -> None:
+    """Refuse to resume from a checkpoint trained with another method, token or hyper-parameters."""
+    from .adapters import read_metadata
+    from .training import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is None:
+        return
+    saved = read_metadata(checkpoint / "adapter.safetensors")
+
+    def options(metadata: dict) -> dict:
+        return {"method": metadata.get("method"), "token": metadata.get("token"), **metadata.get("hyperparameters", {})}
+
+    before, now = options(saved), options(current)
+    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in now if before.get(key) != now.get(key)]
+    if changed:
+        raise ConfigError(
+            f"{checkpoint}: cannot resume with other options ({', '.join(changed)}); "
+            "use the same options or a new --output"
+        )
+
+
+def _holds_a_run(output: Path) -> bool:
+    return (output / "adapter.safetensors").exists() or (output / "checkpoints").is_dir()
+
+
 def train(
     method: str,
     data: PathLike,
@@ -86,6 +126,7 @@ def train(
     checkpoint_every: int = 100,
     keep_checkpoints: int = 2,
     resume: bool = False,
+    overwrite: bool = False,
     validate_every: int = 0,
     validation_prompts: list[str] | None = None,
     seed: int = 0,
@@ -137,6 +178,12 @@ def train(
     if height % backbone.vae_scale_factor or width % backbone.vae_scale_factor:
         raise ConfigError(f"--height/--width must be multiples of {backbone.vae_scale_factor}, got {height}x{width}")
     trainer = create_method(method, backbone, method_options, token=token)
+    if resume:
+        _check_resumable(Path(output), trainer.adapter_metadata())
+    elif not overwrite and _holds_a_run(Path(output)):
+        raise ConfigError(
+            f"{output}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
+        )
     for source, items in sources.items():
         for item in items:
             trainer.check_caption(item.caption, source, str(item.path))
@@ -148,6 +195,8 @@ def train(
     for source, items in sources.items():
         dataset = VideoDataset(items, frames, height, width, sampling)
         examples += prepare_examples(backbone, dataset, source, cache, progress)
+    if overwrite and not resume:
+        shutil.rmtree(Path(output) / "checkpoints", ignore_errors=True)
     started = time.perf_counter()
     adapter = run_training(trainer, examples, config)
     seconds = time.perf_counter() - started

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=100, help="write a checkpoint every N steps")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="how many checkpoints to keep")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished or started run in OUTPUT")
     train.add_argument("--validate-every", type=int, default=0, help="write validation videos every N steps")
     train.add_argument(
         "--validation-prompt", action="append", default=None, help="prompt for validation videos (repeatable)"
@@ -187,13 +188,34 @@ def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
         if dest not in dests or dest in ("config", "help"):
             raise ConfigError(f"{config_path}: unknown option '{key}' for 'motiontune {args.command}'")
         action = next(a for a in subparser._actions if a.dest == dest)
-        if isinstance(value, str) and action.type is Path:
-            value = Path(value)
-        if action.dest in ("validation_prompt", "adapter") and not isinstance(value, list):
-            value = [value]
-        defaults[dest] = value
+        defaults[dest] = _coerce(action, value, f"{config_path}: option '{key}'")
     subparser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def _coerce(action: argparse.Action, value, where: str):
+    """Check and convert one YAML value the way argparse would convert the same option."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        values = value if isinstance(value, list) else [value]
+        return [_coerce_one(action, item, where) for item in values]
+    return _coerce_one(action, value, where)
+
+
+def _coerce_one(action: argparse.Action, value, where: str):
+    if isinstance(value, (dict, list, bool)) or value is None:
+        raise ConfigError(f"{where} must be a single value, got {value!r}")
+    if action.type is None:
+        return str(value)
+    if action.type in (int, _positive_int) and isinstance(value, float):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    try:
+        return action.type(str(value))
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def _require(args: argparse.Namespace, *names: str) -> None:
@@ -241,6 +263,7 @@ def run_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,
+        overwrite=args.overwrite,
         validate_every=args.validate_every,
         validation_prompts=args.validation_prompt or [],
         seed=args.seed,
@@ -298,11 +321,22 @@ def run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep diffusers/transformers load chatter out of the terminal; our own progress bars remain."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 COMMANDS = {"train": run_train, "generate": run_generate, "demo": run_demo, "tiny-model": run_tiny_model}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _quiet_libraries()
     parser = build_parser()
     try:
         args = _apply_yaml(parser, argv)

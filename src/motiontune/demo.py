@@ -87,6 +87,7 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
         width=size,
         learning_rate=1e-3,
         checkpoint_every=max(steps // 2, 1),
+        overwrite=True,
         device=device,
         progress=progress,
     )

@@ -6,6 +6,7 @@ two pieces the methods need (DDIM inversion of a reference video and the blended
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -112,6 +113,8 @@ def sample(
     """
     scheduler.set_timesteps(num_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
+    stochastic = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generator} if stochastic else {}
     for index, timestep in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         state = StepState(index, int(timestep), num_steps, latents, generator)
         for hook in hooks:
@@ -119,7 +122,7 @@ def sample(
         latents = state.latents
         model_input = scheduler.scale_model_input(latents, timestep)
         noise = guided_prediction(backbone, model_input, timestep, text, uncond_text, guidance_scale)
-        latents = scheduler.step(noise, timestep, latents, generator=generator, return_dict=False)[0]
+        latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]
     for hook in hooks:
         if hasattr(hook, "after_sampling"):
             hook.after_sampling()

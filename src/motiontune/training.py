@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -68,10 +69,19 @@ class TrainConfig:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1 or self.gradient_accumulation < 1:
             raise ConfigError("--batch-size and --gradient-accumulation must be at least 1")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"--lr must be positive, got {self.learning_rate}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(
+                f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, got '{self.mixed_precision}'"
+            )
+        if self.checkpoint_every < 0 or self.validate_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("--checkpoint-every/--validate-every must be >= 0 and --keep-checkpoints >= 1")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
 
 
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -178,7 +188,7 @@ def _save_checkpoint(output_dir: Path, step: int, method: Method, optimizer, gen
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+    for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old)
     return final
 
@@ -209,13 +219,14 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     backbone = method.backbone
     output_dir = config.output_dir
     learning_rate = config.learning_rate or method.default_learning_rate
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=_resolve_precision(config.mixed_precision, backbone.device),
         gradient_accumulation_steps=config.gradient_accumulation,
         cpu=backbone.device.type == "cpu",
     )
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed + accelerator.process_index)
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
     method.prepare_for_training()
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()

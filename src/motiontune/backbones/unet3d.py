@@ -9,6 +9,7 @@ temporal transformer are self-attention over frames.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -40,7 +41,7 @@ class UNet3DBackbone(Backbone):
 
     name = "unet3d"
     unet_class_names = ("UNet3DConditionModel",)
-    parameter_group_patterns = {
+    parameter_group_patterns: ClassVar[dict[str, str]] = {
         "temporal": TEMPORAL,
         "temporal_attention": r"^(?:transformer_in\.|.*\.temp_attentions\.)",
         "spatial": r"^(?!transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",
@@ -48,7 +49,7 @@ class UNet3DBackbone(Backbone):
         "cross_kv": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.to_[kv]\.",
         "all": r".",
     }
-    lora_target_patterns = {
+    lora_target_patterns: ClassVar[dict[str, str]] = {
         "temporal": rf"{_TEMPORAL_LINEARS}(?:\.attn[12]{_PROJECTIONS}|{_FEED_FORWARD})",
         "spatial": rf"{_SPATIAL_BLOCK}(?:\.attn[12]{_PROJECTIONS}|{_FEED_FORWARD})",
         "spatial_self": rf"{_SPATIAL_BLOCK}(?:\.attn1{_PROJECTIONS}|{_FEED_FORWARD})",

@@ -1,0 +1,96 @@
+"""Adapter files: safetensors + metadata, round trips to identical outputs, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from motiontune.adapters import read_adapter, read_metadata, save_adapter
+from motiontune.api import open_backbone
+from motiontune.data import VideoDataset, find_video_items
+from motiontune.errors import ConfigError, InputError
+from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.methods import create_method, load_adapter
+from motiontune.training import TrainConfig, prepare_examples, train
+
+SETTINGS = GenerationConfig(frames=4, height=32, width=32, steps=3, seed=5, progress=False)
+
+
+def _trained_adapter(backbone, data, tmp_path, options):
+    examples = prepare_examples(backbone, VideoDataset(find_video_items(data), 4, 32, 32), "target", progress=False)
+    method = create_method("newmove", backbone, options, token="sks")
+    config = TrainConfig(tmp_path / "out", steps=2, learning_rate=1e-2, checkpoint_every=0, progress=False)
+    return method, train(method, examples, config)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"adapter": "lora", "lora_rank": 4}, {"train_token": True, "spatial": "none"}],
+    ids=["full", "lora", "token"],
+)
+def test_adapter_round_trips_to_identical_outputs(backbone, tiny_model_dir, motion_data, tmp_path, options):
+    method, path = _trained_adapter(backbone, motion_data, tmp_path, options)
+    trained = generate_latents(backbone, ["a red square doing sks"], [method], SETTINGS)
+    fresh = open_backbone(tiny_model_dir, "cpu")
+    base = generate_latents(fresh, ["a red square doing sks"], [], SETTINGS)
+    loaded = load_adapter(path, fresh)
+    assert torch.equal(generate_latents(fresh, ["a red square doing sks"], [loaded], SETTINGS), trained)
+    assert not torch.allclose(base, trained)
+
+
+def test_adapter_holds_only_what_changed_with_metadata(backbone, motion_data, tmp_path):
+    _method, path = _trained_adapter(backbone, motion_data, tmp_path, {})
+    tensors, metadata = read_adapter(path)
+    expected = {f"unet.{n}" for g in ("temporal", "cross_kv") for n in backbone.parameter_names(g)}
+    assert set(tensors) == expected
+    assert sum(t.numel() for t in tensors.values()) < sum(p.numel() for p in backbone.unet.parameters())
+    assert metadata["method"] == "newmove" and metadata["backbone"] == "unet3d" and metadata["token"] == "sks"
+    assert metadata["hyperparameters"]["spatial"] == "kv" and metadata["hyperparameters"]["coarse_alpha"] == 0.5
+    assert metadata["targets"]["groups"] == ["temporal", "cross_kv"]
+    assert metadata["training"]["steps"] == 2 and metadata["format_version"] == 1
+    with safe_open(str(path), framework="pt") as handle:
+        assert json.loads(handle.metadata()["motiontune"])["method"] == "newmove"
+
+
+def test_non_adapter_files_are_rejected_by_name(tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))
+    with pytest.raises(InputError, match=r"plain\.safetensors: .*not a motiontune adapter"):
+        read_metadata(plain)
+    pickle = tmp_path / "weights.bin"
+    torch.save({"x": torch.zeros(1)}, pickle)
+    with pytest.raises(InputError, match=r"weights\.bin: not a safetensors adapter"):
+        read_metadata(pickle)
+    with pytest.raises(InputError, match="does not exist"):
+        read_metadata(tmp_path / "missing.safetensors")
+
+
+def test_incompatible_adapters_are_rejected(backbone, tmp_path):
+    wrong_backbone = save_adapter(tmp_path / "a.safetensors", {}, {"method": "newmove", "backbone": "wan"})
+    with pytest.raises(ConfigError, match="adapter is for backbone 'wan'"):
+        load_adapter(wrong_backbone, backbone)
+    newer = tmp_path / "b.safetensors"
+    save_file({}, str(newer), {"motiontune": json.dumps({"format": "motiontune.adapter", "format_version": 99})})
+    with pytest.raises(ConfigError, match="not readable"):
+        read_metadata(newer)
+    name = "down_blocks.0.temp_attentions.0.proj_in.weight"
+    bad_shape = save_adapter(
+        tmp_path / "c.safetensors",
+        {f"unet.{name}": torch.zeros(3, 3)},
+        {"method": "newmove", "backbone": "unet3d", "token": "sks", "hyperparameters": {}},
+    )
+    with pytest.raises(ConfigError, match=r"c\.safetensors: adapter tensor .* has shape \(3, 3\)"):
+        load_adapter(bad_shape, backbone)
+
+
+def test_save_is_atomic(tmp_path):
+    target = tmp_path / "adapter.safetensors"
+    save_adapter(target, {"x": torch.ones(2)}, {"method": "newmove"})
+    with pytest.raises(Exception):  # noqa: B017 - any failure must leave the old file intact
+        save_adapter(target, {"x": object()}, {"method": "newmove"})
+    assert torch.equal(read_adapter(target)[0]["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]

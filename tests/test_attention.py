@@ -1,0 +1,147 @@
+"""The attention controller: recording, box edits, temporal embeddings, and the SDPA fast path."""
+
+from __future__ import annotations
+
+import torch
+
+from motiontune.attention import BoxEdit, SubjectBox, TemporalEmbedding
+
+CROSS_SITE = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+TEMPORAL_SITE = "down_blocks.1.temp_attentions.0.transformer_blocks.0.attn1"
+
+
+def _inputs(backbone, batch=1, frames=4, hw=(16, 16)):
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, 4, frames, *hw, generator=generator)
+    text = backbone.encode_prompt(["a red sks square"] * batch)
+    return latents, text
+
+
+def test_recording_matches_fast_path_and_probabilities_sum_to_one(backbone):
+    latents, text = _inputs(backbone)
+    fast = backbone.predict_noise(latents, torch.tensor(300), text)
+    with backbone.controller.record(lambda site: site.kind in ("cross", "temporal")) as maps:
+        explicit = backbone.predict_noise(latents, torch.tensor(300), text)
+    assert torch.allclose(fast, explicit, atol=1e-5)
+    cross = [backbone.controller.sites[name] for name in maps if backbone.controller.sites[name].kind == "cross"]
+    assert len(cross) == len(backbone.controller.sites_of("cross"))
+    for name, probs in maps.items():
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5), name
+        assert not probs.requires_grad
+
+
+def test_recording_with_gradients_reaches_the_input(backbone):
+    latents, text = _inputs(backbone)
+    latents.requires_grad_(True)
+    with backbone.controller.record(lambda site: site.name == TEMPORAL_SITE, with_grad=True) as maps:
+        backbone.predict_noise(latents, torch.tensor(300), text)
+    maps[TEMPORAL_SITE][:, 0, -1].sum().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+
+
+def test_box_edit_bias_matches_the_hand_computed_case():
+    """MotionBooth's check: alpha 10, a 45-of-180-cell box gives +7.5 inside for the subject token,
+    -inf outside it, -inf for other words everywhere, and leaves start/end/padding tokens alone."""
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    edit = BoxEdit([SubjectBox([2], boxes)], strength=10.0, amplify=True, prompt_length=5)
+    bias, suppress = edit.bias_and_mask(frames=1, grid=(10, 18), tokens=8)
+    bias, suppress = bias.view(10, 18, 8), suppress.view(10, 18, 8)
+    inside = torch.zeros(10, 18, dtype=torch.bool)
+    inside[:5, :9] = True
+    assert inside.sum() == 45
+    assert torch.allclose(bias[..., 2][inside], torch.full((45,), 7.5))
+    assert torch.all(bias[..., 2][~inside] == 0) and torch.all(bias[..., [0, 1, 3, 4, 5, 6, 7]] == 0)
+    assert torch.all(suppress[..., 2] == ~inside)
+    assert torch.all(suppress[..., [1, 3]]) and not suppress[..., [0, 4, 5, 6, 7]].any()
+    kept = BoxEdit([SubjectBox([2], boxes)], strength=10.0, amplify=False, suppress_other_words=False)
+    bias, suppress = kept.bias_and_mask(frames=1, grid=(10, 18), tokens=8)
+    assert torch.all(bias == 0) and torch.all(suppress.view(10, 18, 8)[..., 2] == ~inside)
+    assert not suppress.view(10, 18, 8)[..., [0, 1, 3, 4]].any()
+
+
+def test_box_edit_moves_subject_attention_into_the_box_per_frame(backbone):
+    frames = 2
+    latents, text = _inputs(backbone, frames=frames)
+    token = backbone.phrase_positions("a red sks square", "sks")
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    edit = BoxEdit(
+        [SubjectBox(token, boxes)], strength=5.0, prompt_length=len(backbone.token_ids("a red sks square")) + 2
+    )
+    heads = backbone.unet.get_submodule(CROSS_SITE).heads
+
+    def subject_map(with_edit):
+        controller = backbone.controller
+        with (
+            controller.record(lambda site: site.name == CROSS_SITE) as maps,
+            controller.editing(edit if with_edit else None),
+        ):
+            backbone.predict_noise(latents, torch.tensor(300), text)
+        return maps[CROSS_SITE].view(frames, heads, 16, 16, -1)[..., token].sum(-1).mean(1)
+
+    plain, edited = subject_map(False), subject_map(True)
+    inside = torch.zeros(frames, 16, 16, dtype=torch.bool)
+    inside[0, :8, :8] = True
+    inside[1, 8:, 8:] = True
+    assert torch.all(edited[~inside] == 0)
+    assert edited[inside].mean() > 2 * plain[inside].mean()
+
+
+def test_box_edit_applies_to_the_conditional_rows_only(backbone):
+    latents, text = _inputs(backbone, batch=1, frames=2)
+    token = backbone.phrase_positions("a red sks square", "sks")
+    edit = BoxEdit([SubjectBox(token, torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 2))], strength=5.0)
+    uncond = backbone.encode_prompt([""])
+    both_latents, both_text = torch.cat([latents, latents]), torch.cat([uncond, text])
+    conditional = torch.tensor([False, True])
+    with backbone.controller.record(lambda site: site.name == CROSS_SITE) as maps:
+        backbone.predict_noise(both_latents, torch.tensor(300), both_text)
+    plain = maps[CROSS_SITE].clone()
+    with backbone.controller.record(lambda site: site.name == CROSS_SITE) as maps, backbone.controller.editing(edit):
+        backbone.predict_noise(both_latents, torch.tensor(300), both_text, conditional)
+    half = plain.shape[0] // 2
+    assert torch.allclose(maps[CROSS_SITE][:half], plain[:half], atol=1e-6)
+    assert not torch.allclose(maps[CROSS_SITE][half:], plain[half:], atol=1e-3)
+
+
+def test_zero_initialised_embeddings_are_an_identity(backbone):
+    latents, text = _inputs(backbone)
+    before = backbone.predict_noise(latents, torch.tensor(300), text)
+    site = backbone.controller.sites[TEMPORAL_SITE]
+    h, w = backbone.grid_at_level((16, 16), site.level)
+    channels = backbone.unet.get_submodule(TEMPORAL_SITE).to_q.in_features
+    backbone.controller.embeddings[TEMPORAL_SITE] = TemporalEmbedding(channels, 8, value_tokens=h * w)
+    after = backbone.predict_noise(latents, torch.tensor(300), text)
+    assert torch.allclose(before, after, atol=1e-6)
+    with torch.no_grad():
+        backbone.controller.embeddings[TEMPORAL_SITE].query_key.normal_()
+    assert not torch.allclose(before, backbone.predict_noise(latents, torch.tensor(300), text), atol=1e-4)
+
+
+def test_embeddings_enter_query_key_and_value_as_in_motion_inversion(backbone):
+    """TA(x) = softmax(Wq(x + m_qk) (Wk(x + m_qk))^T / sqrt(d)) Wv(x + m_v), computed by hand."""
+    attn = backbone.unet.get_submodule(TEMPORAL_SITE)
+    channels, frames, pixels = attn.to_q.in_features, 3, 4
+    torch.manual_seed(0)
+    embedding = TemporalEmbedding(channels, 5, value_tokens=pixels)
+    with torch.no_grad():
+        embedding.query_key.normal_()
+        embedding.value.normal_()
+    backbone.controller.embeddings[TEMPORAL_SITE] = embedding
+    x = torch.randn(2 * pixels, frames, channels)
+    out = attn(x)
+    qk_input = x + embedding.query_key[:, :frames]
+    v_input = x + embedding.value[:, :frames].repeat(2, 1, 1)
+    q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(qk_input), attn.to_k(qk_input), attn.to_v(v_input)))
+    probs = (q @ k.transpose(1, 2) * attn.scale).softmax(-1)
+    expected = attn.to_out[0](attn.batch_to_head_dim(probs @ v))
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_embeddings_interpolate_over_frames():
+    embedding = TemporalEmbedding(2, 4)
+    with torch.no_grad():
+        embedding.query_key.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0])[None, :, None].expand(1, 4, 2))
+    longer = embedding.query_key_for(7)
+    assert longer.shape == (1, 7, 2)
+    assert torch.allclose(longer[0, :, 0], torch.linspace(0, 3, 7))
+    assert torch.equal(embedding.query_key_for(2), embedding.query_key[:, :2])

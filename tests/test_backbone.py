@@ -1,0 +1,159 @@
+"""UNet3D backbone: loading any diffusers folder, attention sites and layouts, groups, checkpointing."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from motiontune.api import open_backbone
+from motiontune.errors import InputError
+
+
+def test_sites_are_classified_with_their_levels(backbone):
+    sites = {site.name: site for site in backbone.sites}
+    assert sites["transformer_in.transformer_blocks.0.attn1"].kind == "temporal"
+    assert sites["down_blocks.0.attentions.0.transformer_blocks.0.attn1"].kind == "spatial_self"
+    assert sites["down_blocks.1.attentions.0.transformer_blocks.0.attn2"].kind == "cross"
+    assert sites["down_blocks.1.temp_attentions.0.transformer_blocks.0.attn2"].kind == "temporal"
+    assert sites["down_blocks.1.attentions.0.transformer_blocks.0.attn2"].level == 1
+    assert sites["mid_block.attentions.0.transformer_blocks.0.attn2"].level == 2
+    assert sites["up_blocks.1.attentions.0.transformer_blocks.0.attn2"].level == 1
+    assert sites["up_blocks.2.attentions.0.transformer_blocks.0.attn2"].level == 0
+    assert len(sites) == len(backbone.unet.attn_processors)
+
+
+@pytest.mark.parametrize("latent_hw", [(16, 16), (10, 18), (7, 9)])
+def test_recorded_layouts_match_each_site(backbone, latent_hw):
+    batch, frames = 2, 3
+    latents = torch.randn(batch, 4, frames, *latent_hw)
+    text = backbone.encode_prompt(["a red circle", "sks"])
+    with backbone.controller.record(lambda site: True) as maps:
+        backbone.predict_noise(latents, torch.tensor(10), text)
+    for site in backbone.sites:
+        attn = backbone.unet.get_submodule(site.name)
+        h, w = backbone.grid_at_level(latent_hw, site.level)
+        probs = maps[site.name]
+        if site.kind == "temporal":
+            assert probs.shape == (batch * h * w * attn.heads, frames, frames), site.name
+        elif site.kind == "cross":
+            assert probs.shape == (batch * frames * attn.heads, h * w, text.shape[1]), site.name
+        else:
+            assert probs.shape == (batch * frames * attn.heads, h * w, h * w), site.name
+
+
+def test_temporal_rows_follow_pixel_layout(backbone):
+    """Row y*w + x of a temporal map attends over the frames of pixel (y, x).
+
+    conv_in (3x3) and group norm spread a one-pixel change a little; the maps in its 3x3 neighbourhood move most.
+    """
+    torch.manual_seed(1)
+    latents = torch.randn(1, 4, 3, 16, 16)
+    text = backbone.encode_prompt([""])
+    site = "transformer_in.transformer_blocks.0.attn1"
+    heads = backbone.unet.get_submodule(site).heads
+    with backbone.controller.record(lambda s: s.name == site) as maps:
+        backbone.predict_noise(latents, torch.tensor(10), text)
+    before = maps[site].view(16, 16, heads, 3, 3).clone()
+    changed = latents.clone()
+    changed[0, :, :, 5, 9] += 3.0
+    with backbone.controller.record(lambda s: s.name == site) as maps:
+        backbone.predict_noise(changed, torch.tensor(10), text)
+    after = maps[site].view(16, 16, heads, 3, 3)
+    moved = (after - before).abs().amax(dim=(2, 3, 4))
+    near = moved[4:7, 8:11].max()
+    assert near == moved.max()
+    far = moved.clone()
+    far[4:7, 8:11] = 0
+    assert far.max() < 0.1 * near
+
+
+def test_parameter_groups_select_the_right_layers(backbone):
+    temporal = backbone.parameter_names("temporal")
+    assert temporal and all(
+        n.startswith("transformer_in.") or ".temp_attentions." in n or ".temp_convs." in n for n in temporal
+    )
+    cross_kv = backbone.parameter_names("cross_kv")
+    assert cross_kv and all(
+        re.search(r"\.attentions\.\d+\.transformer_blocks\.0\.attn2\.to_[kv]\.", n) for n in cross_kv
+    )
+    assert not any("temp_attentions" in n for n in cross_kv)
+    spatial = set(backbone.parameter_names("spatial"))
+    assert spatial.isdisjoint(temporal) and set(cross_kv) <= spatial
+    assert len(spatial) + len(temporal) == len(list(backbone.unet.parameters()))
+    with pytest.raises(KeyError, match="no parameter group 'nope'"):
+        backbone.parameter_names("nope")
+
+
+def test_lora_targets_hit_only_their_group(backbone):
+    names = [name for name, _ in backbone.unet.named_modules()]
+    temporal = [n for n in names if re.fullmatch(backbone.lora_target(["temporal"]), n)]
+    cross_kv = [n for n in names if re.fullmatch(backbone.lora_target(["cross_kv"]), n)]
+    assert temporal and all("temp_attentions" in n or n.startswith("transformer_in") for n in temporal)
+    assert all(isinstance(backbone.unet.get_submodule(n), torch.nn.Linear) for n in temporal + cross_kv)
+    assert cross_kv and all(n.endswith(("attn2.to_k", "attn2.to_v")) and "temp_" not in n for n in cross_kv)
+
+
+def test_gradient_checkpointing_keeps_names_loss_and_gradients(backbone):
+    names_before = [n for n, _ in backbone.unet.named_parameters()]
+    latents = torch.randn(1, 4, 3, 8, 8)
+    text = backbone.encode_prompt(["a red circle"])
+    weight = backbone.unet.get_parameter("down_blocks.0.temp_attentions.0.proj_in.weight")
+    weight.requires_grad_(True)
+
+    def loss_and_grad():
+        weight.grad = None
+        loss = backbone.predict_noise(latents, torch.tensor(500), text).square().mean()
+        loss.backward()
+        return loss.detach(), weight.grad.clone()
+
+    plain_loss, plain_grad = loss_and_grad()
+    backbone.enable_gradient_checkpointing()
+    ckpt_loss, ckpt_grad = loss_and_grad()
+    assert [n for n, _ in backbone.unet.named_parameters()] == names_before
+    assert torch.allclose(plain_loss, ckpt_loss)
+    assert torch.allclose(plain_grad, ckpt_grad, atol=1e-6)
+    backbone.disable_gradient_checkpointing()
+
+
+def test_vae_round_trip_shapes_and_scaling(backbone):
+    pixels = torch.rand(2, 3, 3, 32, 48) * 2 - 1
+    latents = backbone.encode_video(pixels)
+    assert latents.shape == (2, 4, 3, 16, 24)
+    raw = backbone.vae.encode(pixels[0, :1]).latent_dist.mode()
+    assert torch.allclose(latents[0, :, 0], raw[0] * backbone.vae.config.scaling_factor, atol=1e-5)
+    decoded = backbone.decode_latents(latents)
+    assert decoded.shape == pixels.shape and decoded.abs().max() <= 1
+
+
+def test_phrase_positions_and_token_ids(backbone):
+    assert backbone.phrase_positions("a sks dog", "sks dog") == [2, 3]
+    assert len(backbone.token_ids("sks")) == 1
+    with pytest.raises(ValueError, match="not found"):
+        backbone.phrase_positions("a red circle", "sks")
+
+
+def test_unseen_folder_with_other_scheduler_and_tokenizer_loads(tiny_model_dir, tmp_path):
+    """A folder naming another scheduler class and shipping only tokenizer files still loads."""
+    folder = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    index["tokenizer"] = ["transformers", "NoSuchTokenizerClass"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    backbone = open_backbone(folder, "cpu")
+    assert type(backbone.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert backbone.encode_prompt(["a red circle"]).shape[0] == 1
+
+
+def test_missing_model_and_missing_component_are_reported(tiny_model_dir, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        open_backbone(tmp_path / "missing", "cpu")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(InputError, match=r"broken.*no 'vae/' subfolder"):
+        open_backbone(broken, "cpu")

@@ -1,0 +1,112 @@
+"""The sampling loop, DDIM inversion and the noise prior."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from motiontune.errors import ConfigError
+from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.sampling import SCHEDULERS, ddim_invert, guided_prediction, make_scheduler, noise_prior, sample
+
+
+def _settings(**overrides) -> GenerationConfig:
+    return GenerationConfig(**{"frames": 3, "height": 32, "width": 32, "steps": 4, "progress": False, **overrides})
+
+
+def test_sampling_is_bit_identical_for_a_seed_and_differs_across_seeds(backbone):
+    first = generate_latents(backbone, ["a red circle"], settings=_settings(seed=7))
+    second = generate_latents(backbone, ["a red circle"], settings=_settings(seed=7))
+    other = generate_latents(backbone, ["a red circle"], settings=_settings(seed=8))
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_sampler_runs_from_the_folder_config(backbone, name):
+    latents = generate_latents(backbone, ["a red circle"], settings=_settings(sampler=name, steps=3))
+    assert latents.shape == (1, 4, 3, 16, 16) and torch.isfinite(latents).all()
+
+
+def test_unknown_sampler_is_rejected(backbone):
+    with pytest.raises(ConfigError, match="unknown sampler 'nope'"):
+        make_scheduler(backbone, "nope")
+
+
+def test_guidance_combines_both_halves_of_one_batch(backbone):
+    latents = torch.randn(1, 4, 2, 8, 8)
+    text, uncond = backbone.encode_prompt(["a red circle"]), backbone.encode_prompt([""])
+    t = torch.tensor(500)
+    cond_only = backbone.predict_noise(latents, t, text)
+    uncond_only = backbone.predict_noise(latents, t, uncond)
+    guided = guided_prediction(backbone, latents, t, text, uncond, 7.5)
+    assert torch.allclose(guided, uncond_only + 7.5 * (cond_only - uncond_only), atol=1e-4)
+    assert torch.equal(guided_prediction(backbone, latents, t, text, uncond, 1.0), cond_only)
+
+
+class _Recorder:
+    def __init__(self):
+        self.timesteps = []
+
+    def before_step(self, state):
+        self.timesteps.append(state.timestep)
+        if state.index == 0:
+            state.latents = torch.zeros_like(state.latents)
+
+
+def test_hooks_run_before_every_step_and_may_replace_latents(backbone):
+    recorder = _Recorder()
+    text, uncond = backbone.encode_prompt(["a"]), backbone.encode_prompt([""])
+    noise = torch.randn(1, 4, 2, 8, 8)
+    hooked = sample(backbone, noise, text, uncond, make_scheduler(backbone), 5, hooks=[recorder], progress=False)
+    zero_start = sample(backbone, torch.zeros_like(noise), text, uncond, make_scheduler(backbone), 5, progress=False)
+    assert recorder.timesteps == sorted(recorder.timesteps, reverse=True) and len(recorder.timesteps) == 5
+    assert torch.equal(hooked, zero_start)
+
+
+def test_ddim_inversion_round_trips_exactly_when_the_model_predicts_no_noise(backbone):
+    with torch.no_grad():
+        backbone.unet.conv_out.weight.zero_()
+        backbone.unet.conv_out.bias.zero_()
+    x0 = torch.randn(1, 4, 3, 8, 8) * 0.5
+    uncond = backbone.encode_prompt([""])
+    inverted = ddim_invert(backbone, x0, uncond, 10, progress=False)
+    back = sample(backbone, inverted, uncond, None, make_scheduler(backbone), 10, guidance_scale=1.0, progress=False)
+    assert torch.allclose(back, x0, atol=1e-5)
+
+
+def test_ddim_inversion_comes_back_close_and_closer_with_more_steps(backbone):
+    with torch.no_grad():
+        backbone.unet.conv_out.weight.mul_(0.1)
+        backbone.unet.conv_out.bias.mul_(0.1)
+    x0 = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    uncond = backbone.encode_prompt([""])
+    errors = []
+    for steps in (10, 40):
+        inverted = ddim_invert(backbone, x0, uncond, steps, progress=False)
+        back = sample(backbone, inverted, uncond, None, make_scheduler(backbone), steps, 1.0, progress=False)
+        errors.append((back - x0).abs().mean().item())
+    assert errors[1] < errors[0] and errors[1] < 0.05 * x0.abs().mean().item() * 4
+
+
+def test_noise_prior_blends_by_square_roots():
+    inverted, noise = torch.full((2,), 2.0), torch.full((2,), -1.0)
+    assert torch.allclose(noise_prior(inverted, noise, 0.36), torch.full((2,), 0.6 * 2 - 0.8))
+    assert torch.equal(noise_prior(inverted, noise, 0.0), noise)
+    with pytest.raises(ConfigError, match="noise prior"):
+        noise_prior(inverted, noise, 1.5)
+
+
+def test_generation_from_an_inverted_reference(backbone, motion_data):
+    reference = sorted(motion_data.glob("*.mp4"))[0]
+    settings = _settings(reference=reference, noise_prior=1.0, steps=6, guidance_scale=1.0)
+    with torch.no_grad():
+        backbone.unet.conv_out.weight.zero_()
+        backbone.unet.conv_out.bias.zero_()
+    from motiontune.video import read_video
+
+    target = backbone.encode_video(read_video(reference, 3, 32, 32)[None])
+    latents = generate_latents(backbone, [""], settings=settings)
+    assert torch.allclose(latents, target, atol=1e-4)
+    with pytest.raises(ConfigError, match="--reference"):
+        _settings(noise_prior=0.5)

@@ -1,0 +1,77 @@
+"""The training loop: checkpoints, bit-exact resume, accumulation, validation videos, real data."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from motiontune.api import open_backbone
+from motiontune.data import VideoDataset, find_video_items
+from motiontune.methods import create_method
+from motiontune.training import TrainConfig, latest_checkpoint, prepare_examples, train
+
+
+def _run(model_dir, data, output, steps, resume=False, **overrides):
+    backbone = open_backbone(model_dir, "cpu")
+    examples = prepare_examples(backbone, VideoDataset(find_video_items(data), 4, 32, 32), "target", progress=False)
+    method = create_method("newmove", backbone, token="sks")
+    settings = {"steps": steps, "learning_rate": 1e-3, "checkpoint_every": 2, "progress": False, "resume": resume}
+    return train(method, examples, TrainConfig(output, **{**settings, **overrides}))
+
+
+def test_interrupted_run_resumes_bit_exactly(tiny_model_dir, motion_data, tmp_path):
+    straight = _run(tiny_model_dir, motion_data, tmp_path / "a", 4, gradient_accumulation=2)
+    _run(tiny_model_dir, motion_data, tmp_path / "b", 2, gradient_accumulation=2)
+    assert latest_checkpoint(tmp_path / "b").name == "step-000002"
+    resumed = _run(tiny_model_dir, motion_data, tmp_path / "b", 4, resume=True, gradient_accumulation=2)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "b" / "training_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+
+
+def test_checkpoints_are_complete_and_rotated(tiny_model_dir, motion_data, tmp_path):
+    _run(tiny_model_dir, motion_data, tmp_path, 6, keep_checkpoints=2)
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["step-000004", "step-000006"]
+    for name in checkpoints:
+        files = sorted(p.name for p in (tmp_path / "checkpoints" / name).iterdir())
+        assert files == ["adapter.safetensors", "optimizer.safetensors", "state.json"]
+    assert json.loads((tmp_path / "checkpoints" / "step-000006" / "state.json").read_text())["step"] == 6
+
+
+def test_validation_videos_are_written(tiny_model_dir, motion_data, tmp_path):
+    _run(
+        tiny_model_dir,
+        motion_data,
+        tmp_path,
+        2,
+        validate_every=2,
+        validation_prompts=["a blue square doing sks"],
+        validation_sampling_steps=2,
+    )
+    written = sorted(p.name for p in (tmp_path / "validation").iterdir())
+    assert written == ["step-000002-0.gif", "step-000002-0.mp4", "step-000002-0.png"]
+
+
+def test_real_reference_videos_load_at_the_model_size(tiny_model_dir, reference_videos):
+    backbone = open_backbone(tiny_model_dir, "cpu")
+    dataset = VideoDataset(find_video_items(reference_videos), 8, 32, 32)
+    examples = prepare_examples(backbone, dataset, "target", progress=False)
+    assert len(examples) == 5
+    assert all(e.latents.shape == (4, 8, 16, 16) for e in examples)
+    assert {e.caption for e in examples} >= {"A car is running on the road", "A dog is sitting."}
+
+
+def test_latent_cache_is_reused(tiny_model_dir, motion_data, tmp_path):
+    backbone = open_backbone(tiny_model_dir, "cpu")
+    dataset = VideoDataset(find_video_items(motion_data), 4, 32, 32)
+    first = prepare_examples(backbone, dataset, "target", cache_dir=tmp_path, progress=False)
+    cached = sorted(tmp_path.glob("*.safetensors"))
+    assert len(cached) == len(first)
+    with torch.no_grad():
+        backbone.vae.encoder.conv_in.weight.zero_()
+    second = prepare_examples(backbone, dataset, "target", cache_dir=tmp_path, progress=False)
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(first, second, strict=True))
