@@ -1,0 +1,22 @@
+"""`motiontune demo`: runs end to end and leaves files a person can look at."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from motiontune.cli import main
+
+
+def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| NewMove training steps | 2 |" in report and "adapter size (MB)" in report
+    assert "| NewMove training steps | 2 |" in capsys.readouterr().out
+    assert (tmp_path / "newmove" / "adapter.safetensors").is_file()
+    for name in ("base_0", "newmove_1"):
+        for suffix in (".mp4", ".gif", ".png"):
+            assert (tmp_path / "videos" / f"{name}{suffix}").stat().st_size > 0
+    with Image.open(tmp_path / "contact_sheet.png") as sheet:
+        assert sheet.width > 8 * 32 and sheet.height > 4 * 32
+    assert len(list((tmp_path / "reference").glob("*.mp4"))) == 4
+    assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0
