@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .utils import atomic_directory
 
 DEFAULT_WORDS = [
     "a",
@@ -164,9 +164,7 @@ def build_tiny_model(
     vae = AutoencoderKL(**{**TINY_VAE, **(vae_config or {})})
     scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_directory(output_dir) as staging:
         unet.save_pretrained(staging / "unet")
         vae.save_pretrained(staging / "vae")
         text_encoder.save_pretrained(staging / "text_encoder")
@@ -181,10 +179,4 @@ def build_tiny_model(
             "scheduler": ["diffusers", "DDIMScheduler"],
         }
         (staging / "model_index.json").write_text(json.dumps(model_index, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return output_dir

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ from .backbones.base import Backbone
 from .data import VideoDataset
 from .errors import ConfigError, InputError
 from .methods.base import Method
-from .utils import peak_memory_mb
+from .utils import atomic_directory, peak_memory_mb
 
 
 @dataclass
@@ -172,22 +170,14 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def _save_checkpoint(output_dir: Path, step: int, method: Method, optimizer, generator, keep: int) -> Path:
     """Write adapter, optimizer and RNG states to a temporary folder, then rename it into place."""
     root = output_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=root))
-    try:
+    with atomic_directory(final) as staging:
         save_adapter(staging / "adapter.safetensors", method.adapter_tensors(), method.adapter_metadata())
         tensors, layout = _optimizer_tensors(optimizer)
         tensors["rng.generator"] = generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
         (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old)
     return final

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a staging folder beside `final`; when the block succeeds it replaces `final` in one rename.
+
+    On failure the staging folder is removed and `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield staging
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def peak_memory_mb(device: torch.device | str) -> float:
