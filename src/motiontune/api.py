@@ -244,8 +244,8 @@ def generate(
 ) -> dict[str, Path]:
     """Generate one video for `prompt` with any number of adapters; returns the MP4, GIF and PNG paths.
 
-    Frames and size default to those the (first) adapter was trained at, else 16 frames at the
-    UNet's configured sample size (32 latent pixels when the config has none).
+    Frames and size default to those the (first) adapter was trained at, else the model folder's native
+    size (`motiontune.json`), else 16 frames at the UNet's configured sample size.
     """
     from .adapters import read_metadata
     from .generation import GenerationConfig
@@ -262,6 +262,9 @@ def generate(
         _, trained_frames, latent_h, latent_w = trained["latent_shape"]
         scale = backbone.vae_scale_factor
         native = (trained_frames, latent_h * scale, latent_w * scale)
+    elif (backbone.path / "motiontune.json").exists():
+        native_size = json.loads((backbone.path / "motiontune.json").read_text())["native"]
+        native = (native_size["frames"], native_size["height"], native_size["width"])
     else:
         size = (backbone.unet.config.sample_size or 32) * backbone.vae_scale_factor
         native = (16, size, size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -153,6 +154,46 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
     demo.add_argument("--device", default=None, help="torch device")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    world = commands.add_parser("world", help="ShapeWorld: render clips, train the base model")
+    world_commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
+    render = world_commands.add_parser(
+        "render",
+        help="write ShapeWorld clips (mp4 + caption + ground truth) of one motion",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    render.add_argument("--motion", default="zigzag", help="static, left, right, up, down or novel: zigzag, orbit, ...")
+    render.add_argument("--count", type=_positive_int, default=4, help="number of clips")
+    render.add_argument("--frames", type=_positive_int, default=8, help="frames per clip")
+    render.add_argument("--size", type=_positive_int, default=32, help="frame height and width in pixels")
+    render.add_argument("--token", default="sks", help="token that names a novel motion in captions")
+    render.add_argument("--shapes", default="circle,square,triangle", help="comma-separated shapes to draw from")
+    render.add_argument("--backgrounds", default="white,black,gray", help="comma-separated backgrounds")
+    render.add_argument("--seed", type=int, default=0, help="the same seed gives the same clips")
+    render.add_argument("--output", type=Path, required=True, help="folder to write")
+    base = world_commands.add_parser(
+        "train-base",
+        help="train the ShapeWorld base model (autoencoder, then UNet) from a YAML recipe",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    base.add_argument(
+        "--config", dest="recipe", type=Path, default=None, help="YAML recipe (keys of worldmodel.BaseModelConfig)"
+    )
+    base.add_argument("--output", type=Path, required=True, help="folder for stages, checkpoints and model/")
+    base.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    base.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate = world_commands.add_parser(
+        "evaluate",
+        help="score a ShapeWorld model with the analytic metrics (colour, shape, background, motion)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("--model", help="model folder (default: the shipped ShapeWorld model)")
+    evaluate.add_argument("--prompts", type=_positive_int, default=64, help="sampled prompts")
+    evaluate.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
+    evaluate.add_argument("--steps", type=_positive_int, default=25, help="sampling steps")
+    evaluate.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale")
+    evaluate.add_argument("--sheet", type=Path, default=None, help="write a PNG contact sheet of samples here")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
     tiny = commands.add_parser(
         "tiny-model",
@@ -314,6 +355,46 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_world(args: argparse.Namespace) -> int:
+    from . import shapeworld
+
+    if args.world_command == "render":
+        names = {
+            "--motion": ([args.motion], shapeworld.KNOWN_MOTIONS + shapeworld.NOVEL_MOTIONS),
+            "--shapes": (args.shapes.split(","), shapeworld.SHAPES + shapeworld.NOVEL_SHAPES),
+            "--backgrounds": (args.backgrounds.split(","), tuple(shapeworld.BACKGROUNDS)),
+        }
+        for option, (values, known) in names.items():
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise ConfigError(f"{option}: unknown value(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        clips = shapeworld.sample_clips(
+            args.count,
+            args.seed,
+            motions=(args.motion,),
+            shapes=tuple(args.shapes.split(",")),
+            backgrounds=tuple(args.backgrounds.split(",")),
+        )
+        print(shapeworld.write_dataset(args.output, clips, args.frames, args.size, args.token))
+        return 0
+    from .worldmodel import BaseModelConfig, build_base_model, evaluate_base_model
+
+    if args.world_command == "evaluate":
+        from .api import default_model_dir
+
+        model = Path(args.model) if args.model else default_model_dir()
+        summary = evaluate_base_model(
+            model, args.prompts, args.seeds, args.steps, args.guidance_scale, progress=not args.quiet, sheet=args.sheet
+        )
+        print(json.dumps(summary, indent=2))
+        return 0
+    config = BaseModelConfig.from_yaml(args.recipe) if args.recipe else BaseModelConfig()
+    summary = build_base_model(config, args.output, progress=not args.quiet, resume=args.resume)
+    print(f"model: {args.output / 'model'}")
+    print({k: v for k, v in summary.items() if k != "config"})
+    return 0
+
+
 def run_tiny_model(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_model
 
@@ -331,7 +412,13 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-COMMANDS = {"train": run_train, "generate": run_generate, "demo": run_demo, "tiny-model": run_tiny_model}
+COMMANDS = {
+    "train": run_train,
+    "generate": run_generate,
+    "demo": run_demo,
+    "world": run_world,
+    "tiny-model": run_tiny_model,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,7 @@ def build_tiny_model(
     unet_config: dict | None = None,
     vae_config: dict | None = None,
     text_hidden_size: int = 32,
+    scheduler_config: dict | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny, randomly initialised UNet3D text-to-video model folder and return its path.
@@ -162,7 +163,7 @@ def build_tiny_model(
     )
     unet = UNet3DConditionModel(**{**unet_kwargs, "cross_attention_dim": text_hidden_size})
     vae = AutoencoderKL(**{**TINY_VAE, **(vae_config or {})})
-    scheduler = DDIMScheduler(**ZEROSCOPE_SCHEDULER)
+    scheduler = DDIMScheduler(**{**ZEROSCOPE_SCHEDULER, **(scheduler_config or {})})
 
     with atomic_directory(output_dir) as staging:
         unet.save_pretrained(staging / "unet")

@@ -10,8 +10,9 @@ from ..errors import ConfigError
 from .base import Method
 from .dreambooth import DreamBooth
 from .newmove import NewMove
+from .pretrain import Pretrain
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (NewMove, DreamBooth)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (NewMove, DreamBooth, Pretrain)}
 PLANNED = ("motion-inversion", "motionmatcher", "motionbooth")
 
 __all__ = ["METHODS", "Method", "create_method", "load_adapter"]

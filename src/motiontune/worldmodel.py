@@ -1,0 +1,259 @@
+"""Build the ShapeWorld base model: a tiny UNet3D text-to-video model trained on ShapeWorld clips.
+
+Recipe (`motiontune world train-base --config FILE`), reproducible from its config and seed:
+1. render `clips` random clips of the *known* motions and shapes (novel ones are held out);
+2. train a small `AutoencoderKL` on their frames (MSE + a small KL term), so the diffusion model
+   works in a 2x smaller latent space;
+3. pre-train every UNet weight with v-prediction and min-SNR weighting (`methods.pretrain`)
+   through the shared training loop, resumable from its checkpoints;
+4. write a standard diffusers model folder, loadable by the same code as ZeroScope.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .shapeworld import KNOWN_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
+from .utils import atomic_directory
+
+
+@dataclass
+class BaseModelConfig:
+    """Everything that defines a ShapeWorld base model; the same config and seed give the same model."""
+
+    frames: int = 8
+    size: int = 32
+    clips: int = 4000
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch: int = 64
+    vae_learning_rate: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    unet_steps: int = 20000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 500
+    vae: dict = field(
+        default_factory=lambda: {"block_out_channels": [32, 64, 64], "latent_channels": 8, "norm_num_groups": 8}
+    )
+    unet: dict = field(
+        default_factory=lambda: {
+            "block_out_channels": [32, 64],
+            "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+            "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+        }
+    )
+    text_hidden_size: int = 64
+    tokens: list[str] = field(default_factory=lambda: ["sks", "pll"])
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> BaseModelConfig:
+        import yaml
+
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown base-model option(s) {', '.join(unknown)}")
+        return cls(**values)
+
+
+def training_clips(config: BaseModelConfig):
+    """The base model's training clips: known motions and shapes only."""
+    return sample_clips(config.clips, config.seed, motions=KNOWN_MOTIONS, shapes=SHAPES)
+
+
+def train_autoencoder(vae: torch.nn.Module, frames: np.ndarray, config: BaseModelConfig, progress: bool) -> list:
+    """Fit the VAE to ShapeWorld frames `(N, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I))."""
+    generator = torch.Generator().manual_seed(config.seed)
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
+    losses = []
+    for _ in tqdm(range(config.vae_steps), desc="training autoencoder", disable=not progress):
+        batch = pixels[torch.randint(len(pixels), (config.vae_batch,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator)).sample
+        loss = torch.nn.functional.mse_loss(recon, batch) + config.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+def _tuples(values: dict) -> dict:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+
+
+def _vae_config(config: BaseModelConfig) -> dict:
+    from .tiny import TINY_VAE
+
+    levels = len(config.vae["block_out_channels"])
+    blocks = {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels}
+    return _tuples({**TINY_VAE, **blocks, **config.vae})
+
+
+def _unet_config(config: BaseModelConfig) -> dict:
+    channels = config.vae["latent_channels"]
+    return _tuples({"in_channels": channels, "out_channels": channels, **config.unet})
+
+
+@torch.no_grad()
+def _normalise_latents(vae: torch.nn.Module, frames: np.ndarray) -> float:
+    """Set the VAE scaling factor to 1 / std of its latents (as Stable Diffusion's 0.18215 was chosen)."""
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    latents = torch.cat([vae.encode(part).latent_dist.mode() for part in pixels.split(256)])
+    factor = float(1 / latents.std())
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+def evaluate_base_model(
+    model: Path,
+    prompts: int = 64,
+    seeds: int = 2,
+    steps: int = 25,
+    guidance_scale: float = 5.0,
+    seed: int = 1234,
+    progress: bool = True,
+    sheet: Path | None = None,
+) -> dict:
+    """Score the base model with the analytic metrics on sampled prompts x seeds (known motions and shapes).
+
+    Prompts come from an independent seed; clips (positions, sizes, phases, textures) and noise are unseen.
+    Also asks for each novel motion by name and reports how often the model produces it (it should not).
+    """
+    from .api import open_backbone
+    from .evaluation import evaluate_video
+    from .generation import GenerationConfig, generate_latents
+    from .shapeworld import NOVEL_MOTIONS
+    from .video import frames_to_uint8, write_contact_sheet
+
+    backbone = open_backbone(model)
+    recipe = Path(model) / "recipe.json"
+    trained = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
+    frames, size = trained.get("frames", 8), trained.get("size", 32)
+    clips = sample_clips(prompts, seed, motions=KNOWN_MOTIONS, shapes=SHAPES)
+    novel = [with_motion(clip, NOVEL_MOTIONS[i % len(NOVEL_MOTIONS)]) for i, clip in enumerate(clips[:16])]
+    scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
+    novel_produced = []
+    rows, labels = [], []
+    jobs = [(clip, False) for clip in clips] + [(clip, True) for clip in novel]
+    for clip, is_novel in tqdm(jobs, desc="evaluating", disable=not progress):
+        for s in range(seeds):
+            settings = GenerationConfig(frames, size, size, steps, guidance_scale, seed=s, progress=False)
+            latents = generate_latents(backbone, [clip.caption()], [], settings)
+            video = frames_to_uint8(backbone.decode_latents(latents)[0])
+            result = evaluate_video(video, clip)
+            if is_novel:
+                novel_produced.append(result["motion"] == clip.motion)
+                continue
+            for attribute in scores:
+                scores[attribute].append(bool(result["correct"][attribute]))
+            if len(rows) < 12 and s == 0:
+                rows.append(video)
+                labels.append(clip.caption())
+    if sheet is not None:
+        write_contact_sheet(rows, sheet, labels=labels)
+    summary = {f"{name}_accuracy": float(np.mean(values)) for name, values in scores.items()}
+    summary["novel_motion_produced"] = float(np.mean(novel_produced))
+    summary["samples"] = len(scores["colour"])
+    return summary
+
+
+def build_base_model(config: BaseModelConfig, output: Path, progress: bool = True, resume: bool = False) -> dict:
+    """Train the base model into `output/model` and return a summary with timings and losses."""
+    from .api import open_backbone
+    from .methods.pretrain import Pretrain, PretrainConfig
+    from .tiny import build_tiny_model
+    from .training import Example, TrainConfig, train
+
+    output = Path(output)
+    stage = output / "stages"
+    summary: dict = {"config": dataclasses.asdict(config)}
+    clips = training_clips(config)
+    rendered = [render(c, config.frames, config.size) for c in tqdm(clips, desc="rendering", disable=not progress)]
+
+    untrained = stage / "autoencoded"
+    started = time.perf_counter()
+    if not (resume and (untrained / "model_index.json").exists()):
+        folder = build_tiny_model(
+            stage / "untrained",
+            words=[*VOCABULARY, *config.tokens],
+            text_length=16,
+            unet_config=_unet_config(config),
+            vae_config=_vae_config(config),
+            text_hidden_size=config.text_hidden_size,
+            scheduler_config={"prediction_type": "v_prediction"},
+            seed=config.seed,
+        )
+        backbone = open_backbone(folder, "cpu")
+        frames = np.concatenate([r.frames for r in rendered])
+        losses = train_autoencoder(backbone.vae, frames, config, progress)
+        summary["autoencoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
+        summary["latent_scaling_factor"] = _normalise_latents(backbone.vae, frames[:: max(1, len(frames) // 2048)])
+        with atomic_directory(untrained) as staging:
+            shutil.copytree(folder, staging, dirs_exist_ok=True)
+            backbone.vae.save_pretrained(staging / "vae")
+    summary["autoencoder_seconds"] = round(time.perf_counter() - started, 1)
+
+    backbone = open_backbone(untrained, "cpu")
+    torch.manual_seed(config.seed)
+    examples = []
+    with torch.no_grad():
+        for chunk in range(0, len(rendered), 256):
+            part = rendered[chunk : chunk + 256]
+            pixels = torch.from_numpy(np.stack([r.frames for r in part])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+            latents = backbone.encode_video(pixels)
+            texts = backbone.encode_prompt([r.caption for r in part])
+            for offset, (r, latent, text) in enumerate(zip(part, latents, texts, strict=True)):
+                examples.append(Example(latent, r.caption, text, "target", f"shapeworld:{chunk + offset}"))
+    method = Pretrain(backbone, PretrainConfig(config.snr_gamma, config.caption_dropout))
+    started = time.perf_counter()
+    train(
+        method,
+        examples,
+        TrainConfig(
+            output / "unet-training",
+            steps=config.unet_steps,
+            learning_rate=config.learning_rate,
+            batch_size=config.batch_size,
+            checkpoint_every=config.checkpoint_every,
+            seed=config.seed,
+            resume=resume,
+            progress=progress,
+        ),
+    )
+    summary["unet_seconds"] = round(time.perf_counter() - started, 1)
+    export_model(backbone, untrained, output / "model", config, summary)
+    return summary
+
+
+def export_model(backbone, autoencoded: Path, target: Path, config: BaseModelConfig, summary: dict) -> Path:
+    """Write the trained model as a diffusers folder with its native size and the recipe beside it."""
+    backbone.unet.register_to_config(sample_size=config.size // backbone.vae_scale_factor)
+    with atomic_directory(target) as staging:
+        shutil.copytree(autoencoded, staging, dirs_exist_ok=True)
+        backbone.unet.save_pretrained(staging / "unet")
+        (staging / "recipe.json").write_text(json.dumps(summary, indent=2))
+        native = {"frames": config.frames, "height": config.size, "width": config.size}
+        (staging / "motiontune.json").write_text(json.dumps({"native": native}, indent=2))
+    return target

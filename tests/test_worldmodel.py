@@ -1,0 +1,107 @@
+"""The ShapeWorld base-model recipe (smoke size) and the pre-training method it uses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from motiontune.api import generate, open_backbone
+from motiontune.errors import ConfigError
+from motiontune.methods import create_method
+from motiontune.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model
+
+SMOKE = {
+    "clips": 12,
+    "vae_steps": 3,
+    "vae_batch": 8,
+    "unet_steps": 2,
+    "batch_size": 4,
+    "checkpoint_every": 1,
+    "vae": {"block_out_channels": [8, 16, 16], "latent_channels": 8, "norm_num_groups": 8},
+    "unet": {
+        "block_out_channels": [16, 32],
+        "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+        "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+    },
+    "text_hidden_size": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory):
+    output = tmp_path_factory.mktemp("base")
+    summary = build_base_model(BaseModelConfig(**SMOKE), output, progress=False)
+    return output, summary
+
+
+def test_recipe_writes_a_loadable_model_with_its_native_size(smoke_model, tmp_path):
+    output, summary = smoke_model
+    model = output / "model"
+    assert json.loads((model / "motiontune.json").read_text())["native"] == {"frames": 8, "height": 32, "width": 32}
+    assert json.loads((model / "recipe.json").read_text())["config"]["clips"] == 12
+    backbone = open_backbone(model, "cpu")
+    assert backbone.vae_scale_factor == 4 and backbone.latent_channels == 8
+    assert summary["latent_scaling_factor"] == pytest.approx(backbone.vae.config.scaling_factor)
+    paths = generate("a red circle moving left on a white background", tmp_path / "v.mp4", model=model, steps=2)
+    from PIL import Image
+
+    with Image.open(paths["gif"]) as gif:
+        assert gif.size == (32, 32) and gif.n_frames >= 2
+    assert (output / "unet-training" / "checkpoints" / "step-000002").is_dir()
+
+
+def test_recipe_resumes_without_retraining_the_autoencoder(smoke_model):
+    output, _ = smoke_model
+    vae_before = (output / "stages" / "autoencoded" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    summary = build_base_model(BaseModelConfig(**SMOKE), output, progress=False, resume=True)
+    assert "autoencoder_loss" not in summary
+    vae_after = (output / "stages" / "autoencoded" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert vae_before == vae_after
+
+
+def test_evaluation_reports_accuracies(smoke_model):
+    output, _ = smoke_model
+    summary = evaluate_base_model(output / "model", prompts=2, seeds=1, steps=2, progress=False)
+    assert summary["samples"] == 2
+    for key in ("colour_accuracy", "shape_accuracy", "background_accuracy", "motion_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert 0.0 <= summary["novel_motion_produced"] <= 1.0
+
+
+def test_unknown_recipe_keys_are_rejected(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("clips: 3\nbatchsize: 4\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: unknown base-model option\(s\) batchsize"):
+        BaseModelConfig.from_yaml(recipe)
+
+
+def test_min_snr_weights_match_the_formula(backbone):
+    method = create_method("pretrain", backbone, {"snr_gamma": 5.0})
+    t = torch.tensor([10, 500, 990])
+    alpha = method.scheduler.alphas_cumprod[t]
+    snr = alpha / (1 - alpha)
+    assert torch.allclose(method.loss_weights(t), torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert torch.equal(create_method("pretrain", backbone, {"snr_gamma": 0.0}).loss_weights(t), torch.ones(3))
+
+
+def test_caption_dropout_trains_the_unconditional_branch(backbone):
+    method = create_method("pretrain", backbone, {"caption_dropout": 0.5})
+    latents = torch.randn(64, 4, 2, 8, 8)
+    text = backbone.encode_prompt(["a red circle"] * 64)
+    seen = []
+    original = backbone.predict_noise
+
+    def spy(noisy, timesteps, conditioning, conditional=None):
+        seen.append(conditioning)
+        return original(noisy, timesteps, conditioning, conditional)
+
+    backbone.predict_noise = spy
+    with torch.no_grad():
+        method.loss({"latents": latents, "text": text}, torch.Generator().manual_seed(0))
+    empty = backbone.encode_prompt([""])[0]
+    dropped = sum(torch.equal(row, empty) for row in seen[0])
+    assert 16 < dropped < 48
