@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from motiontune.api import open_backbone
-from motiontune.demo import write_toy_dataset
+from motiontune.shapeworld import sample_clips, write_dataset
 from motiontune.tiny import build_tiny_model
 
 REFERENCE_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
@@ -29,16 +29,16 @@ def backbone(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def motion_data(tmp_path_factory) -> Path:
-    """Three zigzag clips captioned with the token `sks`."""
+    """Three ShapeWorld zigzag clips captioned with the token `sks`."""
     folder = tmp_path_factory.mktemp("data") / "zigzag"
-    return write_toy_dataset(folder, "zigzag", "a {colour} square doing sks", 3, 10, 32, seed=0)
+    return write_dataset(folder, sample_clips(3, 0, motions=("zigzag",)), frames=10, size=32, token="sks")
 
 
 @pytest.fixture(scope="session")
 def regularization_data(tmp_path_factory) -> Path:
-    """Two clips of a known motion without the token."""
+    """Two ShapeWorld clips of a known motion, without the token."""
     folder = tmp_path_factory.mktemp("data") / "right"
-    return write_toy_dataset(folder, "right", "a {colour} square moving right", 2, 10, 32, seed=1)
+    return write_dataset(folder, sample_clips(2, 1, motions=("right",)), frames=10, size=32)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from motiontune.cli import main
-from motiontune.demo import render_clip
+from motiontune.shapeworld import Clip, render
 from motiontune.video import count_frames, write_video
 
 TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
@@ -128,7 +128,7 @@ def error_line(capsys) -> str:
 
 def write_clip(folder: Path, name: str, caption: str, frames: int = 10) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_video(render_clip("zigzag", "red", "white", frames, 32), folder / f"{name}.mp4")
+    path = write_video(render(Clip("square", "red", "white", "zigzag"), frames, 32).frames, folder / f"{name}.mp4")
     (folder / f"{name}.txt").write_text(caption)
     return path
 

@@ -10,8 +10,10 @@ from motiontune.cli import main
 def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "| NewMove training steps | 2 |" in report and "adapter size (MB)" in report
-    assert "| NewMove training steps | 2 |" in capsys.readouterr().out
+    assert "| NewMove steps | 2 |" in report and "adapter size (MB)" in report
+    assert "| model | motion accuracy | appearance accuracy | copy score |" in report
+    assert "| base |" in report and "| newmove |" in report
+    assert "| NewMove steps | 2 |" in capsys.readouterr().out
     assert (tmp_path / "newmove" / "adapter.safetensors").is_file()
     for name in ("base_0", "newmove_1"):
         for suffix in (".mp4", ".gif", ".png"):

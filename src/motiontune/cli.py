@@ -188,12 +188,33 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     evaluate.add_argument("--model", help="model folder (default: the shipped ShapeWorld model)")
+    evaluate.add_argument(
+        "--adapter", type=Path, action="append", default=[], help="adapter to apply, e.g. a training checkpoint"
+    )
     evaluate.add_argument("--prompts", type=_positive_int, default=64, help="sampled prompts")
     evaluate.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     evaluate.add_argument("--steps", type=_positive_int, default=25, help="sampling steps")
     evaluate.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale")
     evaluate.add_argument("--sheet", type=Path, default=None, help="write a PNG contact sheet of samples here")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    bench = commands.add_parser("bench", help="measure methods and ablations on a task")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    shapeworld_bench = bench_commands.add_parser(
+        "shapeworld",
+        help="every method and NewMove ablation learning a novel ShapeWorld motion, scored analytically",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    shapeworld_bench.add_argument("--model", default=None, help="model folder (default: shipped, else tiny random)")
+    shapeworld_bench.add_argument("--rows", default=None, help="semicolon-separated rows (default: all)")
+    shapeworld_bench.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    shapeworld_bench.add_argument("--steps", type=_positive_int, default=150, help="training steps per row")
+    shapeworld_bench.add_argument("--prompts", type=_positive_int, default=8, help="prompts per row")
+    shapeworld_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
+    shapeworld_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+    shapeworld_bench.add_argument("--output", type=Path, default=Path("bench-shapeworld"), help="work folder")
+    shapeworld_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
+    shapeworld_bench.add_argument("--quiet", action="store_true", help="no progress lines")
 
     tiny = commands.add_parser(
         "tiny-model",
@@ -384,7 +405,14 @@ def run_world(args: argparse.Namespace) -> int:
 
         model = Path(args.model) if args.model else default_model_dir()
         summary = evaluate_base_model(
-            model, args.prompts, args.seeds, args.steps, args.guidance_scale, progress=not args.quiet, sheet=args.sheet
+            model,
+            args.prompts,
+            args.seeds,
+            args.steps,
+            args.guidance_scale,
+            progress=not args.quiet,
+            sheet=args.sheet,
+            adapters=args.adapter,
         )
         print(json.dumps(summary, indent=2))
         return 0
@@ -392,6 +420,29 @@ def run_world(args: argparse.Namespace) -> int:
     summary = build_base_model(config, args.output, progress=not args.quiet, resume=args.resume)
     print(f"model: {args.output / 'model'}")
     print({k: v for k, v in summary.items() if k != "config"})
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_shapeworld, markdown_table, run_row
+
+    if args.row is not None:
+        result = run_row(args.row, args.output, args.model, args.steps, args.prompts, args.seeds, args.sampling_steps)
+        print(json.dumps(result))
+        return 0
+    rows = args.rows.split(";") if args.rows else None
+    results = bench_shapeworld(
+        args.output,
+        args.model,
+        rows,
+        args.steps,
+        args.prompts,
+        args.seeds,
+        args.sampling_steps,
+        report=args.report,
+        progress=not args.quiet,
+    )
+    print(markdown_table(results))
     return 0
 
 
@@ -417,6 +468,7 @@ COMMANDS = {
     "generate": run_generate,
     "demo": run_demo,
     "world": run_world,
+    "bench": run_bench,
     "tiny-model": run_tiny_model,
 }
 

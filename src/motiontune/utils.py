@@ -33,6 +33,19 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
 def peak_memory_mb(device: torch.device | str) -> float:
     """Peak memory of this process: allocated GPU memory on CUDA, resident set size on CPU."""
     device = torch.device(device)

@@ -135,6 +135,7 @@ def evaluate_base_model(
     seed: int = 1234,
     progress: bool = True,
     sheet: Path | None = None,
+    adapters: list[Path] = (),
 ) -> dict:
     """Score the base model with the analytic metrics on sampled prompts x seeds (known motions and shapes).
 
@@ -144,10 +145,12 @@ def evaluate_base_model(
     from .api import open_backbone
     from .evaluation import evaluate_video
     from .generation import GenerationConfig, generate_latents
+    from .methods import load_adapter
     from .shapeworld import NOVEL_MOTIONS
     from .video import frames_to_uint8, write_contact_sheet
 
     backbone = open_backbone(model)
+    methods = [load_adapter(path, backbone) for path in adapters]
     recipe = Path(model) / "recipe.json"
     trained = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
     frames, size = trained.get("frames", 8), trained.get("size", 32)
@@ -160,7 +163,7 @@ def evaluate_base_model(
     for clip, is_novel in tqdm(jobs, desc="evaluating", disable=not progress):
         for s in range(seeds):
             settings = GenerationConfig(frames, size, size, steps, guidance_scale, seed=s, progress=False)
-            latents = generate_latents(backbone, [clip.caption()], [], settings)
+            latents = generate_latents(backbone, [clip.caption()], methods, settings)
             video = frames_to_uint8(backbone.decode_latents(latents)[0])
             result = evaluate_video(video, clip)
             if is_novel:

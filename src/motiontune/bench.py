@@ -1,0 +1,171 @@
+"""`motiontune bench shapeworld`: every method and NewMove ablation on one ShapeWorld task, measured.
+
+Task: learn the novel motion zigzag from K reference clips (red/green circles and triangles captioned
+`... doing sks ...`), then generate N prompts x S seeds asking for other colours and shapes. Each row is
+trained and scored in a fresh process, so its peak memory is its own. Scores come from the analytic
+metrics: motion accuracy (the object zigzags), appearance accuracy (colour and shape follow the prompt),
+copy score (colour or shape taken from the references instead of the prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN
+from .errors import ConfigError
+from .shapeworld import COLOURS, SHAPES, Clip, sample_clips, write_dataset
+
+ROWS: dict[str, tuple[str, dict, bool]] = {
+    "newmove": ("newmove", {}, True),
+    "newmove, spatial none": ("newmove", {"spatial": "none"}, True),
+    "newmove, spatial all": ("newmove", {"spatial": "all"}, True),
+    "newmove, temporal off": ("newmove", {"temporal": False}, True),
+    "newmove, token trained": ("newmove", {"train_token": True}, True),
+    "newmove, uniform sampling": ("newmove", {"timestep_sampling": "uniform"}, True),
+    "newmove, no regularization": ("newmove", {}, False),
+    "newmove, lora 32": ("newmove", {"adapter": "lora", "lora_rank": 32}, True),
+    "dreambooth baseline": ("dreambooth", {}, True),
+}
+
+
+def bench_prompts(count: int) -> list[Clip]:
+    """Prompts whose colour and shape differ from the references' (blue/yellow, square and the rest)."""
+    colours = [c for c in COLOURS if c not in REFERENCE_LOOK["colours"]]
+    shapes = ["square", *(s for s in SHAPES if s != "square")]
+    backgrounds = ["gray", "white", "black"]
+    return [
+        Clip(shapes[(i // len(colours)) % len(shapes)], colours[i % len(colours)], backgrounds[i % 3], NOVEL_MOTION)
+        for i in range(count)
+    ]
+
+
+def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: int, seeds: int, sampling: int) -> dict:
+    """Train and score one row in this process; returns its measurements."""
+    from . import api
+    from .evaluation import copy_rates, evaluate_video
+    from .generation import GenerationConfig, generate_latents
+    from .methods import load_adapter
+    from .utils import peak_memory_mb
+    from .video import frames_to_uint8
+
+    method, options, regularized = ROWS[name]
+    references = sample_clips(4, 0, motions=(NOVEL_MOTION,), backgrounds=("white", "black", "gray"), **REFERENCE_LOOK)
+    reference_dir = write_dataset(workdir / "reference", references, 8, 32, token=TOKEN)
+    regularization = sample_clips(4, 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
+    regularization_dir = write_dataset(workdir / "regularization", regularization, 8, 32)
+    started = time.perf_counter()
+    result = api.train(
+        method,
+        data=reference_dir,
+        reg_data=regularization_dir if regularized else None,
+        output=workdir / "run",
+        model=model,
+        token=TOKEN,
+        steps=steps,
+        frames=8,
+        height=32,
+        width=32,
+        learning_rate=1e-3,
+        checkpoint_every=0,
+        overwrite=True,
+        progress=False,
+        method_options=options,
+    )
+    train_seconds = time.perf_counter() - started
+    backbone = api.open_backbone(model)
+    adapter = load_adapter(result.adapter, backbone)
+    clips = bench_prompts(prompts)
+    predicted = []
+    for clip in clips:
+        for seed in range(seeds):
+            settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False)
+            latents = generate_latents(backbone, [clip.caption(TOKEN)], [adapter], settings)
+            predicted.append(evaluate_video(frames_to_uint8(backbone.decode_latents(latents)[0]), clip))
+    wanted = [c.to_dict() for c in clips for _ in range(seeds)]
+    return {
+        "row": name,
+        "motion_accuracy": float(np.mean([p["motion"] == NOVEL_MOTION for p in predicted])),
+        "appearance_accuracy": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
+        "copy_score": copy_rates(predicted, wanted, [c.to_dict() for c in references])["any"],
+        "train_seconds": round(train_seconds, 1),
+        "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
+        "adapter_mb": round(result.adapter_megabytes, 2),
+    }
+
+
+def bench_shapeworld(
+    output: Path,
+    model: str | None = None,
+    rows: list[str] | None = None,
+    steps: int = 150,
+    prompts: int = 8,
+    seeds: int = 2,
+    sampling: int = 25,
+    report: Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run each row in a fresh process and write `output/results.json` (and a markdown table to `report`)."""
+    rows = rows or list(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise ConfigError(f"unknown bench row(s) {', '.join(unknown)} (known: {'; '.join(ROWS)})")
+    output = Path(output)
+    if model is None:
+        from .demo import default_or_tiny_model
+
+        model = str(default_or_tiny_model(output)[0])
+    results = []
+    for index, name in enumerate(rows):
+        if progress:
+            print(f"[{index + 1}/{len(rows)}] {name}", flush=True)
+        command = [sys.executable, "-m", "motiontune.cli", "bench", "shapeworld", "--row", name]
+        command += ["--output", str(output / f"row-{index}"), "--steps", str(steps), "--prompts", str(prompts)]
+        command += ["--seeds", str(seeds), "--sampling-steps", str(sampling)]
+        if model:
+            command += ["--model", str(model)]
+        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if finished.returncode != 0:
+            last = (finished.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"bench row '{name}' failed: {last}")
+        results.append(json.loads(finished.stdout.strip().splitlines()[-1]))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    if report is not None:
+        write_report_section(report, results, steps, prompts, seeds, model)
+    return results
+
+
+def markdown_table(results: list[dict]) -> str:
+    header = "| row | motion acc. | appearance acc. | copy | train s | peak MB | adapter MB |\n"
+    header += "| --- | --- | --- | --- | --- | --- | --- |\n"
+    return header + "".join(
+        f"| {r['row']} | {r['motion_accuracy']:.2f} | {r['appearance_accuracy']:.2f} | {r['copy_score']:.2f} | "
+        f"{r['train_seconds']} | {r['peak_memory_mb']} | {r['adapter_mb']} |\n"
+        for r in results
+    )
+
+
+BEGIN, END = "<!-- bench-shapeworld:begin -->", "<!-- bench-shapeworld:end -->"
+
+
+def write_report_section(report: Path, results: list[dict], steps: int, prompts: int, seeds: int, model) -> None:
+    """Replace the bench section of `report` (between markers) with the new table, atomically."""
+    from .utils import atomic_write_text
+
+    section = (
+        f"{BEGIN}\n`motiontune bench shapeworld --steps {steps} --prompts {prompts} --seeds {seeds}`"
+        f" on `{model or 'the default model'}`:\n\n{markdown_table(results)}{END}"
+    )
+    text = report.read_text() if report.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n## Bench\n\n" + section + "\n"
+    atomic_write_text(report, text)
