@@ -33,6 +33,7 @@ from .shapeworld import (
     SHAPES,
     SIZES,
     Clip,
+    mask_boxes,
     motion_path,
     render,
     texture,
@@ -190,16 +191,8 @@ def trajectory(masks: np.ndarray) -> np.ndarray:
 
 
 def boxes(masks: np.ndarray) -> np.ndarray:
-    """Mask bounding boxes `(F, 4)` normalised (x1, y1, x2, y2) = (xmin/W, ymin/H, (xmax+1)/W, (ymax+1)/H); NaN rows
-    where a mask is empty (the renderer's `RenderedClip.boxes` convention)."""
-    masks = np.asarray(masks, bool)
-    f, h, w = masks.shape
-    out = np.full((f, 4), np.nan)
-    for k in range(f):
-        ys, xs = np.nonzero(masks[k])
-        if len(xs):
-            out[k] = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
-    return out
+    """Mask bounding boxes `(F, 4)` in the renderer's convention (`shapeworld.mask_boxes`); NaN rows where empty."""
+    return mask_boxes(masks)
 
 
 # --------------------------------------------------------------------------------------------- appearance

@@ -165,17 +165,26 @@ def render(clip: Clip, frames: int = 8, size: int = 32, token: str | None = None
     radius = SIZES[clip.size] * size / 2
     offsets = (np.arange(size * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
     masks = np.zeros((frames, size, size), bool)
-    boxes = np.full((frames, 4), np.nan, np.float32)
     for k, (cx, cy) in enumerate(path * size):
         inside = _shape_coverage(clip.shape, offsets[None, :] - cx, offsets[:, None] - cy, radius)
         coverage = inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean((1, 3))
         video[k] = video[k] * (1 - coverage[..., None]) + colour * coverage[..., None]
         masks[k] = coverage >= 0.5
+    frames_uint8 = np.clip(np.round(video), 0, 255).astype(np.uint8)
+    boxes = mask_boxes(masks).astype(np.float32)
+    return RenderedClip(clip, frames_uint8, masks, boxes, path.astype(np.float32), clip.caption(token))
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Bounding boxes `(F, 4)` of masks, normalised (xmin/W, ymin/H, (xmax+1)/W, (ymax+1)/H); NaN where empty."""
+    masks = np.asarray(masks, bool)
+    frames, height, width = masks.shape
+    out = np.full((frames, 4), np.nan)
+    for k in range(frames):
         ys, xs = np.nonzero(masks[k])
         if len(xs):
-            boxes[k] = (xs.min() / size, ys.min() / size, (xs.max() + 1) / size, (ys.max() + 1) / size)
-    frames_uint8 = np.clip(np.round(video), 0, 255).astype(np.uint8)
-    return RenderedClip(clip, frames_uint8, masks, boxes, path.astype(np.float32), clip.caption(token))
+            out[k] = (xs.min() / width, ys.min() / height, (xs.max() + 1) / width, (ys.max() + 1) / height)
+    return out
 
 
 def random_clip(
