@@ -120,7 +120,7 @@ class _TrainingModule(torch.nn.Module):
         super().__init__()
         self.unet = method.backbone.unet
         self.extra = method.extra_modules()
-        self.method = [method]
+        self.method = [method]  # a list, so the method's own modules are not registered twice
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         return self.method[0].loss(batch, generator)
