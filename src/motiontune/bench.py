@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN
+from .demo import NOVEL_MOTION, REFERENCE_LOOK, SUBJECT_LOOK, TOKEN
 from .errors import ConfigError
 from .shapeworld import COLOURS, SHAPES, Clip, sample_clips, write_dataset
 
@@ -93,7 +93,7 @@ def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: in
         "row": name,
         "motion_accuracy": float(np.mean([p["motion"] == NOVEL_MOTION for p in predicted])),
         "appearance_accuracy": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
-        "copy_score": copy_rates(predicted, wanted, [c.to_dict() for c in references])["any"],
+        "copy_score": copy_rates(predicted, wanted, [c.to_dict() for c in references], SUBJECT_LOOK)["any"],
         "train_seconds": round(train_seconds, 1),
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
         "adapter_mb": round(result.adapter_megabytes, 2),
