@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .demo import NOVEL_MOTION, REFERENCE_LOOK, SUBJECT_LOOK, TOKEN
+from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 from .errors import ConfigError
-from .shapeworld import COLOURS, SHAPES, Clip, sample_clips, write_dataset
+from .shapeworld import COLOURS, SHAPES, Clip
 
 ROWS: dict[str, tuple[str, dict, bool]] = {
     "newmove": ("newmove", {}, True),
@@ -49,17 +47,14 @@ def bench_prompts(count: int) -> list[Clip]:
 def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: int, seeds: int, sampling: int) -> dict:
     """Train and score one row in this process; returns its measurements."""
     from . import api
-    from .evaluation import copy_rates, evaluate_video
+    from .evaluation import evaluate_video
     from .generation import GenerationConfig, generate_latents
     from .methods import load_adapter
     from .utils import peak_memory_mb
     from .video import frames_to_uint8
 
     method, options, regularized = ROWS[name]
-    references = sample_clips(4, 0, motions=(NOVEL_MOTION,), backgrounds=("white", "black", "gray"), **REFERENCE_LOOK)
-    reference_dir = write_dataset(workdir / "reference", references, 8, 32, token=TOKEN)
-    regularization = sample_clips(4, 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
-    regularization_dir = write_dataset(workdir / "regularization", regularization, 8, 32)
+    references, reference_dir, regularization_dir = write_task(workdir, 8, 32)
     started = time.perf_counter()
     result = api.train(
         method,
@@ -88,12 +83,12 @@ def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: in
             settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False)
             latents = generate_latents(backbone, [clip.caption(TOKEN)], [adapter], settings)
             predicted.append(evaluate_video(frames_to_uint8(backbone.decode_latents(latents)[0]), clip))
-    wanted = [c.to_dict() for c in clips for _ in range(seeds)]
+    scores = task_scores(predicted, [clip for clip in clips for _ in range(seeds)], references)
     return {
         "row": name,
-        "motion_accuracy": float(np.mean([p["motion"] == NOVEL_MOTION for p in predicted])),
-        "appearance_accuracy": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
-        "copy_score": copy_rates(predicted, wanted, [c.to_dict() for c in references], SUBJECT_LOOK)["any"],
+        "motion_accuracy": scores["motion"],
+        "appearance_accuracy": scores["appearance"],
+        "copy_score": scores["copy"],
         "train_seconds": round(train_seconds, 1),
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
         "adapter_mb": round(result.adapter_megabytes, 2),

@@ -28,6 +28,28 @@ PROMPTS = [
 ]
 
 
+def write_task(folder: Path, frames: int, size: int) -> tuple[list[Clip], Path, Path]:
+    """The zigzag task: 4 reference clips (red/green circles and triangles, captioned with the token) and
+    4 regularization clips of known motions; returns the reference clips and both folders."""
+    references = sample_clips(4, 0, motions=(NOVEL_MOTION,), backgrounds=("white", "black", "gray"), **REFERENCE_LOOK)
+    reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
+    regularization = sample_clips(4, 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
+    return references, reference_dir, write_dataset(folder / "regularization", regularization, frames, size)
+
+
+def task_scores(predicted: list[dict], prompts: list[Clip], references: list[Clip]) -> dict[str, float]:
+    """Motion accuracy (the object zigzags), appearance accuracy (colour and shape follow the prompt) and
+    copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
+    from .evaluation import copy_rates
+
+    copies = copy_rates(predicted, [c.to_dict() for c in prompts], [c.to_dict() for c in references], SUBJECT_LOOK)
+    return {
+        "motion": float(np.mean([p["motion"] == NOVEL_MOTION for p in predicted])),
+        "appearance": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
+        "copy": copies["any"],
+    }
+
+
 def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
     """The shipped model, else a tiny random one built (once) under `output/model`."""
     from .api import default_model_dir
@@ -46,17 +68,14 @@ def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
 def run_demo(output: Path, steps: int | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Customize the default model with NewMove on zigzag clips, generate, measure and report."""
     from . import api
-    from .evaluation import copy_rates, evaluate_video
+    from .evaluation import evaluate_video
     from .video import write_contact_sheet
 
     output = Path(output)
     steps = steps or 150
     model, shipped = default_or_tiny_model(output)
     frames, size, sampling_steps = 8, 32, 25
-    references = sample_clips(4, 0, motions=(NOVEL_MOTION,), backgrounds=("white", "black", "gray"), **REFERENCE_LOOK)
-    reference_dir = write_dataset(output / "reference", references, frames, size, token=TOKEN)
-    regularization = sample_clips(4, 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
-    regularization_dir = write_dataset(output / "regularization", regularization, frames, size)
+    references, reference_dir, regularization_dir = write_task(output, frames, size)
     started = time.perf_counter()
     result = api.train(
         "newmove",
@@ -98,12 +117,7 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
             predicted.append(evaluate_video(video, clip))
             rows.append(video)
             labels.append(f"{name}: {prompt}")
-        copies = copy_rates(predicted, [c.to_dict() for c in PROMPTS], [c.to_dict() for c in references], SUBJECT_LOOK)
-        scores[name] = {
-            "motion": float(np.mean([p["motion"] == NOVEL_MOTION for p in predicted])),
-            "appearance": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
-            "copy": copies["any"],
-        }
+        scores[name] = task_scores(predicted, PROMPTS, references)
     sheet = write_contact_sheet(rows, output / "contact_sheet.png", labels=labels)
     reference_rows = [_read_mp4(p) for p in sorted(reference_dir.glob("*.mp4"))]
     reference_sheet = write_contact_sheet(reference_rows, output / "reference_sheet.png")
