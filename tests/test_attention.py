@@ -109,7 +109,7 @@ def test_zero_initialised_embeddings_are_an_identity(backbone):
     site = backbone.controller.sites[TEMPORAL_SITE]
     h, w = backbone.grid_at_level((16, 16), site.level)
     channels = backbone.unet.get_submodule(TEMPORAL_SITE).to_q.in_features
-    backbone.controller.embeddings[TEMPORAL_SITE] = TemporalEmbedding(channels, 8, value_tokens=h * w)
+    backbone.controller.embeddings[TEMPORAL_SITE] = TemporalEmbedding(channels, 8, value_grid=(h, w))
     after = backbone.predict_noise(latents, torch.tensor(300), text)
     assert torch.allclose(before, after, atol=1e-6)
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_embeddings_enter_query_key_and_value_as_in_motion_inversion(backbone):
     attn = backbone.unet.get_submodule(TEMPORAL_SITE)
     channels, frames, pixels = attn.to_q.in_features, 3, 4
     torch.manual_seed(0)
-    embedding = TemporalEmbedding(channels, 5, value_tokens=pixels)
+    embedding = TemporalEmbedding(channels, 5, value_grid=(2, 2))
     with torch.no_grad():
         embedding.query_key.normal_()
         embedding.value.normal_()

@@ -122,7 +122,7 @@ def train(
     sampling: str = "uniform",
     learning_rate: float | None = None,
     batch_size: int = 1,
-    gradient_accumulation: int = 1,
+    gradient_accumulation: int | None = None,
     max_grad_norm: float = 1.0,
     checkpoint_every: int = 100,
     keep_checkpoints: int = 2,
@@ -141,17 +141,20 @@ def train(
 ) -> TrainResult:
     """Train `method` on the captioned videos in `data` and write `output/adapter.safetensors`.
 
-    Every input is checked (videos readable and long enough, captions carry the token, options
-    known) before anything is written to `output`.
+    For a subject method (motionbooth), `data` holds the subject's images with masks instead
+    (`subject_data.find_subject_images`), captioned by the method (e.g. "a sks dog"; give the class
+    word in `method_options={"class_word": "dog"}`). Every input is checked (videos readable and long
+    enough, captions carry the token, options known) before anything is written to `output`.
     """
     import time
 
     from .data import VideoDataset
     from .methods import create_method, method_class
+    from .subject_data import find_subject_images, prepare_subject_examples
     from .training import TrainConfig, prepare_examples
     from .training import train as run_training
 
-    method_class(method)
+    subject_images = method_class(method).training_data == "subject images"
     config = TrainConfig(
         output_dir=Path(output),
         steps=steps,
@@ -169,8 +172,10 @@ def train(
         save_precision=save_precision,
         resume=resume,
         progress=progress,
+        frames=frames,
     )
-    sources = {"target": find_video_items(data)}
+    images = find_subject_images(data) if subject_images else []
+    sources = {} if subject_images else {"target": find_video_items(data)}
     if reg_data is not None:
         sources["regularization"] = find_video_items(reg_data)
     for items in sources.values():
@@ -193,6 +198,8 @@ def train(
 
     cache = Path(cache_dir) if cache_dir is not None else Path(output) / "cache"
     examples = []
+    if subject_images:
+        examples += prepare_subject_examples(backbone, images, trainer.subject_caption(), height, width, progress)
     for source, items in sources.items():
         dataset = VideoDataset(items, frames, height, width, sampling)
         examples += prepare_examples(backbone, dataset, source, cache, progress)
@@ -224,7 +231,7 @@ def _warn_on_overlap(adapters: list[Path]) -> None:
 
 
 def generate(
-    prompt: str,
+    prompt: str | None = None,
     output: PathLike = "output.mp4",
     model: PathLike | None = None,
     adapters: list[PathLike] | None = None,
@@ -238,20 +245,38 @@ def generate(
     seed: int = 0,
     reference: PathLike | None = None,
     noise_prior: float = 0.0,
+    debias: str = "object",
     fps: int = 8,
     device: str | torch.device | None = None,
     progress: bool = True,
+    script: PathLike | None = None,
+    subject: str | None = None,
+    boxes: dict[str, list[list[float]]] | list | None = None,
+    camera_speed: tuple[float, float] | None = None,
+    box_strength: float = 10.0,
+    amplify_until: int = 700,
+    keep_other_words: bool = False,
+    shift_window: tuple[int, int] = (800, 600),
 ) -> dict[str, Path]:
     """Generate one video for `prompt` with any number of adapters; returns the MP4, GIF and PNG paths.
 
     Frames and size default to those the (first) adapter was trained at, else the model folder's native
     size (`motiontune.json`), else 16 frames at the UNet's configured sample size.
+
+    MotionBooth controls (`motiontune.control`): `script` is an official JSON control script whose
+    prompt, boxes and camera speed are used unless `prompt`, `boxes` (subject words -> keyframe boxes
+    x1, y1, x2, y2 in [0, 1], spread evenly over the video; or a list of `control.SubjectPath`) or
+    `camera_speed` (fraction of the frame travelled, dx, dy) are given; `subject` fills its
+    '[rare token] [class name]' placeholder. The other control options are those of `control.ControlOptions`.
     """
     from .adapters import read_metadata
+    from .control import ControlOptions, control_hooks, motion_script, sampling_timesteps
     from .generation import GenerationConfig
     from .generation import generate as run_generation
     from .methods import load_adapter
 
+    motion = motion_script(prompt, script, subject, boxes, camera_speed)
+    control = ControlOptions(box_strength, amplify_until, keep_other_words, tuple(shift_window))
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
     _warn_on_overlap(adapters)
@@ -279,7 +304,10 @@ def generate(
         sampler=sampler,
         reference=Path(reference) if reference is not None else None,
         noise_prior=noise_prior,
+        debias=debias,
         progress=progress,
         fps=fps,
     )
-    return run_generation(backbone, prompt, output, methods, settings)
+    timesteps = sampling_timesteps(backbone, settings.sampler, settings.steps)
+    hooks = control_hooks(backbone, motion, settings.frames, timesteps, control, seed)
+    return run_generation(backbone, motion.prompt, output, methods, settings, hooks)

@@ -48,7 +48,8 @@ class BoxEdit:
     `S + strength * (1 - |B_k| / |Q|)` for subject tokens inside box `B_k` while `amplify` is on,
     and `-inf` for subject tokens outside their box. With `suppress_other_words`, every other prompt
     word (positions 1 .. prompt_length - 2) is suppressed everywhere, as the official code does;
-    start, end and padding tokens are never touched.
+    start, end and padding tokens are never touched. `background_positions` (the official `bg_phrase`)
+    are the mirror image: `-inf` inside any box, amplified outside all boxes while `amplify` is on.
     """
 
     subjects: list[SubjectBox]
@@ -56,6 +57,7 @@ class BoxEdit:
     amplify: bool = True
     prompt_length: int | None = None
     suppress_other_words: bool = True
+    background_positions: list[int] = field(default_factory=list)
 
     def bias_and_mask(self, frames: int, grid: tuple[int, int], tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Additive bias `(F, h*w, T)` and suppression mask `(F, h*w, T)` for one layer's grid."""
@@ -63,6 +65,7 @@ class BoxEdit:
         bias = torch.zeros(frames, h, w, tokens)
         suppress = torch.zeros(frames, h, w, tokens, dtype=torch.bool)
         subject_tokens: set[int] = set()
+        covered = torch.zeros(frames, h, w, dtype=torch.bool)
         for subject in self.subjects:
             boxes = subject.boxes
             if boxes.shape[0] != frames:
@@ -79,25 +82,58 @@ class BoxEdit:
                 gain = self.strength * (1 - area)[:, None, None, None]
                 bias[..., positions] += gain * inside[..., None]
             suppress[..., positions] |= ~inside[..., None]
+            covered |= inside
+        background = [p for p in self.background_positions if p < tokens]
+        if background:
+            if self.amplify:
+                area = (~covered).flatten(1).sum(1).float() / (h * w)
+                bias[..., background] += self.strength * (1 - area)[:, None, None, None] * (~covered)[..., None]
+            suppress[..., background] |= covered[..., None]
         if self.suppress_other_words:
             last_word = (self.prompt_length or tokens) - 1
-            others = [j for j in range(1, last_word) if j not in subject_tokens]
+            others = [j for j in range(1, last_word) if j not in subject_tokens and j not in background]
             suppress[..., others] = True
         return bias.flatten(1, 2), suppress.flatten(1, 2)
+
+
+VALUE_MODES = ("full", "drop", "difference")
 
 
 class TemporalEmbedding(torch.nn.Module):
     """Learnable embeddings added inside one temporal attention (Motion Inversion Sec. 3).
 
-    `query_key` `(1, F_max, C)` is added to the normalised input feeding `to_q` and `to_k`;
-    `value` `(h*w, F_max, C)` is added to the input feeding `to_v`. Both start at zero, so an
-    untrained embedding is an identity. Fewer frames slice, more frames interpolate over time.
+    `query_key` `(1, F_max, C)` is added to the normalised input feeding `to_q` and `to_k` (it may be a
+    parameter shared with another site); the value embedding `(h*w, F_max, C)` is added to the input
+    feeding `to_v`, stored in full or as a rank-r product `basis (h*w, r) @ coefficients (r, F_max*C)`.
+    Both start at zero, so an untrained embedding is an identity. Fewer frames slice, more frames
+    interpolate over time; another latent grid interpolates the value embedding over space.
+    `value_mode` is Motion Inversion's inference debiasing (Sec. 3.3): `full` (training), `drop`
+    (camera motion) or `difference` (`m'_0 = m_0`, `m'_f = m_f - m_{f-1}`, object motion).
     """
 
-    def __init__(self, channels: int, max_frames: int, value_tokens: int | None = None, query_key: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        max_frames: int,
+        value_grid: tuple[int, int] | None = None,
+        query_key: bool | torch.nn.Parameter = True,
+        value_rank: int = 0,
+    ):
         super().__init__()
-        self.query_key = torch.nn.Parameter(torch.zeros(1, max_frames, channels)) if query_key else None
-        self.value = torch.nn.Parameter(torch.zeros(value_tokens, max_frames, channels)) if value_tokens else None
+        if isinstance(query_key, torch.nn.Parameter):
+            self.query_key = query_key
+        else:
+            self.query_key = torch.nn.Parameter(torch.zeros(1, max_frames, channels)) if query_key else None
+        self.value_grid = tuple(value_grid) if value_grid else None
+        self.value_mode = "full"
+        self.value = self.value_basis = self.value_coefficients = None
+        if value_grid and value_rank:
+            tokens = value_grid[0] * value_grid[1]
+            self.value_basis = torch.nn.Parameter(torch.zeros(tokens, value_rank))
+            self.value_coefficients = torch.nn.Parameter(torch.randn(value_rank, max_frames * channels) / value_rank)
+        elif value_grid:
+            self.value = torch.nn.Parameter(torch.zeros(value_grid[0] * value_grid[1], max_frames, channels))
+        self.max_frames, self.channels = max_frames, channels
 
     @staticmethod
     def _frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
@@ -108,11 +144,25 @@ class TemporalEmbedding(torch.nn.Module):
     def query_key_for(self, frames: int) -> torch.Tensor | None:
         return None if self.query_key is None else self._frames(self.query_key, frames)
 
-    def value_for(self, frames: int, rows: int) -> torch.Tensor | None:
-        """Value embedding for `rows = B*h*w` batch rows; repeated over the batch."""
-        if self.value is None:
+    def full_value(self) -> torch.Tensor | None:
+        """The value embedding `(h*w, F_max, C)`, expanded from its factors when stored low-rank."""
+        if self.value_basis is not None:
+            return (self.value_basis @ self.value_coefficients).view(-1, self.max_frames, self.channels)
+        return self.value
+
+    def value_for(self, frames: int, rows: int, grid: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """Value embedding for `rows = B*h*w` batch rows of a `grid`-sized site, after `value_mode`."""
+        value = self.full_value()
+        if value is None or self.value_mode == "drop":
             return None
-        value = self._frames(self.value, frames)
+        value = self._frames(value, frames)
+        if self.value_mode == "difference":
+            value = torch.cat([value[:, :1], value[:, 1:] - value[:, :-1]], dim=1)
+        if grid is not None and tuple(grid) != self.value_grid:
+            h, w = self.value_grid
+            planes = value.permute(1, 2, 0).reshape(1, frames * self.channels, h, w)
+            planes = F.interpolate(planes, size=tuple(grid), mode="bilinear", align_corners=False)
+            value = planes.reshape(frames, self.channels, -1).permute(2, 0, 1)
         if rows % value.shape[0]:
             raise ValueError(f"value embedding has {value.shape[0]} positions, attention has {rows} rows")
         return value.repeat(rows // value.shape[0], 1, 1)
@@ -212,7 +262,8 @@ class ControlledProcessor:
             query_key = embedding.query_key_for(frames)
             if query_key is not None:
                 query_input = key_input = hidden_states + query_key.to(hidden_states.dtype)
-            value = embedding.value_for(frames, hidden_states.shape[0])
+            grid = controller.grid(self.site) if controller.context is not None else None
+            value = embedding.value_for(frames, hidden_states.shape[0], grid)
             if value is not None:
                 value_input = hidden_states + value.to(hidden_states.dtype)
 

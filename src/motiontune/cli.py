@@ -65,6 +65,65 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f"method_{name}", type=kind, help=help_text)
 
 
+def _add_motion_controls(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "MotionBooth controls (training-free; boxes are x1,y1,x2,y2 fractions of the frame, timesteps count down "
+        "from 1000)"
+    )
+    group.add_argument(
+        "--script",
+        type=Path,
+        default=None,
+        help="MotionBooth control script (JSON: prompt, phrases, bbox, bbox_proportions, camera_speed, bg_phrase); "
+        "--prompt, --box and --camera-speed override its values",
+    )
+    group.add_argument(
+        "--subject",
+        default=None,
+        help="words that replace the script placeholder '[rare token] [class name]', e.g. 'sks dog'",
+    )
+    group.add_argument(
+        "--box",
+        action="append",
+        default=None,
+        metavar="WORDS:x1,y1,x2,y2[;x1,y1,x2,y2...]",
+        help="box path of the subject named by WORDS in the prompt; keyframes are spread evenly over the frames "
+        "(repeatable, one per subject; replaces the script's boxes)",
+    )
+    group.add_argument(
+        "--camera-speed",
+        default=None,
+        metavar="DX,DY",
+        help="camera travel over the video as fractions of the frame width and height "
+        "(positive DX pans right, positive DY moves down); overrides the script's",
+    )
+    group.add_argument(
+        "--box-strength",
+        type=float,
+        default=10.0,
+        help="alpha: subject tokens inside their box get + alpha * (1 - box area / frame area)",
+    )
+    group.add_argument(
+        "--amplify-until",
+        type=int,
+        default=700,
+        metavar="TIMESTEP",
+        help="tau: amplify inside the boxes while the timestep is above this (700 = the first 15 of 50 steps)",
+    )
+    group.add_argument(
+        "--keep-other-words",
+        action="store_true",
+        help="leave prompt words other than the boxed subjects untouched instead of suppressing them everywhere "
+        "as the official code does (which leaves only the start/end tokens to carry the scene)",
+    )
+    group.add_argument(
+        "--shift-window",
+        default="800,600",
+        metavar="START,END",
+        help="camera shift at the steps with START >= timestep > END (800,600 = steps 10-19 of 50)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="motiontune",
@@ -82,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(train)
     train.add_argument("--method", default="newmove", help="newmove or dreambooth (baseline)")
     _add_model(train)
-    train.add_argument("--data", type=Path, help="folder of reference videos with captions (required)")
+    train.add_argument(
+        "--data",
+        type=Path,
+        help="folder of reference videos with captions (required); for motionbooth, subject images with masks "
+        "(masks/NAME.png, NAME_mask.png or an alpha channel)",
+    )
     train.add_argument("--reg-data", type=Path, help="folder of real captioned regularization videos (NewMove Eq. 3)")
     train.add_argument("--token", default="sks", help=MOTION_TOKEN_HELP)
     train.add_argument("--output", type=Path, help="output folder for the adapter and checkpoints (required)")
@@ -93,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sampling", default="uniform", help="frame sampling: uniform or stride:K")
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's own)")
     train.add_argument("--batch-size", type=_positive_int, default=1, help="clips per micro-batch")
-    train.add_argument("--gradient-accumulation", type=_positive_int, default=1, help="micro-batches per step")
+    train.add_argument(
+        "--gradient-accumulation",
+        type=_positive_int,
+        default=None,
+        help="micro-batches per step (default: the method's own, 2 for motionbooth's image + video batches)",
+    )
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="write a checkpoint every N steps")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="how many checkpoints to keep")
@@ -124,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(generate)
     _add_model(generate)
     generate.add_argument("--adapter", type=Path, action="append", default=None, help="adapter file (repeatable)")
-    generate.add_argument("--prompt", help="text prompt; must contain each adapter's token (required)")
+    generate.add_argument(
+        "--prompt", help="text prompt; must contain each adapter's token (required unless --script gives one)"
+    )
     generate.add_argument("--negative-prompt", default="", help="prompt of the unconditional branch")
     generate.add_argument("--frames", type=_positive_int, default=None, help="frames (default: the adapter's)")
     generate.add_argument("--height", type=_positive_int, default=None, help="height (default: the adapter's)")
@@ -140,9 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="start from sqrt(p) * inverted reference + sqrt(1-p) * noise",
     )
+    generate.add_argument(
+        "--debias",
+        default="object",
+        choices=["none", "object", "hybrid", "camera"],
+        help="Motion Inversion adapters: object/hybrid use the value embedding's frame difference, "
+        "camera drops it, none keeps it as trained",
+    )
     generate.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the MP4/GIF")
     generate.add_argument("--output", type=Path, default=Path("output.mp4"), help="output MP4 path")
     generate.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_motion_controls(generate)
 
     demo = commands.add_parser(
         "demo",
@@ -343,8 +422,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from . import api
+    from .control import parse_box_option, parse_camera_speed, parse_shift_window
 
-    _require(args, "prompt")
+    if args.script is None:
+        _require(args, "prompt")
+    boxes = None
+    if args.box:
+        boxes = [parse_box_option(text) for text in args.box]
+        words = [path.words for path in boxes]
+        if len(set(words)) != len(words):
+            raise ConfigError(f"--box: subject words given twice ({', '.join(words)})")
     outputs = api.generate(
         prompt=args.prompt,
         output=args.output,
@@ -360,9 +447,18 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         reference=args.reference,
         noise_prior=args.noise_prior,
+        debias=args.debias,
         fps=args.fps,
         device=args.device,
         progress=not args.quiet,
+        script=args.script,
+        subject=args.subject,
+        boxes=boxes,
+        camera_speed=parse_camera_speed(args.camera_speed) if args.camera_speed is not None else None,
+        box_strength=args.box_strength,
+        amplify_until=args.amplify_until,
+        keep_other_words=args.keep_other_words,
+        shift_window=parse_shift_window(args.shift_window),
     )
     for kind, path in outputs.items():
         print(f"{kind}: {path}")

@@ -132,16 +132,35 @@ def _items_from_pairs(root: Path) -> list[VideoItem]:
     return items
 
 
+def _single_video_item(video: Path) -> VideoItem:
+    caption_file = video.with_suffix(".txt")
+    if caption_file.is_file():
+        caption = _read_text(caption_file).strip()
+        if not caption:
+            raise InputError(f"{caption_file}: empty caption")
+        return VideoItem(path=video, caption=caption)
+    for name in METADATA_FILENAMES:
+        meta = video.parent / name
+        if meta.is_file():
+            rows = [item for item in _items_from_metadata(meta) if Path(item.path).resolve() == video.resolve()]
+            if rows:
+                return rows[0]
+    raise InputError(f"{video}: no caption (add {caption_file.name} or a row in the folder's captions.csv)")
+
+
 def find_video_items(root: str | os.PathLike[str]) -> list[VideoItem]:
     """List the captioned videos of a dataset, sorted by path.
 
     ``root`` is a folder of ``name.<ext>`` + ``name.txt`` pairs, a folder holding ``metadata.csv``,
     ``metadata.jsonl`` or ``captions.csv`` (fields ``video_path,caption``, paths relative to the folder),
-    or the path of such a .csv / .jsonl file. Raises InputError (one line naming the file) on any problem.
+    the path of such a .csv / .jsonl file, or one video file (captioned by ``name.txt`` beside it or by
+    its row in its folder's metadata). Raises InputError (one line naming the file) on any problem.
     """
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or folder")
+    if root.is_file() and root.suffix.lower() in VIDEO_EXTENSIONS:
+        return [_single_video_item(root)]
     if root.is_file():
         if root.suffix.lower() not in (".csv", ".jsonl"):
             raise InputError(f"{root}: expected a dataset folder or a metadata .csv/.jsonl file")

@@ -28,6 +28,7 @@ class GenerationConfig:
     reference: Path | None = None
     noise_prior: float = 0.0
     inversion_steps: int | None = None
+    debias: str = "object"
     progress: bool = True
     fps: int = 8
 
@@ -75,6 +76,7 @@ def generate_latents(
     for method in methods:
         for prompt in prompts:
             method.check_prompt(prompt)
+        method.prepare_inference(settings)
     with torch.no_grad():
         text = backbone.encode_prompt(prompts)
         uncond = backbone.encode_prompt([settings.negative_prompt] * len(prompts))
@@ -101,14 +103,18 @@ def generate(
     output: str | os.PathLike,
     methods: Sequence[Method] = (),
     settings: GenerationConfig | None = None,
+    hooks: Sequence[StepHook] = (),
 ) -> dict[str, Path]:
-    """Generate one video and write `output` (MP4) with a GIF and a PNG contact sheet beside it."""
+    """Generate one video and write `output` (MP4) with a GIF and a PNG contact sheet beside it.
+
+    `hooks` run after the adapters' own (e.g. `control.control_hooks` for boxes and camera motion).
+    """
     from .video import frames_to_uint8, save_outputs
 
     settings = settings or GenerationConfig()
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
-    latents = generate_latents(backbone, [prompt], methods, settings)
+    latents = generate_latents(backbone, [prompt], methods, settings, hooks)
     frames = frames_to_uint8(backbone.decode_latents(latents)[0])
     return save_outputs(frames, output, fps=settings.fps, label=prompt)

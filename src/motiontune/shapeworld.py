@@ -242,3 +242,17 @@ def write_dataset(
         (folder / f"{name}.json").write_text(json.dumps(truth))
         (folder / f"{name}.txt").write_text(rendered.caption)
     return folder
+
+
+def write_subject_images(folder: str | os.PathLike, clips: list[Clip], size: int = 32) -> Path:
+    """Write the first frame of each clip as `name.png` with its exact mask as `masks/name.png` (a subject dataset)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    for index, clip in enumerate(clips):
+        rendered = render(clip, 1, size)
+        name = f"{clip.colour}_{clip.shape}_{index:03d}"
+        Image.fromarray(rendered.frames[0]).save(folder / f"{name}.png")
+        Image.fromarray(rendered.masks[0].astype(np.uint8) * 255).save(folder / "masks" / f"{name}.png")
+    return folder

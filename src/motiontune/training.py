@@ -25,19 +25,23 @@ from .adapters import atomic_save_tensors, read_adapter, save_adapter
 from .backbones.base import Backbone
 from .data import VideoDataset
 from .errors import ConfigError, InputError
-from .methods.base import Method
+from .methods.base import Method, uniform_picks
 from .utils import atomic_directory, peak_memory_mb
 
 
 @dataclass
 class Example:
-    """One training clip: cached latents `(C, F, h, w)`, its caption and its text embedding `(L, D)`."""
+    """One training clip: cached latents `(C, F, h, w)`, its caption and its text embedding `(L, D)`.
+
+    `mask` is a binary foreground mask `(1, H, W)` at pixel resolution, for subject images.
+    """
 
     latents: torch.Tensor
     caption: str
     text: torch.Tensor
     source: str
     path: str
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -46,7 +50,7 @@ class TrainConfig:
     steps: int = 400
     learning_rate: float | None = None
     batch_size: int = 1
-    gradient_accumulation: int = 1
+    gradient_accumulation: int | None = None
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -60,12 +64,13 @@ class TrainConfig:
     save_precision: str = "fp32"
     resume: bool = False
     progress: bool = True
+    frames: int | None = None  # frames of the videos the adapter is for; default: the longest example's
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1 or self.gradient_accumulation < 1:
+        if self.batch_size < 1 or (self.gradient_accumulation is not None and self.gradient_accumulation < 1):
             raise ConfigError("--batch-size and --gradient-accumulation must be at least 1")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"--lr must be positive, got {self.learning_rate}")
@@ -126,16 +131,30 @@ class _TrainingModule(torch.nn.Module):
         return self.method[0].loss(batch, generator)
 
 
-def _draw_batch(examples: list[Example], size: int, generator: torch.Generator, device) -> dict:
-    """A batch drawn uniformly from all examples (the literal union D^m ∪ D^r of NewMove Eq. 3)."""
-    picks = torch.randint(len(examples), (size,), generator=generator).tolist()
+def _draw_batch(
+    examples: list[Example],
+    size: int,
+    generator: torch.Generator,
+    device,
+    method: Method | None = None,
+    micro_step: int = 0,
+) -> dict:
+    """The batch `method.pick_examples` chooses; without a method, drawn uniformly from all examples
+    (the literal union D^m ∪ D^r of NewMove Eq. 3). Masks come along when every chosen example has one."""
+    if method is None:
+        picks = uniform_picks(examples, size, generator)
+    else:
+        picks = method.pick_examples(examples, size, generator, micro_step)
     chosen = [examples[i] for i in picks]
-    return {
+    batch = {
         "latents": torch.stack([e.latents for e in chosen]).to(device),
         "text": torch.stack([e.text for e in chosen]).to(device),
         "captions": [e.caption for e in chosen],
         "sources": [e.source for e in chosen],
     }
+    if all(e.mask is not None for e in chosen):
+        batch["masks"] = torch.stack([e.mask for e in chosen]).to(device)
+    return batch
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -209,14 +228,18 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     backbone = method.backbone
     output_dir = config.output_dir
     learning_rate = config.learning_rate or method.default_learning_rate
+    accumulation = config.gradient_accumulation or method.default_gradient_accumulation
+    longest = max((e.latents.shape for e in examples), key=lambda shape: shape[1])
+    latent_shape = torch.Size([longest[0], config.frames or longest[1], *longest[2:]])
     AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=_resolve_precision(config.mixed_precision, backbone.device),
-        gradient_accumulation_steps=config.gradient_accumulation,
+        gradient_accumulation_steps=accumulation,
         cpu=backbone.device.type == "cpu",
     )
     torch.manual_seed(config.seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    method.bind_training_shape(latent_shape)
     method.prepare_for_training()
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
@@ -244,8 +267,9 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     started = time.perf_counter()
     for step in bar:
         total = 0.0
-        for _ in range(config.gradient_accumulation):
-            batch = _draw_batch(examples, config.batch_size, generator, backbone.device)
+        for micro in range(accumulation):
+            micro_step = step * accumulation + micro
+            batch = _draw_batch(examples, config.batch_size, generator, backbone.device, method, micro_step)
             with accelerator.accumulate(module), accelerator.autocast():
                 loss = module(batch, generator)
                 accelerator.backward(loss)
@@ -253,7 +277,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            total += loss.detach().item() / config.gradient_accumulation
+            total += loss.detach().item() / accumulation
         bar.set_postfix(loss=f"{total:.4f}")
         with log_path.open("a") as log:
             log.write(json.dumps({"step": step + 1, "loss": total}) + "\n")
@@ -262,7 +286,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
             _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
-            _validate(method, config, done, examples[0].latents.shape)
+            _validate(method, config, done, latent_shape)
             module.train()
     module.eval()
     elapsed = time.perf_counter() - started
@@ -275,17 +299,17 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         "steps": config.steps,
         "learning_rate": learning_rate,
         "batch_size": config.batch_size,
-        "gradient_accumulation": config.gradient_accumulation,
+        "gradient_accumulation": accumulation,
         "seed": config.seed,
         "examples": len(examples),
-        "latent_shape": list(examples[0].latents.shape),
+        "latent_shape": list(latent_shape),
         "base_model": str(backbone.path),
         "seconds": round(elapsed, 2),
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
     }
     path = save_adapter(output_dir / "adapter.safetensors", tensors, metadata)
     if config.validation_prompts and not config.validate_every:
-        _validate(method, config, config.steps, examples[0].latents.shape)
+        _validate(method, config, config.steps, latent_shape)
     return path
 
 

@@ -8,7 +8,10 @@ temporal transformer are self-attention over frames.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -25,13 +28,22 @@ _FEED_FORWARD = r"\.ff\.net\.(?:0\.proj|2)"
 
 CHECKPOINT_UNITS = re.compile(r"^(?:transformer_in|.*\.(?:attentions|temp_attentions|resnets|temp_convs)\.\d+)$")
 CHECKPOINT_HOOK = "motiontune.gradient_checkpointing"
+_CHECKPOINTING_PAUSED = contextvars.ContextVar("motiontune_checkpointing_paused", default=False)
+
+
+class _DownBlocksDone(Exception):
+    """Raised by the early-exit hook to leave the UNet forward after a down block, carrying its output."""
+
+    def __init__(self, hidden_states: torch.Tensor):
+        super().__init__("early exit after a down block")
+        self.hidden_states = hidden_states
 
 
 class _CheckpointHook(ModelHook):
     """Recompute a module's activations in backward instead of storing them (non-reentrant)."""
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or _CHECKPOINTING_PAUSED.get():
             return self.fn_ref.original_forward(*args, **kwargs)
         return checkpoint(self.fn_ref.original_forward, *args, use_reentrant=False, **kwargs)
 
@@ -47,6 +59,8 @@ class UNet3DBackbone(Backbone):
         "spatial": r"^(?!transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",
         "cross": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.",
         "cross_kv": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.to_[kv]\.",
+        # everything but temporal attention blocks and temporal convs (transformer_in stays): MotionBooth's wo_temp
+        "without_temporal_blocks": r"^(?!.*\.temp_attentions\.|.*\.temp_convs\.)",
         "all": r".",
     }
     lora_target_patterns: ClassVar[dict[str, str]] = {
@@ -93,6 +107,43 @@ class UNet3DBackbone(Backbone):
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def down_attention_level(self, preferred: int) -> int:
+        """The down-path level nearest to `preferred` that has both cross and temporal attention sites.
+
+        ZeroScope / ModelScope have attention in down blocks 0-2, so asking for level 2 (the latent/4 grid,
+        MotionMatcher's `down_blocks.2`) gets level 2. A smaller model without attention at the preferred
+        level gets the nearest level that has it, the deeper one on a tie (the tiny test model, whose last
+        down block has no attention, gets level 1). In this UNet the down block at level `k` is `down_blocks[k]`.
+        """
+        down = [site for site in self.sites if site.block == "down"]
+        levels = {s.level for s in down if s.kind == "cross"} & {s.level for s in down if s.kind == "temporal"}
+        if not levels:
+            raise ValueError(f"backbone '{self.name}': no down block has both cross and temporal attention")
+        return min(levels, key=lambda level: (abs(level - preferred), -level))
+
+    @contextlib.contextmanager
+    def down_blocks_only(self, last_level: int | None = None) -> Iterator[list[torch.Tensor]]:
+        """Inside this block a denoiser call stops after `down_blocks[last_level]` (default: the last one).
+
+        The mid and up blocks (and any later down blocks) never run: MotionMatcher's `get_features`
+        early exit, done with a forward hook that raises once the block returns. The call is swallowed
+        and the block's output hidden states `(B*F, C, h, w)` are appended to the yielded list; code
+        after the call inside the block does not run.
+        """
+        block = self.unet.down_blocks[-1 if last_level is None else last_level]
+        outputs: list[torch.Tensor] = []
+
+        def stop(module, args, output):
+            raise _DownBlocksDone(output[0])
+
+        handle = block.register_forward_hook(stop)
+        try:
+            yield outputs
+        except _DownBlocksDone as done:
+            outputs.append(done.hidden_states)
+        finally:
+            handle.remove()
 
     def grid_at_level(self, latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
         """The token grid (h, w) a site at `level` sees: each downsampler maps n to ceil(n / 2)."""
@@ -173,6 +224,19 @@ class UNet3DBackbone(Backbone):
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 if registry.get_hook(CHECKPOINT_HOOK) is None:
                     registry.register_hook(_CheckpointHook(), CHECKPOINT_HOOK)
+
+    @contextlib.contextmanager
+    def gradient_checkpointing_paused(self) -> Iterator[None]:
+        """Store activations of the calls inside this block even with gradient checkpointing on.
+
+        For passes whose recomputation in backward would not repeat them: the recompute happens after
+        the block, when adapters switched off or attention recording inside it are back to normal.
+        """
+        token = _CHECKPOINTING_PAUSED.set(True)
+        try:
+            yield
+        finally:
+            _CHECKPOINTING_PAUSED.reset(token)
 
     def disable_gradient_checkpointing(self) -> None:
         for name, module in self.unet.named_modules():

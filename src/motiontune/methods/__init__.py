@@ -9,11 +9,18 @@ from ..backbones.base import Backbone
 from ..errors import ConfigError
 from .base import Method
 from .dreambooth import DreamBooth
+from .motion_inversion import MotionInversion
+from .motionbooth import MotionBooth
+from .motiondirector import MotionDirector
+from .motionmatcher import MotionMatcher
 from .newmove import NewMove
 from .pretrain import Pretrain
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (NewMove, DreamBooth, Pretrain)}
-PLANNED = ("motion-inversion", "motionmatcher", "motionbooth")
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (NewMove, DreamBooth, MotionInversion, MotionBooth, MotionMatcher, MotionDirector, Pretrain)
+}
+PLANNED: tuple[str, ...] = ()
 
 __all__ = ["METHODS", "Method", "create_method", "load_adapter"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,11 @@ def coarse_noise_timesteps(
     t = torch.arange(num_train_timesteps, dtype=torch.float64)
     weights = 1 - alpha * torch.cos(math.pi * t / num_train_timesteps)
     return torch.multinomial(weights, batch, replacement=True, generator=generator)
+
+
+def uniform_picks(examples: Sequence, size: int, generator: torch.Generator) -> list[int]:
+    """Indices drawn uniformly from all examples (the literal union D^m ∪ D^r of NewMove Eq. 3)."""
+    return torch.randint(len(examples), (size,), generator=generator).tolist()
 
 
 def training_scheduler(backbone: Backbone) -> DDPMScheduler:
@@ -82,7 +88,11 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type]
     default_learning_rate: ClassVar[float] = 1e-5
+    default_gradient_accumulation: ClassVar[int] = 1
     uses_token: ClassVar[bool] = True
+    #: "videos": captioned clips (`data.find_video_items`); "subject images": images with masks
+    #: (`subject_data`), all captioned with the method's `subject_caption()`.
+    training_data: ClassVar[str] = "videos"
 
     def __init__(self, backbone: Backbone, config: Any = None, token: str | None = None):
         self.backbone = backbone
@@ -103,6 +113,9 @@ class Method:
         return cls.Config(**values)
 
     # --- training -----------------------------------------------------------------------------
+    def bind_training_shape(self, latent_shape: torch.Size) -> None:
+        """Called before `prepare_for_training` with one training example's latent shape `(C, F, h, w)`."""
+
     def prepare_for_training(self) -> None:
         """Mark what trains (and inject adapters or embeddings)."""
 
@@ -116,6 +129,10 @@ class Method:
     def extra_modules(self) -> torch.nn.Module | None:
         """Trainable modules that live outside the backbone (embeddings), for the training wrapper."""
         return None
+
+    def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
+        """Indices of the examples in the batch of `micro_step` (counted from 0 over the whole run)."""
+        return uniform_picks(examples, size, generator)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         return uniform_timesteps(batch, generator, self.scheduler.config.num_train_timesteps)
@@ -134,6 +151,9 @@ class Method:
         """Reject prompts that cannot trigger what the adapter learned."""
         if self.uses_token and self.token not in prompt.split():
             raise InputError(f"{self.source}: prompt {prompt!r} does not contain the adapter's token '{self.token}'")
+
+    def prepare_inference(self, settings: Any) -> None:
+        """Apply generation-time options (a `GenerationConfig`) before sampling, e.g. a debiasing mode."""
 
     def inference_hooks(self) -> list[StepHook]:
         return []

@@ -1,0 +1,295 @@
+"""MotionMatcher: "Motion Customization of Text-to-Video Diffusion Models via Motion Feature Matching"
+(Wu et al., 2025, arXiv 2502.13234), as its official code realises it.
+
+One LoRA (rank 32) on the spatial self-attention and feed-forward layers and on every temporal
+attention and feed-forward layer. Per step, with t ~ U{500, ..., 999}:
+
+    x_hat_{t-1} = sqrt(a_{t-1}) (x_t - sqrt(1 - a_t) eps_theta) / sqrt(a_t) + sqrt(1 - a_{t-1}) eps_theta
+    x_{t-1}     = sqrt(a_{t-1}) x_0 + sqrt(1 - a_{t-1}) eps
+
+(one DDIM step with the LoRA model's noise, and the ground-truth noisy video). The frozen model (LoRA
+off) runs both at t - 1 up to the end of its down blocks; its head-averaged cross-attention maps M_CA
+(all tokens) and temporal self-attention maps M_TSA (F x F per position) at the latent/4 level are the
+motion features, and
+
+    L_mot = lambda_CA MSE(M_CA(x_hat_{t-1}), M_CA(x_{t-1})) + lambda_TSA MSE(M_TSA(x_hat_{t-1}), M_TSA(x_{t-1}))
+
+with lambda_CA = lambda_TSA = 2000 (Fig. 2-4). `loss: pixel` trains the same LoRA with the plain
+denoising MSE instead (the paper's pixel-level baseline). At inference the LoRA is on only for
+t >= 500, the range it was trained on.
+
+The LoRA helpers here (injection that keeps other adapters active, per-adapter switching) serve every
+LoRA method of this package, e.g. the MotionDirector baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+
+from ..errors import ConfigError
+from ..sampling import StepHook, StepState, to_epsilon
+from .base import Method, denoising_loss, noised, uniform_timesteps
+
+FEATURE_LEVEL = 2  # the latent/4 grid: `down_blocks.2` of ZeroScope (`spatial_scale_factor = 4` in the code)
+
+
+def _set_active_adapters(layer: LoraLayer, names: list[str]) -> None:
+    """Activate exactly `names` on one LoRA layer without changing any parameter's `requires_grad`."""
+    flags = [(parameter, parameter.requires_grad) for parameter in layer.parameters()]
+    layer.set_adapter(names)
+    for parameter, flag in flags:
+        parameter.requires_grad_(flag)
+
+
+def inject_lora(unet: torch.nn.Module, target_modules: str, rank: int, dropout: float, name: str) -> str:
+    """Add a LoRA (`W x + B A dropout(x)`, B = 0 at start, scale 1) on the matching linears; return its name.
+
+    The name is `name`, or `name_2`, `name_3`, ... when the model already holds an adapter of that name.
+    peft makes a new adapter the only active one on every LoRA layer; the adapters that were active
+    before stay active here, so several adapters compose (their updates add up).
+    """
+    existing = set(getattr(unet, "peft_config", {}))
+    unique, number = name, 1
+    while unique in existing:
+        number += 1
+        unique = f"{name}_{number}"
+    before = {id(m): list(m.active_adapters) for m in unet.modules() if isinstance(m, LoraLayer)}
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, target_modules=target_modules)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        inject_adapter_in_model(config, unet, adapter_name=unique)
+    for module in unet.modules():
+        if isinstance(module, LoraLayer):
+            previous = [a for a in before.get(id(module), []) if a in module.lora_A]
+            _set_active_adapters(module, previous + ([unique] if unique in module.lora_A else []))
+    unet.train(unet.training)  # the new modules start in training mode: give them the model's mode
+    return unique
+
+
+def lora_layers(unet: torch.nn.Module, name: str) -> list[LoraLayer]:
+    return [m for m in unet.modules() if isinstance(m, LoraLayer) and name in m.lora_A]
+
+
+def set_lora_enabled(layers: list[LoraLayer], name: str, enabled: bool) -> None:
+    """Switch one adapter on or off on its layers; other adapters on the same layers are left as they are."""
+    for layer in layers:
+        others = [a for a in layer.active_adapters if a != name]
+        _set_active_adapters(layer, [*others, name] if enabled else others)
+
+
+class LoraMethod(Method):
+    """A method whose adapter is one peft LoRA over the backbone's `lora_groups` linears.
+
+    The config needs `lora_rank` and `lora_dropout`. Adapter tensors use peft's key format
+    (`unet.<module>.lora_A.weight`), as diffusers LoRA files do.
+    """
+
+    lora_groups: ClassVar[list[str]]
+    uses_token = False
+    adapter_name: str | None = None
+
+    def prepare_for_training(self) -> None:
+        self._inject()
+
+    def _inject(self) -> None:
+        if self.adapter_name is not None:
+            return
+        target = self.backbone.lora_target(self.lora_groups)
+        unet = self.backbone.unet
+        self.adapter_name = inject_lora(unet, target, self.config.lora_rank, self.config.lora_dropout, self.name)
+        self.lora_layers = lora_layers(unet, self.adapter_name)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        self._inject()
+        name = self.adapter_name
+        return [p for layer in self.lora_layers for p in (layer.lora_A[name].weight, layer.lora_B[name].weight)]
+
+    def set_lora_enabled(self, enabled: bool) -> None:
+        set_lora_enabled(self.lora_layers, self.adapter_name, enabled)
+
+    @contextlib.contextmanager
+    def lora_disabled(self) -> Iterator[None]:
+        """The model without this method's LoRA (other adapters unchanged) inside the block."""
+        was_enabled = self.adapter_name in self.lora_layers[0].active_adapters
+        self.set_lora_enabled(False)
+        try:
+            yield
+        finally:
+            self.set_lora_enabled(was_enabled)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        self._inject()
+        state = get_peft_model_state_dict(self.backbone.unet, adapter_name=self.adapter_name)
+        return {f"unet.{key}": value.detach().clone() for key, value in state.items()}
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        self._inject()
+        state = {key.removeprefix("unet."): value for key, value in tensors.items() if key.startswith("unet.")}
+        expected = get_peft_model_state_dict(self.backbone.unet, adapter_name=self.adapter_name)
+        if set(state) != set(expected):
+            wrong = sorted(set(state) ^ set(expected))[0]
+            raise ConfigError(f"{source}: LoRA tensors do not match this model ({wrong})")
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise ConfigError(
+                    f"{source}: LoRA tensor '{key}' has shape {tuple(value.shape)}, "
+                    f"model expects {tuple(expected[key].shape)} (trained with another rank or model size?)"
+                )
+        set_peft_model_state_dict(self.backbone.unet, state, adapter_name=self.adapter_name)
+
+    def adapter_metadata(self) -> dict:
+        metadata = super().adapter_metadata()
+        metadata["targets"] = {"groups": self.lora_groups, "lora_target": self.backbone.lora_target(self.lora_groups)}
+        return metadata
+
+
+@dataclass
+class MotionMatcherConfig:
+    loss: str = field(
+        default="feature",
+        metadata={"help": "feature (motion-feature matching) or pixel (plain denoising MSE on the same LoRA)"},
+    )
+    lora_rank: int = field(default=32, metadata={"help": "LoRA rank"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input while training"})
+    min_timestep: int = field(default=500, metadata={"help": "training timesteps are drawn from [min_timestep, T)"})
+    cross_attention_weight: float = field(
+        default=2000.0, metadata={"help": "lambda_CA, weight of the cross-attention map MSE"}
+    )
+    temporal_attention_weight: float = field(
+        default=2000.0, metadata={"help": "lambda_TSA, weight of the temporal self-attention map MSE"}
+    )
+    lora_window_start: int = field(
+        default=500, metadata={"help": "at inference the LoRA is on only for timesteps >= this"}
+    )
+    feature_autocast: bool = field(
+        default=False,
+        metadata={
+            "help": "run the frozen feature passes under the training autocast: faster, but bf16 rounding of "
+            "the attention maps is as large as the differences the loss matches (default: full precision)"
+        },
+    )
+
+    def __post_init__(self):
+        if self.loss not in ("feature", "pixel"):
+            raise ConfigError(f"loss must be feature or pixel, got '{self.loss}'")
+        if self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be at least 1, got {self.lora_rank}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 1 <= self.min_timestep <= 999:
+            raise ConfigError(f"min_timestep must be in [1, 999], got {self.min_timestep}")
+
+
+class LoraWindow:
+    """Step hook: one adapter on for timesteps >= `start`, off below; switched back on after sampling."""
+
+    def __init__(self, method: LoraMethod, start: int):
+        self.method = method
+        self.start = start
+
+    def before_step(self, state: StepState) -> None:
+        self.method.set_lora_enabled(state.timestep >= self.start)
+
+    def after_sampling(self) -> None:
+        self.method.set_lora_enabled(True)
+
+
+class MotionMatcher(LoraMethod):
+    name = "motionmatcher"
+    Config = MotionMatcherConfig
+    default_learning_rate = 5e-4
+    lora_groups: ClassVar[list[str]] = ["spatial_self", "temporal"]
+
+    @property
+    def feature_level(self) -> int:
+        return self.backbone.down_attention_level(FEATURE_LEVEL)
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        steps = self.scheduler.config.num_train_timesteps
+        return uniform_timesteps(batch, generator, steps, low=self.config.min_timestep)
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
+        if self.config.loss == "pixel":
+            return denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
+        latents, text = batch["latents"], batch["text"]
+        noisy, noise, _ = noised(self.scheduler, latents, timesteps, generator)
+        timesteps = timesteps.to(latents.device)
+        output = self.backbone.predict_noise(noisy, timesteps, text)
+        alphas = self.scheduler.alphas_cumprod.to(latents.device, torch.float32)
+        alpha, previous_alpha = (alphas[t].view(-1, 1, 1, 1, 1) for t in (timesteps, timesteps - 1))
+        eps = to_epsilon(output.float(), noisy.float(), alpha, self.scheduler.config.prediction_type)
+        clean = (noisy.float() - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        predicted = previous_alpha.sqrt() * clean + (1 - previous_alpha).sqrt() * eps
+        target = previous_alpha.sqrt() * latents.float() + (1 - previous_alpha).sqrt() * noise.float()
+        return self.feature_loss(predicted.to(latents.dtype), target.to(latents.dtype), timesteps - 1, text)
+
+    def feature_loss(
+        self, predicted: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor
+    ) -> torch.Tensor:
+        """L_mot between two noisy videos `(B, C, F, h, w)` at `timesteps`; only `predicted` carries gradients."""
+        with self.frozen_extractor():
+            with torch.no_grad():
+                target_cross, target_temporal = self.motion_features(target, timesteps, text)
+            cross, temporal = self.motion_features(predicted, timesteps, text)
+        return self.config.cross_attention_weight * F.mse_loss(
+            cross, target_cross
+        ) + self.config.temporal_attention_weight * F.mse_loss(temporal, target_temporal)
+
+    @contextlib.contextmanager
+    def frozen_extractor(self) -> Iterator[None]:
+        """The pretrained model as feature extractor: this LoRA off, dropout off (eval mode), no gradient
+        checkpointing (its recompute in backward would run with the LoRA back on) and, unless
+        `feature_autocast`, no mixed-precision autocast (the maps of close videos differ by less than bf16
+        resolves)."""
+        unet = self.backbone.unet
+        training = unet.training
+        unet.eval()
+        precision = contextlib.nullcontext()
+        if not self.config.feature_autocast:
+            precision = torch.autocast(self.backbone.device.type, enabled=False)
+        try:
+            with self.lora_disabled(), self.backbone.gradient_checkpointing_paused(), precision:
+                yield
+        finally:
+            unet.train(training)
+
+    def motion_features(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_CA `(B, F, h*w, T)` and M_TSA `(B, h*w, F, F)` at the feature level, averaged over heads and
+        layers; the denoiser runs only up to the end of that level's down block."""
+        from ..attention import AttentionController
+
+        backbone = self.backbone
+        controller = backbone.controller or AttentionController(backbone)
+        level = self.feature_level
+        sites = [s for s in backbone.sites if s.block == "down" and s.level == level and s.kind != "spatial_self"]
+        names = {s.name for s in sites}
+        recording = controller.record(lambda site: site.name in names, with_grad=torch.is_grad_enabled())
+        with recording as maps, backbone.down_blocks_only(level):
+            backbone.predict_noise(latents, timesteps, text)
+        batch, frames = latents.shape[0], latents.shape[2]
+        positions = maps[next(s.name for s in sites if s.kind == "cross")].shape[1]
+        cross = [maps[s.name].float().unflatten(0, (batch, frames, -1)).mean(2) for s in sites if s.kind == "cross"]
+        temporal = [
+            maps[s.name].float().unflatten(0, (batch, positions, -1)).mean(2) for s in sites if s.kind == "temporal"
+        ]
+        return torch.stack(cross).mean(0), torch.stack(temporal).mean(0)
+
+    def inference_hooks(self) -> list[StepHook]:
+        return [LoraWindow(self, self.config.lora_window_start)]
+
+    def adapter_metadata(self) -> dict:
+        metadata = super().adapter_metadata()
+        metadata["targets"]["feature_level"] = self.feature_level
+        return metadata
