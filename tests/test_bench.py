@@ -17,7 +17,7 @@ def test_smoke_bench_row_writes_results_and_replaces_its_report_section(tiny_mod
     results = bench_shapeworld(
         tmp_path / "work",
         str(tiny_model_dir),
-        ["newmove, lora 32"],
+        ["newmove, lora 32", "motion inversion, debias object"],
         steps=1,
         prompts=1,
         seeds=1,
@@ -25,12 +25,14 @@ def test_smoke_bench_row_writes_results_and_replaces_its_report_section(tiny_mod
         report=report,
         progress=False,
     )
-    (row,) = results
-    assert row["row"] == "newmove, lora 32" and 0 <= row["motion_accuracy"] <= 1
-    assert row["train_seconds"] > 0 and row["peak_memory_mb"] > 100 and 0 < row["adapter_mb"] < 5
+    assert [row["row"] for row in results] == ["newmove, lora 32", "motion inversion, debias object"]
+    for row in results:
+        assert 0 <= row["motion_accuracy"] <= 1 and 0 <= row["copy_score"] <= 1
+        assert row["train_seconds"] > 0 and row["peak_memory_mb"] > 100 and 0 < row["adapter_mb"] < 5
     assert json.loads((tmp_path / "work" / "results.json").read_text()) == results
     text = report.read_text()
     assert "old table" not in text and "| newmove, lora 32 |" in text
+    assert "| motion inversion, debias object |" in text
     assert text.startswith("# Title\n\nkept") and text.rstrip().endswith("tail kept")
 
 

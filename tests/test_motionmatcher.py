@@ -311,3 +311,18 @@ def test_cli_train_and_generate_with_both_adapters(tiny_model_dir, motion_data, 
     generate = ["generate", "--model", str(tiny_model_dir), *adapters, "--prompt", "a red circle moving"]
     assert main([*generate, "--steps", "2", "--quiet", "--output", str(output)]) == 0
     assert output.exists() and output.with_suffix(".gif").exists()
+
+
+def test_feature_passes_leave_bf16_autocast_unless_asked(backbone):
+    """bf16 rounding of the maps is as large as the map differences: the extractor runs in full precision."""
+    batch = _batch(backbone)
+    method = _matcher(backbone)
+
+    def loss(autocast: bool) -> float:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return method.loss(batch, torch.Generator().manual_seed(0)).item()
+
+    full = loss(False)
+    assert loss(True) == pytest.approx(full, rel=0.05)
+    method.config.feature_autocast = True
+    assert loss(True) > 3 * full

@@ -14,22 +14,61 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 from .errors import ConfigError
 from .shapeworld import COLOURS, SHAPES, Clip
 
-ROWS: dict[str, tuple[str, dict, bool]] = {
-    "newmove": ("newmove", {}, True),
-    "newmove, spatial none": ("newmove", {"spatial": "none"}, True),
-    "newmove, spatial all": ("newmove", {"spatial": "all"}, True),
-    "newmove, temporal off": ("newmove", {"temporal": False}, True),
-    "newmove, token trained": ("newmove", {"train_token": True}, True),
-    "newmove, uniform sampling": ("newmove", {"timestep_sampling": "uniform"}, True),
-    "newmove, no regularization": ("newmove", {}, False),
-    "newmove, lora 32": ("newmove", {"adapter": "lora", "lora_rank": 32}, True),
-    "dreambooth baseline": ("dreambooth", {}, True),
+
+@dataclass(frozen=True)
+class Row:
+    """One bench row: a method (`none`: the untrained base model) and its options.
+
+    It trains on the 4 zigzag clips, or only on the first (`one_video`, the setting of Motion Inversion
+    and MotionMatcher), with or without regularization videos, and generates with extra
+    `GenerationConfig` settings (Motion Inversion's debiasing, a noise prior from the inverted reference).
+    """
+
+    method: str
+    options: dict = field(default_factory=dict)
+    regularized: bool = True
+    one_video: bool = False
+    learning_rate: float = 1e-3
+    generation: dict = field(default_factory=dict)
+
+
+ONE_VIDEO = {"one_video": True, "regularized": False}
+FROM_REFERENCE = {"noise_prior": 0.5}
+ROWS: dict[str, Row] = {
+    "base model": Row("none"),
+    "base model, from inverted reference": Row("none", one_video=True, generation=FROM_REFERENCE),
+    "newmove": Row("newmove"),
+    "newmove, spatial none": Row("newmove", {"spatial": "none"}),
+    "newmove, spatial all": Row("newmove", {"spatial": "all"}),
+    "newmove, temporal off": Row("newmove", {"temporal": False}),
+    "newmove, token trained": Row("newmove", {"train_token": True}),
+    "newmove, uniform sampling": Row("newmove", {"timestep_sampling": "uniform"}),
+    "newmove, no regularization": Row("newmove", regularized=False),
+    "newmove, lora 32": Row("newmove", {"adapter": "lora", "lora_rank": 32}),
+    "dreambooth baseline": Row("dreambooth"),
+    "motion inversion, debias object": Row(
+        "motion-inversion", **ONE_VIDEO, learning_rate=2e-2, generation={**FROM_REFERENCE, "debias": "object"}
+    ),
+    "motion inversion, no debias": Row(
+        "motion-inversion", **ONE_VIDEO, learning_rate=2e-2, generation={**FROM_REFERENCE, "debias": "none"}
+    ),
+    "motion inversion, value rank 4": Row(
+        "motion-inversion",
+        {"value_rank": 4},
+        **ONE_VIDEO,
+        learning_rate=2e-2,
+        generation={**FROM_REFERENCE, "debias": "object"},
+    ),
+    "motionmatcher, feature loss": Row("motionmatcher", {"loss": "feature"}, **ONE_VIDEO, generation=FROM_REFERENCE),
+    "motionmatcher, pixel loss": Row("motionmatcher", {"loss": "pixel"}, **ONE_VIDEO, generation=FROM_REFERENCE),
+    "motiondirector baseline": Row("motiondirector", **ONE_VIDEO, generation=FROM_REFERENCE),
 }
 
 
@@ -53,35 +92,45 @@ def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: in
     from .utils import peak_memory_mb
     from .video import frames_to_uint8
 
-    method, options, regularized = ROWS[name]
+    row = ROWS[name]
     references, reference_dir, regularization_dir = write_task(workdir, 8, 32)
+    first_video = sorted(reference_dir.glob("*.mp4"))[0]
+    if row.one_video:
+        references = references[:1]
     started = time.perf_counter()
-    result = api.train(
-        method,
-        data=reference_dir,
-        reg_data=regularization_dir if regularized else None,
-        output=workdir / "run",
-        model=model,
-        token=TOKEN,
-        steps=steps,
-        frames=8,
-        height=32,
-        width=32,
-        learning_rate=1e-3,
-        checkpoint_every=0,
-        overwrite=True,
-        progress=False,
-        method_options=options,
+    result = (
+        None
+        if row.method == "none"
+        else api.train(
+            row.method,
+            data=first_video if row.one_video else reference_dir,
+            reg_data=regularization_dir if row.regularized else None,
+            output=workdir / "run",
+            model=model,
+            token=TOKEN,
+            steps=steps,
+            frames=8,
+            height=32,
+            width=32,
+            learning_rate=row.learning_rate,
+            checkpoint_every=0,
+            overwrite=True,
+            progress=False,
+            method_options=row.options,
+        )
     )
     train_seconds = time.perf_counter() - started
     backbone = api.open_backbone(model)
-    adapter = load_adapter(result.adapter, backbone)
+    adapters = [load_adapter(result.adapter, backbone)] if result else []
     clips = bench_prompts(prompts)
+    generation = {**row.generation}
+    if generation.get("noise_prior"):
+        generation["reference"] = first_video
     predicted = []
     for clip in clips:
         for seed in range(seeds):
-            settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False)
-            latents = generate_latents(backbone, [clip.caption(TOKEN)], [adapter], settings)
+            settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False, **generation)
+            latents = generate_latents(backbone, [clip.caption(TOKEN)], adapters, settings)
             predicted.append(evaluate_video(frames_to_uint8(backbone.decode_latents(latents)[0]), clip))
     scores = task_scores(predicted, [clip for clip in clips for _ in range(seeds)], references)
     return {
@@ -89,9 +138,9 @@ def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: in
         "motion_accuracy": scores["motion"],
         "appearance_accuracy": scores["appearance"],
         "copy_score": scores["copy"],
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 1) if result else 0.0,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
-        "adapter_mb": round(result.adapter_megabytes, 2),
+        "adapter_mb": round(result.adapter_megabytes, 2) if result else 0.0,
     }
 
 

@@ -294,6 +294,41 @@ def build_parser() -> argparse.ArgumentParser:
     shapeworld_bench.add_argument("--output", type=Path, default=Path("bench-shapeworld"), help="work folder")
     shapeworld_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
     shapeworld_bench.add_argument("--quiet", action="store_true", help="no progress lines")
+    from .bench_motionbooth import LEARNING_RATE as MOTIONBOOTH_BENCH_LEARNING_RATE
+    from .bench_motionbooth import ROWS as MOTIONBOOTH_BENCH_ROWS
+
+    motionbooth_bench = bench_commands.add_parser(
+        "motionbooth",
+        help="MotionBooth on ShapeWorld: subject fidelity and background leakage (with and without the region "
+        "loss), box control and camera control, scored analytically",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    motionbooth_bench.add_argument(
+        "--model", default=None, help="model folder (default: the shipped model, else a tiny random one)"
+    )
+    motionbooth_bench.add_argument(
+        "--rows",
+        default=None,
+        help=f"semicolon-separated rows, of: {'; '.join(MOTIONBOOTH_BENCH_ROWS)} (default: all)",
+    )
+    motionbooth_bench.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    motionbooth_bench.add_argument("--steps", type=_positive_int, default=150, help="MotionBooth training steps")
+    motionbooth_bench.add_argument(
+        "--lr", type=float, default=MOTIONBOOTH_BENCH_LEARNING_RATE, help="MotionBooth learning rate (full UNet)"
+    )
+    motionbooth_bench.add_argument("--prompts", type=_positive_int, default=12, help="prompts per row")
+    motionbooth_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
+    motionbooth_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+    motionbooth_bench.add_argument(
+        "--output", type=Path, default=Path("bench-motionbooth"), help="work folder (results.json goes here)"
+    )
+    motionbooth_bench.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="markdown file whose section between <!-- bench-motionbooth:begin/end --> gets the tables",
+    )
+    motionbooth_bench.add_argument("--quiet", action="store_true", help="no progress lines")
 
     tiny = commands.add_parser(
         "tiny-model",
@@ -520,6 +555,8 @@ def run_world(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "motionbooth":
+        return run_bench_motionbooth(args)
     from .bench import bench_shapeworld, markdown_table, run_row
 
     if args.row is not None:
@@ -539,6 +576,31 @@ def run_bench(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(markdown_table(results))
+    return 0
+
+
+def run_bench_motionbooth(args: argparse.Namespace) -> int:
+    from .bench_motionbooth import bench_motionbooth, markdown_tables, run_row
+
+    if args.row is not None:
+        result = run_row(
+            args.row, args.output, args.model, args.steps, args.prompts, args.seeds, args.sampling_steps, args.lr
+        )
+        print(json.dumps(result))
+        return 0
+    results = bench_motionbooth(
+        args.output,
+        args.model,
+        args.rows.split(";") if args.rows else None,
+        args.steps,
+        args.prompts,
+        args.seeds,
+        args.sampling_steps,
+        args.lr,
+        report=args.report,
+        progress=not args.quiet,
+    )
+    print(markdown_tables(results))
     return 0
 
 

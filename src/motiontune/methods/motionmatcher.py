@@ -241,9 +241,9 @@ class MotionMatcher(LoraMethod):
             with torch.no_grad():
                 target_cross, target_temporal = self.motion_features(target, timesteps, text)
             cross, temporal = self.motion_features(predicted, timesteps, text)
-        return self.config.cross_attention_weight * F.mse_loss(
-            cross, target_cross
-        ) + self.config.temporal_attention_weight * F.mse_loss(temporal, target_temporal)
+        cross_loss = F.mse_loss(cross, target_cross)
+        temporal_loss = F.mse_loss(temporal, target_temporal)
+        return self.config.cross_attention_weight * cross_loss + self.config.temporal_attention_weight * temporal_loss
 
     @contextlib.contextmanager
     def frozen_extractor(self) -> Iterator[None]:

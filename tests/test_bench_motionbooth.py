@@ -1,0 +1,96 @@
+"""`motiontune bench motionbooth` in its reduced smoke configuration (tiny model, 1 step, 2 sampling steps)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from motiontune.bench_motionbooth import (
+    BEGIN,
+    CLASS_WORD,
+    END,
+    PANS,
+    TRAINING_BACKGROUND,
+    bench_motionbooth,
+    box_requests,
+    camera_requests,
+    markdown_tables,
+    run_row,
+    subject_caption,
+    subject_images,
+    subject_prompts,
+    write_report_section,
+)
+from motiontune.cli import main
+from motiontune.errors import ConfigError
+from motiontune.shapeworld import VOCABULARY, render
+
+SMOKE = {"steps": 1, "prompts": 1, "seeds": 1, "sampling": 2}
+
+
+def test_smoke_subject_row_runs_in_a_fresh_process_and_replaces_its_report_section(tiny_model_dir, tmp_path):
+    report = tmp_path / "report.md"
+    report.write_text(f"# Title\n\nkept\n\n{BEGIN}\nold table\n{END}\n\ntail kept\n")
+    results = bench_motionbooth(
+        tmp_path / "work", str(tiny_model_dir), ["subject, motionbooth"], **SMOKE, report=report, progress=False
+    )
+    (row,) = results
+    assert row["row"] == "subject, motionbooth" and row["task"] == "subject"
+    for key in ("shape_accuracy", "colour_accuracy", "motion_accuracy", "background_accuracy", "background_leakage"):
+        assert row[key] in (0.0, 1.0)  # one video: each score is a yes or a no
+    assert row["train_seconds"] > 0 and 0 < row["adapter_mb"] < 20 and row["peak_memory_mb"] > 100
+    assert row["seconds_per_video"] > 0
+    assert json.loads((tmp_path / "work" / "results.json").read_text()) == results
+    text = report.read_text()
+    assert "old table" not in text and "| subject, motionbooth |" in text and "| background leakage |" in text
+    assert text.startswith("# Title\n\nkept") and text.rstrip().endswith("tail kept")
+
+
+def test_control_rows_measure_box_iou_and_pan_error(tiny_model_dir, tmp_path):
+    boxes = run_row("boxes, box edit", tmp_path, str(tiny_model_dir), **SMOKE)
+    camera = run_row("camera, latent shift", tmp_path, str(tiny_model_dir), **SMOKE)
+    assert 0 <= boxes["box_hit_rate"] <= 1 and 0 <= boxes["box_iou"] <= 1
+    assert boxes["train_seconds"] is None and boxes["adapter_mb"] is None
+    first_pan = np.linalg.norm(PANS["left"])  # the first camera request pans left
+    assert camera["pan_error"] >= 0
+    assert camera["relative_pan_error"] == pytest.approx(camera["pan_error"] / first_pan, abs=1e-3)
+    tables = markdown_tables([boxes, camera])
+    assert "| boxes, box edit |" in tables and "| camera, latent shift |" in tables
+    assert "box IoU" in tables and "pan error" in tables and "shape acc." not in tables
+
+
+def test_requests_ask_for_what_each_claim_needs():
+    assert CLASS_WORD in VOCABULARY
+    assert {(c.shape, c.background) for c in subject_images()} == {(CLASS_WORD, TRAINING_BACKGROUND)}
+    prompts = subject_prompts(12)
+    assert len({(c.motion, c.background) for c in prompts}) == 12
+    assert all(c.background != TRAINING_BACKGROUND for c in prompts)
+    assert subject_caption(prompts[1]) == "a sks star moving right on a black background"
+    left_to_right, top_to_bottom, diagonal = (render(c, 8, 32).boxes for c in box_requests(3))
+    assert np.all(np.diff(left_to_right[:, 0]) > 0) and np.ptp(left_to_right[:, 1]) == 0
+    assert np.all(np.diff(top_to_bottom[:, 1]) > 0) and np.ptp(top_to_bottom[:, 0]) == 0
+    assert np.all(np.diff(diagonal[:, 0]) > 0) and np.all(np.diff(diagonal[:, 1]) > 0)
+    assert {c.camera for c in camera_requests(5)} == set(PANS.values())
+
+
+def test_report_section_is_appended_to_a_new_file_with_dashes_for_what_was_not_measured(tmp_path):
+    results = [
+        {"row": "subject, base model", "task": "subject", "train_seconds": None, "adapter_mb": None,
+         "shape_accuracy": 0.25, "colour_accuracy": 0.5, "motion_accuracy": 1.0, "background_accuracy": 0.75,
+         "background_leakage": 0.125, "seconds_per_video": 0.4, "peak_memory_mb": 900.5},
+    ]  # fmt: skip
+    write_report_section(tmp_path / "new.md", results, 150, 12, 2, 25, "model-dir")
+    text = (tmp_path / "new.md").read_text()
+    assert text.startswith(f"## MotionBooth bench\n\n{BEGIN}\n`motiontune bench motionbooth --steps 150")
+    assert "| subject, base model | 0.25 | 0.50 | 1.00 | 0.75 | 0.12 | - | - | 0.4 | 900.5 |" in text
+    assert text.rstrip().endswith(END)
+
+
+def test_an_unknown_row_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"unknown bench row.*boxes, magic.*known: subject, base model"):
+        bench_motionbooth(tmp_path, "unused", ["boxes, magic"], progress=False)
+    assert main(["bench", "motionbooth", "--rows", "nope", "--output", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "unknown bench row(s) nope" in error
