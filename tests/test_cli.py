@@ -222,6 +222,17 @@ def test_help_documents_every_option(command, options, capsys):
         assert f"{option} " in text or f"{option}," in text or f"{option}\n" in text, f"{command} help lacks {option}"
 
 
+def test_train_method_help_lists_every_offered_method_with_its_summary(capsys):
+    from motiontune.methods import METHODS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines (and may break after hyphens)
+    for name, cls in METHODS.items():
+        assert ("".join(f"{name}: {cls.summary}".split()) in text) == (name != "pretrain"), name
+    assert "dreambooth(baseline)" not in text
+
+
 def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([])

@@ -10,15 +10,17 @@ from motiontune.cli import main
 def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "| NewMove steps | 2 |" in report and "adapter size (MB)" in report
-    assert "| model | motion accuracy | appearance accuracy | copy score |" in report
-    assert "| base |" in report and "| newmove |" in report
-    assert "| NewMove steps | 2 |" in capsys.readouterr().out
-    assert (tmp_path / "newmove" / "adapter.safetensors").is_file()
-    for name in ("base_0", "newmove_1"):
+    assert "| model | motion accuracy | appearance accuracy | copy score | train s | adapter MB |" in report
+    for name in ("base", "newmove", "motion-inversion", "motionmatcher"):
+        assert f"| {name} |" in report
+    assert "Training steps per method: 2." in report and "| subject correct (blue star) |" in report
+    assert "Training steps per method: 2." in capsys.readouterr().out
+    for method in ("newmove", "motion-inversion", "motionmatcher", "motionbooth"):
+        assert (tmp_path / method / "adapter.safetensors").is_file()
+    for name in ("base_0", "newmove_1", "motion-inversion_2", "motionmatcher_3", "composed_1"):
         for suffix in (".mp4", ".gif", ".png"):
             assert (tmp_path / "videos" / f"{name}{suffix}").stat().st_size > 0
     with Image.open(tmp_path / "contact_sheet.png") as sheet:
-        assert sheet.width > 8 * 32 and sheet.height > 4 * 32
+        assert sheet.width > 8 * 32 and sheet.height > 18 * 32
     assert len(list((tmp_path / "reference").glob("*.mp4"))) == 4
     assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from motiontune.api import open_backbone
 from motiontune.cli import main
 from motiontune.data import VideoDataset, find_video_items
 from motiontune.errors import ConfigError, InputError
@@ -23,6 +24,7 @@ from motiontune.methods.motionbooth import (
 )
 from motiontune.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
 from motiontune.subject_data import find_subject_images, prepare_subject_examples, read_subject_image
+from motiontune.tiny import build_tiny_model
 from motiontune.training import TrainConfig, _draw_batch, prepare_examples, train
 
 OPTIONS = {"class_word": "star"}
@@ -110,6 +112,37 @@ def test_subject_attention_averages_heads_tokens_and_layers(backbone):
     expected = (0.2 + 0.6 + 2 * mean_layer) / (2 * len(positions))
     assert attention.shape == (1, 1, *grid)
     assert torch.allclose(attention, torch.full_like(attention, expected))
+
+
+def test_attention_level_falls_back_to_the_nearest_level_with_cross_attention(backbone):
+    # the tiny model has cross-attention at levels 0, 1 and 2 (its mid block): level 2 is kept, 7 gets 2
+    assert create_method("motionbooth", backbone, OPTIONS, token="sks").attention_level == 2
+    assert create_method("motionbooth", backbone, {**OPTIONS, "attention_level": 7}, token="sks").attention_level == 2
+    sites = backbone.sites
+    backbone.sites = [site for site in sites if site.level != 1]  # levels 0 and 2: a tie at 1 goes deeper
+    assert backbone.cross_attention_level(1) == 2
+    backbone.sites = [site for site in sites if site.level != 2]  # levels 0 and 1, as in a 2-level UNet
+    method = create_method("motionbooth", backbone, OPTIONS, token="sks")
+    assert method.attention_level == 1 and method.adapter_metadata()["targets"]["attention_level"] == 1
+    assert method.attention_sites == [site for site in sites if site.kind == "cross" and site.level == 1]
+
+
+def test_default_attention_loss_trains_on_a_two_level_unet(tmp_path, subject_images):
+    # the ShapeWorld base model's layout: cross-attention at levels 0 and 1 only (down, mid and up blocks)
+    two_levels = {
+        "down_block_types": ("CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
+        "up_block_types": ("CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        "block_out_channels": (32, 32),
+    }
+    backbone = open_backbone(build_tiny_model(tmp_path / "two-levels", unet_config=two_levels), "cpu")
+    assert {site.level for site in backbone.sites if site.kind == "cross"} == {0, 1}
+    method = create_method("motionbooth", backbone, {**OPTIONS, "attention_loss_weight": 1.0}, token="sks")
+    method.prepare_for_training()
+    batch = _draw_batch(_subject_examples(backbone, subject_images), 1, torch.Generator().manual_seed(0), "cpu")
+    loss = method.loss(batch, torch.Generator().manual_seed(1))
+    loss.backward()
+    key = backbone.unet.get_submodule(method.attention_sites[0].name).to_k.weight
+    assert method.attention_level == 1 and torch.isfinite(loss) and key.grad.abs().sum() > 0
 
 
 def test_attention_loss_is_recorded_with_gradients(backbone, subject_images):
@@ -211,8 +244,6 @@ def test_gradients_reach_only_the_chosen_group(backbone, subject_images, regular
 
 
 def test_adapter_round_trip_stores_only_the_trained_group(tiny_model_dir, backbone, subject_images, tmp_path):
-    from motiontune.api import open_backbone
-
     examples = _subject_examples(backbone, subject_images)
     method = create_method("motionbooth", backbone, {**OPTIONS, "trained_parameters": "cross"}, token="sks")
     config = TrainConfig(tmp_path / "out", steps=2, learning_rate=1e-3, checkpoint_every=0, progress=False)
@@ -237,8 +268,8 @@ def test_bad_options_are_rejected(backbone):
         create_method("motionbooth", backbone, {}, token="sks")
     with pytest.raises(ConfigError, match="trained_parameters must be one of"):
         create_method("motionbooth", backbone, {**OPTIONS, "trained_parameters": "temporal"}, token="sks")
-    with pytest.raises(ConfigError, match="no cross-attention at level 7"):
-        create_method("motionbooth", backbone, {**OPTIONS, "attention_level": 7}, token="sks")
+    with pytest.raises(ConfigError, match="attention_level >= 0"):
+        create_method("motionbooth", backbone, {**OPTIONS, "attention_level": -1}, token="sks")
     with pytest.raises(ConfigError, match="needs a token"):
         create_method("motionbooth", backbone, OPTIONS, token=None)
 

@@ -6,7 +6,9 @@ declares. Each processor takes the SDPA fast path unless the controller asks it 
 * record attention probabilities (cross-attention per token, temporal F x F maps), with or
   without gradients;
 * edit cross-attention scores inside per-frame boxes before the softmax (MotionBooth Eq. 6-7);
-* inject learnable embeddings into temporal attention query/key and value (Motion Inversion).
+* inject learnable embeddings into temporal attention query/key and value (Motion Inversion);
+* compute softmax attention with explicit matrices instead of SDPA (`explicit_attention`), the
+  naive reference that benchmarks and tests compare the fast path with.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from .backbones.base import AttentionSite, Backbone
 
@@ -186,6 +188,8 @@ class AttentionController:
         self.embeddings: dict[str, TemporalEmbedding] = {}
         self._recordings: list[_Recording] = []
         self._fast = AttnProcessor2_0()
+        self._explicit = AttnProcessor()
+        self._explicit_select: Callable[[AttentionSite], bool] | None = None
         processors = {f"{name}.processor": ControlledProcessor(self, site) for name, site in self.sites.items()}
         backbone.unet.set_attn_processor(processors)
         backbone.controller = self
@@ -225,9 +229,24 @@ class AttentionController:
     def recordings_for(self, site: AttentionSite) -> list[_Recording]:
         return [recording for recording in self._recordings if recording.select(site)]
 
+    @contextlib.contextmanager
+    def explicit_attention(self, select: Callable[[AttentionSite], bool] = lambda site: True) -> Iterator[None]:
+        """Inside the block the selected sites compute `softmax(QK^T / sqrt(d)) V` with explicit score
+        matrices (diffusers' `AttnProcessor`, or the controller's own path where it records, edits or
+        injects) instead of SDPA: the same values, computed the naive way."""
+        previous, self._explicit_select = self._explicit_select, select
+        try:
+            yield
+        finally:
+            self._explicit_select = previous
+
+    def explicit_for(self, site: AttentionSite) -> bool:
+        """Whether `site` computes explicit softmax attention now (inside `explicit_attention`)."""
+        return self._explicit_select is not None and self._explicit_select(site)
+
 
 class ControlledProcessor:
-    """Attention processor of one site: SDPA unless recording, editing or injecting is asked for."""
+    """Attention processor of one site: SDPA unless the controller asks to record, edit, inject or go explicit."""
 
     def __init__(self, controller: AttentionController, site: AttentionSite):
         self.controller = controller
@@ -245,8 +264,10 @@ class ControlledProcessor:
         recordings = controller.recordings_for(self.site)
         edit = controller.box_edit if self.site.kind == "cross" and controller.context is not None else None
         embedding = controller.embeddings.get(self.site.name)
+        explicit = controller.explicit_for(self.site)
         if not (recordings or edit or embedding):
-            return controller._fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            processor = controller._explicit if explicit else controller._fast
+            return processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
         residual = hidden_states
         if attn.group_norm is not None:
@@ -275,7 +296,7 @@ class ControlledProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if recordings or edit:
+        if recordings or edit or explicit:
             out = self._explicit_attention(attn, query, key, value, attention_mask, recordings, edit)
         else:
             batch = query.shape[0]

@@ -83,6 +83,43 @@ def bench_prompts(count: int) -> list[Clip]:
     ]
 
 
+def train_row(row: Row, workdir: Path, model, steps: int, device=None, progress: bool = False):
+    """Write the zigzag task under `workdir` and train the row's method on it (nothing for `none`).
+
+    Returns the training result (or None), the reference clips it learned from and the
+    `GenerationConfig` settings its videos are generated with."""
+    from . import api
+
+    references, reference_dir, regularization_dir = write_task(workdir, 8, 32)
+    first_video = sorted(reference_dir.glob("*.mp4"))[0]
+    if row.one_video:
+        references = references[:1]
+    generation = {**row.generation}
+    if generation.get("noise_prior"):
+        generation["reference"] = first_video
+    if row.method == "none":
+        return None, references, generation
+    result = api.train(
+        row.method,
+        data=first_video if row.one_video else reference_dir,
+        reg_data=regularization_dir if row.regularized else None,
+        output=workdir / row.method,
+        model=model,
+        token=TOKEN,
+        steps=steps,
+        frames=8,
+        height=32,
+        width=32,
+        learning_rate=row.learning_rate,
+        checkpoint_every=0,
+        overwrite=True,
+        device=device,
+        progress=progress,
+        method_options=row.options,
+    )
+    return result, references, generation
+
+
 def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: int, seeds: int, sampling: int) -> dict:
     """Train and score one row in this process; returns its measurements."""
     from . import api
@@ -92,40 +129,12 @@ def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: in
     from .utils import peak_memory_mb
     from .video import frames_to_uint8
 
-    row = ROWS[name]
-    references, reference_dir, regularization_dir = write_task(workdir, 8, 32)
-    first_video = sorted(reference_dir.glob("*.mp4"))[0]
-    if row.one_video:
-        references = references[:1]
     started = time.perf_counter()
-    result = (
-        None
-        if row.method == "none"
-        else api.train(
-            row.method,
-            data=first_video if row.one_video else reference_dir,
-            reg_data=regularization_dir if row.regularized else None,
-            output=workdir / "run",
-            model=model,
-            token=TOKEN,
-            steps=steps,
-            frames=8,
-            height=32,
-            width=32,
-            learning_rate=row.learning_rate,
-            checkpoint_every=0,
-            overwrite=True,
-            progress=False,
-            method_options=row.options,
-        )
-    )
+    result, references, generation = train_row(ROWS[name], workdir, model, steps)
     train_seconds = time.perf_counter() - started
     backbone = api.open_backbone(model)
     adapters = [load_adapter(result.adapter, backbone)] if result else []
     clips = bench_prompts(prompts)
-    generation = {**row.generation}
-    if generation.get("noise_prior"):
-        generation["reference"] = first_video
     predicted = []
     for clip in clips:
         for seed in range(seeds):

@@ -46,7 +46,6 @@ PROMPT_BACKGROUNDS = ("white", "black", "textured")
 PANS = {"left": (-0.25, 0.0), "right": (0.25, 0.0), "up": (0.0, -0.25), "down": (0.0, 0.25), "diagonal": (0.25, 0.25)}
 FRAMES, SIZE, GUIDANCE_SCALE = 8, 32, 7.5
 LEARNING_RATE = 1e-4
-OFFICIAL_ATTENTION_LEVEL = 2
 
 BEGIN, END = "<!-- bench-motionbooth:begin -->", "<!-- bench-motionbooth:end -->"
 
@@ -131,14 +130,9 @@ def regularization_clips() -> list[Clip]:
 # ----------------------------------------------------------------------------------------- one row
 
 
-def _nearest_attention_level(backbone) -> int:
-    """The cross-attention level nearest to the official latent/4 grid (level 2); a 2-level UNet has 0 and 1."""
-    levels = {site.level for site in backbone.sites if site.kind == "cross"}
-    return min(levels, key=lambda level: (abs(level - OFFICIAL_ATTENTION_LEVEL), -level))
-
-
-def train_subject(workdir: Path, model: str | None, row: Row, steps: int, learning_rate: float, level: int):
-    """Write the subject stills and preservation clips under `workdir` and train MotionBooth on them."""
+def train_subject(workdir: Path, model: str | None, row: Row, steps: int, learning_rate: float):
+    """Write the subject stills and preservation clips under `workdir` and train MotionBooth on them (the
+    attention loss at MotionBooth's default level, or the nearest level with cross-attention)."""
     from . import api
     from .shapeworld import write_dataset, write_subject_images
 
@@ -159,7 +153,7 @@ def train_subject(workdir: Path, model: str | None, row: Row, steps: int, learni
         checkpoint_every=0,
         overwrite=True,
         progress=False,
-        method_options={"class_word": CLASS_WORD, "attention_level": level, **(row.training or {})},
+        method_options={"class_word": CLASS_WORD, **(row.training or {})},
     )
 
 
@@ -223,7 +217,7 @@ def run_row(
     methods = []
     if row.training is not None:
         started = time.perf_counter()
-        trained = train_subject(workdir, model, row, steps, learning_rate, _nearest_attention_level(backbone))
+        trained = train_subject(workdir, model, row, steps, learning_rate)
         result["train_seconds"] = round(time.perf_counter() - started, 1)
         result["adapter_mb"] = round(trained.adapter_megabytes, 2)
         methods = [load_adapter(trained.adapter, backbone)]

@@ -50,6 +50,14 @@ def _method_fields() -> dict[str, dataclasses.Field]:
     return fields
 
 
+def _method_help() -> str:
+    """`train --method` help: every method `train` offers, with its one-line summary."""
+    from .methods import METHODS
+
+    offered = [f"{name}: {cls.summary}" for name, cls in METHODS.items() if not cls.internal]
+    return "method to train, one of " + "; ".join(offered)
+
+
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
     from .methods import METHODS
 
@@ -139,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_config(train)
-    train.add_argument("--method", default="newmove", help="newmove or dreambooth (baseline)")
+    train.add_argument("--method", default="newmove", help=_method_help())
     _add_model(train)
     train.add_argument(
         "--data",

@@ -1,9 +1,11 @@
 """`motiontune demo`: the main job end to end on the shipped default, measured, with a report.
 
 Renders ShapeWorld reference clips of a novel motion (zigzag, never seen by the base model),
-customizes the model with NewMove, generates new prompts with and without the adapter, and scores
-both with the analytic metrics: motion accuracy (the generated object zigzags), appearance accuracy
-(colour and shape follow the prompt) and copy score (colour or shape taken from the references).
+customizes the model with every motion method (NewMove, Motion Inversion, MotionMatcher), generates
+new prompts with and without each adapter, and scores them with the analytic metrics: motion
+accuracy (the generated object zigzags), appearance accuracy (colour and shape follow the prompt)
+and copy score (colour or shape taken from the references). Then MotionBooth learns a novel
+subject, and one generate call composes it with the NewMove motion and a camera pan.
 Without a shipped model it builds a tiny random one, so the numbers then only show the pipeline.
 """
 
@@ -65,9 +67,21 @@ def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
         return model, False
 
 
+DEMO_ROWS = {
+    "base": "base model",
+    "newmove": "newmove",
+    "motion-inversion": "motion inversion, debias object",
+    "motionmatcher": "motionmatcher, feature loss",
+}
+SUBJECT_TOKEN = "pll"
+COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", camera=(0.25, 0.0))
+
+
 def run_demo(output: Path, steps: int | None = None, device: str | None = None, progress: bool = True) -> Path:
-    """Customize the default model with NewMove on zigzag clips, generate, measure and report."""
+    """Teach the default model zigzag with every motion method, generate, measure and report; then learn
+    a novel subject with MotionBooth and compose it with the NewMove motion and a camera pan."""
     from . import api
+    from .bench import ROWS, train_row
     from .evaluation import evaluate_video
     from .video import write_contact_sheet
 
@@ -75,28 +89,14 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
     steps = steps or 150
     model, shipped = default_or_tiny_model(output)
     frames, size, sampling_steps = 8, 32, 25
-    references, reference_dir, regularization_dir = write_task(output, frames, size)
-    started = time.perf_counter()
-    result = api.train(
-        "newmove",
-        data=reference_dir,
-        reg_data=regularization_dir,
-        output=output / "newmove",
-        model=model,
-        token=TOKEN,
-        steps=steps,
-        frames=frames,
-        height=size,
-        width=size,
-        learning_rate=1e-3,
-        checkpoint_every=max(steps // 2, 1),
-        overwrite=True,
-        device=device,
-        progress=progress,
-    )
-    train_seconds = time.perf_counter() - started
-    rows, labels, scores = [], [], {}
-    for name, adapters in (("base", []), ("newmove", [result.adapter])):
+    rows, labels, scores, training = [], [], {}, {}
+    for name, row_name in DEMO_ROWS.items():
+        if progress and name != "base":
+            print(f"training {name} ({steps} steps)", flush=True)
+        started = time.perf_counter()
+        result, references, generation = train_row(ROWS[row_name], output, model, steps, device, progress)
+        if result is not None:
+            training[name] = (result, time.perf_counter() - started)
         predicted = []
         for index, clip in enumerate(PROMPTS):
             prompt = clip.caption(TOKEN)
@@ -104,7 +104,7 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
                 prompt,
                 output / "videos" / f"{name}_{index}.mp4",
                 model=model,
-                adapters=adapters,
+                adapters=[result.adapter] if result else [],
                 frames=frames,
                 height=size,
                 width=size,
@@ -112,19 +112,83 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
                 seed=index,
                 device=device,
                 progress=progress,
+                **generation,
             )
             video = _read_gif(paths["gif"])
             predicted.append(evaluate_video(video, clip))
             rows.append(video)
             labels.append(f"{name}: {prompt}")
         scores[name] = task_scores(predicted, PROMPTS, references)
+    composed = _compose(output, model, training["newmove"][0].adapter, steps, device, progress, training)
+    rows += composed["videos"]
+    labels += [f"composed: {composed['prompt']}"] * len(composed["videos"])
     sheet = write_contact_sheet(rows, output / "contact_sheet.png", labels=labels)
-    reference_rows = [_read_mp4(p) for p in sorted(reference_dir.glob("*.mp4"))]
+    reference_rows = [_read_mp4(p) for p in sorted((output / "reference").glob("*.mp4"))]
     reference_sheet = write_contact_sheet(reference_rows, output / "reference_sheet.png")
-    report = _report(result, train_seconds, scores, steps, shipped, model, sheet, reference_sheet)
+    report = _report(training, scores, composed, steps, shipped, model, sheet, reference_sheet)
     (output / "report.md").write_text(report)
     print(report)
     return output / "report.md"
+
+
+def _compose(output: Path, model, motion_adapter: Path, steps: int, device, progress: bool, training: dict) -> dict:
+    """MotionBooth learns a blue star from 5 masked stills (token `pll`); one generate call then combines
+    it with the NewMove zigzag adapter and a camera pan to the right (latent shift)."""
+    from . import api
+    from .bench_motionbooth import subject_images
+    from .evaluation import evaluate_video, pan_error
+    from .shapeworld import write_subject_images
+
+    if progress:
+        print(f"training motionbooth ({steps} steps)", flush=True)
+    started = time.perf_counter()
+    subject = api.train(
+        "motionbooth",
+        data=write_subject_images(output / "subject", subject_images(), 32),
+        reg_data=output / "regularization",
+        output=output / "motionbooth",
+        model=model,
+        token=SUBJECT_TOKEN,
+        steps=steps,
+        frames=8,
+        height=32,
+        width=32,
+        learning_rate=1e-4,
+        checkpoint_every=0,
+        overwrite=True,
+        device=device,
+        progress=progress,
+        method_options={"class_word": COMPOSED.shape},
+    )
+    training["motionbooth"] = (subject, time.perf_counter() - started)
+    prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
+    videos, results, errors = [], [], []
+    for seed in range(2):
+        paths = api.generate(
+            prompt,
+            output / "videos" / f"composed_{seed}.mp4",
+            model=model,
+            adapters=[subject.adapter, motion_adapter],
+            camera_speed=COMPOSED.camera,
+            frames=8,
+            height=32,
+            width=32,
+            steps=25,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        video = _read_gif(paths["gif"])
+        videos.append(video)
+        results.append(evaluate_video(video, COMPOSED))
+        errors.append(pan_error(video, COMPOSED.camera))
+    return {
+        "prompt": prompt,
+        "videos": videos,
+        "subject": float(np.mean([r["correct"]["shape"] and r["correct"]["colour"] for r in results])),
+        "motion": float(np.mean([r["motion"] == NOVEL_MOTION for r in results])),
+        "pan_error": float(np.mean(errors)),
+    }
 
 
 def _read_gif(path: Path) -> np.ndarray:
@@ -141,7 +205,7 @@ def _read_mp4(path: Path) -> np.ndarray:
     return frames_to_uint8(read_video(path, frames, 32, 32))
 
 
-def _report(result, train_seconds, scores, steps, shipped, model, sheet, reference_sheet) -> str:
+def _report(training, scores, composed, steps, shipped, model, sheet, reference_sheet) -> str:
     model_line = (
         f"Model: the shipped ShapeWorld base model (`{model}`)."
         if shipped
@@ -152,21 +216,33 @@ def _report(result, train_seconds, scores, steps, shipped, model, sheet, referen
         "# motiontune demo: teach a ShapeWorld model to zigzag",
         "",
         model_line,
-        f"Reference clips: 4 {NOVEL_MOTION} clips of red/green circles/triangles captioned `... doing {TOKEN} ...`;",
-        "prompts ask for blue/yellow squares; copy score = share of videos whose object takes the references'",
-        "colour or shape instead of the prompt's.",
+        f"Reference clips: 4 {NOVEL_MOTION} clips of red/green circles/triangles captioned `... doing {TOKEN} ...`",
+        "(NewMove learns from all 4; Motion Inversion and MotionMatcher from the first, and start sampling from",
+        "its DDIM inversion with noise prior 0.5); prompts ask for blue/yellow squares; copy score = share of",
+        "videos whose object takes the references' colour or shape instead of the prompt's.",
         "",
-        "| model | motion accuracy | appearance accuracy | copy score |",
-        "| --- | --- | --- | --- |",
-        *(f"| {name} | {s['motion']:.2f} | {s['appearance']:.2f} | {s['copy']:.2f} |" for name, s in scores.items()),
+        "| model | motion accuracy | appearance accuracy | copy score | train s | adapter MB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in scores.items():
+        result, seconds = training.get(name, (None, 0.0))
+        size = f"{result.adapter_megabytes:.2f}" if result else "-"
+        cost = f"{seconds:.1f}" if result else "-"
+        lines.append(f"| {name} | {s['motion']:.2f} | {s['appearance']:.2f} | {s['copy']:.2f} | {cost} | {size} |")
+    subject, seconds = training["motionbooth"]
+    subject_size = f"{subject.adapter_megabytes:.2f} MB adapter"
+    lines += [
         "",
-        "| training | value |",
-        "| --- | --- |",
-        f"| NewMove steps | {steps} |",
-        f"| loss, first 10% -> last 10% of steps | {result.first_loss:.4f} -> {result.last_loss:.4f} |",
-        f"| time (s, incl. latent encoding) | {train_seconds:.1f} |",
-        f"| adapter size (MB) | {result.adapter_megabytes:.2f} |",
+        f"Composition (one generate call): MotionBooth subject (`{SUBJECT_TOKEN}` = a blue star, learned from 5",
+        f"masked stills in {seconds:.1f} s, {subject_size}) + the NewMove zigzag adapter + a camera pan right by "
+        f"{COMPOSED.camera[0]} of the frame:",
+        f"`{composed['prompt']}`, 2 seeds.",
         "",
-        f"Reference clips: `{reference_sheet.name}`; generated videos: `{sheet.name}` and `videos/`.",
+        "| subject correct (blue star) | zigzag | camera pan error (fraction of frame) |",
+        "| --- | --- | --- |",
+        f"| {composed['subject']:.2f} | {composed['motion']:.2f} | {composed['pan_error']:.3f} |",
+        "",
+        f"Training steps per method: {steps}. Reference clips: `{reference_sheet.name}`; generated videos:",
+        f"`{sheet.name}` and `videos/`.",
     ]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,11 @@ CHECKPOINT_HOOK = "motiontune.gradient_checkpointing"
 _CHECKPOINTING_PAUSED = contextvars.ContextVar("motiontune_checkpointing_paused", default=False)
 
 
+def _nearest_level(levels: set[int], preferred: int) -> int:
+    """The level of `levels` nearest to `preferred`, the deeper one on a tie."""
+    return min(levels, key=lambda level: (abs(level - preferred), -level))
+
+
 class _DownBlocksDone(Exception):
     """Raised by the early-exit hook to leave the UNet forward after a down block, carrying its output."""
 
@@ -120,7 +125,19 @@ class UNet3DBackbone(Backbone):
         levels = {s.level for s in down if s.kind == "cross"} & {s.level for s in down if s.kind == "temporal"}
         if not levels:
             raise ValueError(f"backbone '{self.name}': no down block has both cross and temporal attention")
-        return min(levels, key=lambda level: (abs(level - preferred), -level))
+        return _nearest_level(levels, preferred)
+
+    def cross_attention_level(self, preferred: int) -> int:
+        """The level nearest to `preferred` with cross-attention in any block (down, mid or up).
+
+        Same rule as `down_attention_level`, the deeper level on a tie: ZeroScope asked for level 2 (the
+        latent/4 grid) gets 2; a 2-level UNet (the ShapeWorld base model: cross-attention at levels 0 and 1,
+        the mid block at level 1) gets 1.
+        """
+        levels = {site.level for site in self.sites if site.kind == "cross"}
+        if not levels:
+            raise ValueError(f"backbone '{self.name}' has no cross-attention layers")
+        return _nearest_level(levels, preferred)
 
     @contextlib.contextmanager
     def down_blocks_only(self, last_level: int | None = None) -> Iterator[list[torch.Tensor]]:

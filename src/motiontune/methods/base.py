@@ -83,9 +83,13 @@ def denoising_loss(backbone: Backbone, scheduler, batch: dict, timesteps: torch.
 
 
 class Method:
-    """Base class: subclasses set `name`, `Config` (a dataclass of hyper-parameters) and override hooks."""
+    """Base class: subclasses set `name`, `summary`, `Config` (a dataclass of hyper-parameters) and override hooks."""
 
     name: ClassVar[str]
+    #: one line for `motiontune train --help`: the paper and what the method trains
+    summary: ClassVar[str]
+    #: True for methods other commands use (`world train-base`), not offered by `motiontune train`
+    internal: ClassVar[bool] = False
     Config: ClassVar[type]
     default_learning_rate: ClassVar[float] = 1e-5
     default_gradient_accumulation: ClassVar[int] = 1

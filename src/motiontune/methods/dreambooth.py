@@ -20,6 +20,6 @@ class DreamBoothConfig(NewMoveConfig):
 
 class DreamBooth(NewMove):
     name = "dreambooth"
+    summary = "DreamBooth-style baseline: full fine-tuning of the spatial layers"
     Config = DreamBoothConfig
     default_learning_rate = 5e-6
-    lora_adapter_name = "dreambooth"

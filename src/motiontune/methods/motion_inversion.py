@@ -57,6 +57,7 @@ class MotionInversionConfig:
 
 class MotionInversion(Method):
     name = "motion-inversion"
+    summary = "Motion Inversion (Wang et al. 2024): motion embeddings in the temporal attentions, model frozen"
     Config = MotionInversionConfig
     default_learning_rate = 2e-2
     uses_token = False

@@ -10,6 +10,8 @@ The UNet is fine-tuned on a few masked images of one subject, each a 1-frame vid
 * L_vid (Eq. 3): the plain epsilon-MSE of a video batch;
 * L_stca (Eq. 4): BCE between the subject tokens' cross-attention map A (mean over the layers at
   the latent/4 grid, heads and the tokens of "<token> <class word>") and M resized bilinearly (soft).
+  A model without cross-attention at that level (`attention_level`, default 2) uses the nearest level
+  that has it, the deeper one on a tie (`backbone.cross_attention_level`: a 2-level UNet uses level 1).
 
 One image batch (all subject images, up to `image_batch_size`) alternates with one video batch
 (`--batch-size` videos, default 1) over micro-steps, with 2 micro-steps per optimizer step, so each
@@ -55,7 +57,11 @@ class MotionBoothConfig:
     )
     image_batch_size: int = field(default=10, metadata={"help": "subject images per image batch (capped at all)"})
     attention_level: int = field(
-        default=2, metadata={"help": "resolution level of the cross-attention layers of the attention loss"}
+        default=2,
+        metadata={
+            "help": "resolution level of the cross-attention layers of the attention loss (2: latent/4); "
+            "a model without cross-attention there uses the nearest level that has it"
+        },
     )
 
     def __post_init__(self):
@@ -98,6 +104,7 @@ def subject_attention_loss(attention: torch.Tensor, masks: torch.Tensor) -> torc
 
 class MotionBooth(Method):
     name = "motionbooth"
+    summary = "MotionBooth (Wu et al. 2024): a subject from masked images, with video preservation"
     Config = MotionBoothConfig
     default_learning_rate = 5e-6
     default_gradient_accumulation = 2
@@ -105,15 +112,13 @@ class MotionBooth(Method):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        try:
+            self.attention_level = self.backbone.cross_attention_level(self.config.attention_level)
+        except ValueError as error:
+            raise ConfigError(f"motionbooth's attention loss: {error}") from None
         self.attention_sites = [
-            site for site in self.backbone.sites if site.kind == "cross" and site.level == self.config.attention_level
+            site for site in self.backbone.sites if site.kind == "cross" and site.level == self.attention_level
         ]
-        if self.config.attention_loss_weight and not self.attention_sites:
-            levels = sorted({site.level for site in self.backbone.sites if site.kind == "cross"})
-            raise ConfigError(
-                f"backbone '{self.backbone.name}' has no cross-attention at level {self.config.attention_level} "
-                f"(levels with cross-attention: {', '.join(map(str, levels))})"
-            )
         self._attention_names = {site.name for site in self.attention_sites}
         self._positions: dict[str, list[int]] = {}
 
@@ -165,7 +170,7 @@ class MotionBooth(Method):
     ) -> torch.Tensor:
         """A `(B, F, h, w)`: recorded cross-attention probabilities of the subject tokens, averaged over
         heads and tokens, then over the layers at `attention_level` (official `aggregate_attention`)."""
-        grid = self.backbone.grid_at_level(latent_hw, self.config.attention_level)
+        grid = self.backbone.grid_at_level(latent_hw, self.attention_level)
         batch = len(captions)
         layers = []
         for site in self.attention_sites:
@@ -221,6 +226,6 @@ class MotionBooth(Method):
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()
-        metadata["targets"] = {"groups": [self._group()]}
+        metadata["targets"] = {"groups": [self._group()], "attention_level": self.attention_level}
         metadata["subject"] = {"phrase": self.subject_phrase, "caption": self.subject_caption()}
         return metadata

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import noised
-from .motionmatcher import LoraMethod
+from .lora import LoraMethod
 
 
 def appearance_debiased_loss(
@@ -52,6 +52,7 @@ class MotionDirectorConfig:
 
 class MotionDirector(LoraMethod):
     name = "motiondirector"
+    summary = "MotionDirector-style baseline: a temporal LoRA with the appearance-debiased loss"
     Config = MotionDirectorConfig
     default_learning_rate = 5e-4
     lora_groups: ClassVar[list[str]] = ["temporal"]

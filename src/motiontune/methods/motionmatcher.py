@@ -16,140 +16,25 @@ motion features, and
 
 with lambda_CA = lambda_TSA = 2000 (Fig. 2-4). `loss: pixel` trains the same LoRA with the plain
 denoising MSE instead (the paper's pixel-level baseline). At inference the LoRA is on only for
-t >= 500, the range it was trained on.
-
-The LoRA helpers here (injection that keeps other adapters active, per-adapter switching) serve every
-LoRA method of this package, e.g. the MotionDirector baseline.
+t >= 500, the range it was trained on. The LoRA itself (`methods.lora`) composes with other adapters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
 
 from ..errors import ConfigError
 from ..sampling import StepHook, StepState, to_epsilon
-from .base import Method, denoising_loss, noised, uniform_timesteps
+from .base import denoising_loss, noised, uniform_timesteps
+from .lora import LoraMethod
 
 FEATURE_LEVEL = 2  # the latent/4 grid: `down_blocks.2` of ZeroScope (`spatial_scale_factor = 4` in the code)
-
-
-def _set_active_adapters(layer: LoraLayer, names: list[str]) -> None:
-    """Activate exactly `names` on one LoRA layer without changing any parameter's `requires_grad`."""
-    flags = [(parameter, parameter.requires_grad) for parameter in layer.parameters()]
-    layer.set_adapter(names)
-    for parameter, flag in flags:
-        parameter.requires_grad_(flag)
-
-
-def inject_lora(unet: torch.nn.Module, target_modules: str, rank: int, dropout: float, name: str) -> str:
-    """Add a LoRA (`W x + B A dropout(x)`, B = 0 at start, scale 1) on the matching linears; return its name.
-
-    The name is `name`, or `name_2`, `name_3`, ... when the model already holds an adapter of that name.
-    peft makes a new adapter the only active one on every LoRA layer; the adapters that were active
-    before stay active here, so several adapters compose (their updates add up).
-    """
-    existing = set(getattr(unet, "peft_config", {}))
-    unique, number = name, 1
-    while unique in existing:
-        number += 1
-        unique = f"{name}_{number}"
-    before = {id(m): list(m.active_adapters) for m in unet.modules() if isinstance(m, LoraLayer)}
-    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, target_modules=target_modules)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        inject_adapter_in_model(config, unet, adapter_name=unique)
-    for module in unet.modules():
-        if isinstance(module, LoraLayer):
-            previous = [a for a in before.get(id(module), []) if a in module.lora_A]
-            _set_active_adapters(module, previous + ([unique] if unique in module.lora_A else []))
-    unet.train(unet.training)  # the new modules start in training mode: give them the model's mode
-    return unique
-
-
-def lora_layers(unet: torch.nn.Module, name: str) -> list[LoraLayer]:
-    return [m for m in unet.modules() if isinstance(m, LoraLayer) and name in m.lora_A]
-
-
-def set_lora_enabled(layers: list[LoraLayer], name: str, enabled: bool) -> None:
-    """Switch one adapter on or off on its layers; other adapters on the same layers are left as they are."""
-    for layer in layers:
-        others = [a for a in layer.active_adapters if a != name]
-        _set_active_adapters(layer, [*others, name] if enabled else others)
-
-
-class LoraMethod(Method):
-    """A method whose adapter is one peft LoRA over the backbone's `lora_groups` linears.
-
-    The config needs `lora_rank` and `lora_dropout`. Adapter tensors use peft's key format
-    (`unet.<module>.lora_A.weight`), as diffusers LoRA files do.
-    """
-
-    lora_groups: ClassVar[list[str]]
-    uses_token = False
-    adapter_name: str | None = None
-
-    def prepare_for_training(self) -> None:
-        self._inject()
-
-    def _inject(self) -> None:
-        if self.adapter_name is not None:
-            return
-        target = self.backbone.lora_target(self.lora_groups)
-        unet = self.backbone.unet
-        self.adapter_name = inject_lora(unet, target, self.config.lora_rank, self.config.lora_dropout, self.name)
-        self.lora_layers = lora_layers(unet, self.adapter_name)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        self._inject()
-        name = self.adapter_name
-        return [p for layer in self.lora_layers for p in (layer.lora_A[name].weight, layer.lora_B[name].weight)]
-
-    def set_lora_enabled(self, enabled: bool) -> None:
-        set_lora_enabled(self.lora_layers, self.adapter_name, enabled)
-
-    @contextlib.contextmanager
-    def lora_disabled(self) -> Iterator[None]:
-        """The model without this method's LoRA (other adapters unchanged) inside the block."""
-        was_enabled = self.adapter_name in self.lora_layers[0].active_adapters
-        self.set_lora_enabled(False)
-        try:
-            yield
-        finally:
-            self.set_lora_enabled(was_enabled)
-
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        self._inject()
-        state = get_peft_model_state_dict(self.backbone.unet, adapter_name=self.adapter_name)
-        return {f"unet.{key}": value.detach().clone() for key, value in state.items()}
-
-    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        self._inject()
-        state = {key.removeprefix("unet."): value for key, value in tensors.items() if key.startswith("unet.")}
-        expected = get_peft_model_state_dict(self.backbone.unet, adapter_name=self.adapter_name)
-        if set(state) != set(expected):
-            wrong = sorted(set(state) ^ set(expected))[0]
-            raise ConfigError(f"{source}: LoRA tensors do not match this model ({wrong})")
-        for key, value in state.items():
-            if value.shape != expected[key].shape:
-                raise ConfigError(
-                    f"{source}: LoRA tensor '{key}' has shape {tuple(value.shape)}, "
-                    f"model expects {tuple(expected[key].shape)} (trained with another rank or model size?)"
-                )
-        set_peft_model_state_dict(self.backbone.unet, state, adapter_name=self.adapter_name)
-
-    def adapter_metadata(self) -> dict:
-        metadata = super().adapter_metadata()
-        metadata["targets"] = {"groups": self.lora_groups, "lora_target": self.backbone.lora_target(self.lora_groups)}
-        return metadata
 
 
 @dataclass
@@ -205,6 +90,7 @@ class LoraWindow:
 
 class MotionMatcher(LoraMethod):
     name = "motionmatcher"
+    summary = "MotionMatcher (Wu et al. 2025): a LoRA trained by matching motion features (attention maps)"
     Config = MotionMatcherConfig
     default_learning_rate = 5e-4
     lora_groups: ClassVar[list[str]] = ["spatial_self", "temporal"]

@@ -7,7 +7,8 @@ sampling p(t) ∝ 1 - alpha cos(pi t / T), alpha = 0.5. The token embedding stay
 
 Every ablation of the paper's Table 2 is a switch: `spatial` none/kv/all (a), `temporal` (b),
 `train_token` (c), `timestep_sampling` uniform/coarse (d), regularization none/real (the
-training data, e), and `adapter` full/lora with `lora_rank` 32 (f).
+training data, e), and `adapter` full/lora with `lora_rank` 32 (f). The LoRA variant's adapter
+(`methods.lora`) stays active next to other adapters, e.g. a MotionMatcher LoRA, when they compose.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 
 from ..errors import ConfigError
 from .base import Method, coarse_noise_timesteps, copy_into_parameters, denoising_loss, uniform_timesteps
+from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
 SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
 TOKEN_KEY = "text_encoder.token_embeddings"
@@ -52,10 +53,12 @@ class NewMoveConfig:
 
 class NewMove(Method):
     name = "newmove"
+    summary = "NewMove (Materzynska et al. 2023): temporal layers + cross-attention k/v, full or LoRA"
     Config = NewMoveConfig
     default_learning_rate = 1e-5
-    lora_adapter_name = "newmove"
     _injected = False
+    #: the LoRA's unique name in the model (`adapter: lora` with something to train), else None
+    adapter_name: str | None = None
 
     def _groups(self) -> list[str]:
         return (["temporal"] if self.config.temporal else []) + SPATIAL_GROUPS[self.config.spatial]
@@ -83,12 +86,8 @@ class NewMove(Method):
         groups = self._groups()
         if self.config.adapter == "lora":
             if groups:
-                lora = LoraConfig(
-                    r=self.config.lora_rank,
-                    lora_alpha=self.config.lora_rank,
-                    target_modules=self.backbone.lora_target(groups),
-                )
-                inject_adapter_in_model(lora, self.backbone.unet, adapter_name=self.lora_adapter_name)
+                target = self.backbone.lora_target(groups)
+                self.adapter_name = inject_lora(self.backbone.unet, target, self.config.lora_rank, self.name)
             return
         self.backbone.unet.requires_grad_(False)
         for group in groups:
@@ -96,6 +95,11 @@ class NewMove(Method):
                 self.backbone.unet.get_parameter(name).requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        if self.config.adapter == "lora":
+            self._inject()
+            if self.adapter_name is None:
+                return []
+            return lora_parameters(lora_layers(self.backbone.unet, self.adapter_name), self.adapter_name)
         return [p for p in self.backbone.unet.parameters() if p.requires_grad]
 
     def parameter_groups(self, learning_rate: float) -> list[dict]:
@@ -123,8 +127,8 @@ class NewMove(Method):
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         unet = self.backbone.unet
         if self.config.adapter == "lora":
-            state = get_peft_model_state_dict(unet, adapter_name=self.lora_adapter_name) if self._groups() else {}
-            tensors = {f"unet.{key}": value for key, value in state.items()}
+            self._inject()
+            tensors = lora_tensors(unet, self.adapter_name) if self.adapter_name is not None else {}
         else:
             names = [name for group in self._groups() for name in self.backbone.parameter_names(group)]
             tensors = {f"unet.{name}": unet.get_parameter(name) for name in names}
@@ -136,10 +140,8 @@ class NewMove(Method):
         unet = self.backbone.unet
         if self.config.adapter == "lora":
             self._inject()
-            state = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
-            result = set_peft_model_state_dict(unet, state, adapter_name=self.lora_adapter_name)
-            if result.unexpected_keys:
-                raise ConfigError(f"{source}: LoRA tensors do not match this model ({result.unexpected_keys[0]})")
+            if self.adapter_name is not None:
+                load_lora_tensors(unet, self.adapter_name, tensors, source)
         else:
             copy_into_parameters(unet, tensors, "unet.", source)
         if TOKEN_KEY in tensors:

@@ -31,6 +31,8 @@ class PretrainConfig:
 
 class Pretrain(Method):
     name = "pretrain"
+    summary = "pre-training a base model from scratch with min-SNR weighting (world train-base)"
+    internal = True
     Config = PretrainConfig
     default_learning_rate = 1e-3
     uses_token = False
