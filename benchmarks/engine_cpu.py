@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +52,7 @@ def parse_case(text: str) -> tuple[str, int, int, int]:
 # --- one configuration, in its own process ------------------------------------------------------
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep diffusers/transformers load chatter off stderr."""
     import warnings
 
@@ -118,7 +119,7 @@ def measure_training(backbone: Backbone, config: dict) -> dict:
     latents = torch.randn(backbone.latent_channels, config["frames"], h, w)
     examples = [Example(latents, CAPTION, text, "target", "random")]
     generator = torch.Generator().manual_seed(0)
-    baseline = _rss_mb()
+    baseline = rss_mb()
 
     backbone.unet.train()
     times = []
@@ -158,7 +159,7 @@ def measure_sampling(backbone: Backbone, config: dict) -> dict:
         uncond = backbone.encode_prompt([""])
     shape = (1, backbone.latent_channels, config["frames"], h, w)
     generator = torch.Generator().manual_seed(0)
-    baseline = _rss_mb()
+    baseline = rss_mb()
 
     def run(steps: int) -> float:
         latents = torch.randn(shape, generator=generator)
@@ -176,7 +177,7 @@ def measure_sampling(backbone: Backbone, config: dict) -> dict:
     return {**_summary(per_step), "other_cpu": other.share, "baseline_mb": baseline}
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Current resident set size in MB (Linux), else the peak so far."""
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -189,7 +190,7 @@ def _rss_mb() -> float:
 
 def run_single(config: dict) -> dict:
     """Measure one configuration in this process and return its numbers."""
-    _quiet_libraries()
+    quiet_libraries()
     import torch
 
     from motiontune.api import open_backbone
@@ -215,15 +216,32 @@ def run_single(config: dict) -> dict:
 # --- the driver ---------------------------------------------------------------------------------
 
 
-def run_subprocess(config: dict) -> dict:
-    """Re-invoke this script with `--single` and parse its JSON result line."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--single", json.dumps(config)]
+def run_subprocess(config: dict, label: str, script: Path = Path(__file__)) -> dict:
+    """Re-invoke `script` (this one by default) with `--single` and parse its JSON result line; `label` names
+    the configuration when it fails."""
+    command = [sys.executable, str(script.resolve()), "--single", json.dumps(config)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
-        raise RuntimeError(f"configuration {config['case']} {config['kind']} failed (exit {done.returncode}):\n{tail}")
+        raise RuntimeError(f"{label} failed (exit {done.returncode}):\n{tail}")
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def reproduction(script: str, argv: list[str], facts: dict[str, str], wall: float, where: str = "") -> str:
+    """The report's opening: the command that reproduces it, when and `where` it ran, and the machine facts."""
+    command = shlex.join(["python", script, *argv])
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    fact_lines = "\n".join(f"- {key}: {value}" for key, value in facts.items())
+    return f"""Reproduce (from the repository root, in the project's virtual environment):
+
+```
+{command}
+```
+
+Run {stamp}{where}, {wall:.0f} s wall time.
+
+{fact_lines}"""
 
 
 def machine_facts(threads: int | None) -> dict[str, str]:
@@ -359,7 +377,7 @@ def write_section(path: Path, section: str) -> None:
 
 def run_all(args: argparse.Namespace) -> int:
     """Build the models, measure every configuration in a subprocess, print and write the tables."""
-    _quiet_libraries()
+    quiet_libraries()
     from motiontune.tiny import TINY_VAE, build_tiny_model
 
     scale = 2 ** (len(TINY_VAE["block_out_channels"]) - 1)
@@ -394,7 +412,7 @@ def run_all(args: argparse.Namespace) -> int:
                 "threads": args.threads,
             }
             print(f"[{index}/{len(configs)}] {config['case']} {kind} ...", end=" ", file=sys.stderr, flush=True)
-            result = run_subprocess(config)
+            result = run_subprocess(config, f"configuration {config['case']} {kind}")
             results[(case, kind)] = result
             print(
                 f"{result['median_ms']:.0f} ms/step (min {result['min_ms']:.0f}), peak RSS {result['peak_mb']:.0f} MB, "
@@ -406,20 +424,9 @@ def run_all(args: argparse.Namespace) -> int:
 
     table = results_table(cases, results, scale)
     print(table)
-    command = shlex.join(["python", "benchmarks/engine_cpu.py", *args.argv])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    fact_lines = "\n".join(f"- {key}: {value}" for key, value in facts.items())
     section = f"""{SECTION}
 
-Reproduce (from the repository root, in the project's virtual environment):
-
-```
-{command}
-```
-
-Run {stamp}, {wall:.0f} s wall time.
-
-{fact_lines}
+{reproduction("benchmarks/engine_cpu.py", args.argv, facts, wall)}
 
 What is measured, for random tiny UNet3D models from `motiontune.tiny.build_tiny_model` (`tiny` is its default
 config, `small` sets `block_out_channels=(64, 128, 128)`), fp32 on CPU, batch of 1 clip, each configuration in a
@@ -478,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-steps", type=int, default=5, help="DDIM steps per timed sample call (default: 5)")
     parser.add_argument("--sample-repeats", type=int, default=3, help="timed sample calls (default: 3)")
     parser.add_argument("--sample-warmup-steps", type=int, default=1, help="steps of the warm-up call (default: 1)")
+    add_process_arguments(parser, "configuration")
+    return parser
+
+
+def add_process_arguments(parser: argparse.ArgumentParser, measured: str) -> None:
+    """`--threads N` and the internal `--single CONFIG` (one `measured` thing in this process)."""
     parser.add_argument(
         "--threads",
         type=int,
@@ -487,21 +500,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--single",
         metavar="CONFIG",
-        help="internal: measure one configuration given as JSON in this process and print one RESULT JSON line",
+        help=f"internal: measure one {measured} given as JSON in this process and print one RESULT JSON line",
     )
-    return parser
+
+
+def parse_or_run_single(
+    parser: argparse.ArgumentParser, argv: list[str] | None, run_single: Callable[[dict], dict]
+) -> argparse.Namespace | None:
+    """Parse `argv` (default: the command line's), kept as `args.argv` for the report; with `--single CONFIG`,
+    print the RESULT line of `run_single(config)` instead and return None."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.single is not None:
+        print(RESULT_PREFIX + json.dumps(run_single(json.loads(args.single))), flush=True)
+        return None
+    args.argv = argv
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    if args.single is not None:
-        print(RESULT_PREFIX + json.dumps(run_single(json.loads(args.single))), flush=True)
+    args = parse_or_run_single(build_parser(), argv, run_single)
+    if args is None:
         return 0
     for name in ("warmup", "steps", "sample_steps", "sample_repeats"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} is too small")
-    args.argv = argv
     return run_all(args)
 
 

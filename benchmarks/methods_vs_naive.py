@@ -47,12 +47,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import re
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +58,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from engine_cpu import OtherCpu, machine_facts
+from engine_cpu import (
+    OtherCpu,
+    add_process_arguments,
+    machine_facts,
+    parse_or_run_single,
+    quiet_libraries,
+    reproduction,
+    rss_mb,
+    run_subprocess,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +86,6 @@ SEED = 0
 # MotionMatcher's loss is the MSE between the attention maps of two videos one DDIM step apart, so the
 # fp32 rounding of the maps (~1e-7) is a 1e-4 to 1e-3 share of the difference it measures.
 RELATIVE_TOLERANCE = {"mi-train": 1e-4, "mm-train": 5e-3, "mi-sample": 1e-4}
-RESULT_PREFIX = "RESULT "
 HEADING = "## Motion Inversion and MotionMatcher against naive references"
 BEGIN = "<!-- BEGIN methods_vs_naive: written by benchmarks/methods_vs_naive.py, edits inside are overwritten -->"
 END = "<!-- END methods_vs_naive -->"
@@ -315,33 +319,14 @@ def check_equivalence(
 # --- one measurement, in its own process --------------------------------------------------------
 
 
-def _quiet_libraries() -> None:
-    import warnings
-
-    import diffusers
-    import transformers
-
-    warnings.filterwarnings("ignore")
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-
-
 def _memory_in_use_mb(device: torch.device) -> float:
     """Memory held right now: allocated CUDA memory, or the resident set size on CPU (Linux)."""
-    import os
-
     import torch
-
-    from motiontune.utils import peak_memory_mb
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.memory_allocated(device) / 2**20
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return peak_memory_mb(device)
+    return rss_mb()
 
 
 def _release_freed_memory() -> None:
@@ -406,7 +391,7 @@ def step_function(case: Case, variant: str) -> Callable[[], None]:
 
 def run_single(config: dict) -> dict:
     """Time one (workload, variant) in this process: median of `repeats` steps after `warmup` steps."""
-    _quiet_libraries()
+    quiet_libraries()
     import torch
 
     from motiontune.api import open_backbone
@@ -444,17 +429,6 @@ def run_single(config: dict) -> dict:
         "other_cpu": other.share if device.type == "cpu" else None,
         "threads": torch.get_num_threads(),
     }
-
-
-def run_subprocess(config: dict) -> dict:
-    """Re-invoke this script with `--single` and parse its JSON result line."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--single", json.dumps(config)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
-        raise RuntimeError(f"{config['workload']} {config['variant']} failed (exit {done.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -518,7 +492,7 @@ def write_section(path: Path, section: str) -> None:
 
 def run_all(args: argparse.Namespace) -> int:
     """Build the model, check the variants agree, time each (workload, variant) in a subprocess, report."""
-    _quiet_libraries()
+    quiet_libraries()
     import torch
 
     from motiontune.tiny import TINY_VAE, build_tiny_model
@@ -552,15 +526,12 @@ def run_all(args: argparse.Namespace) -> int:
                     "threads": args.threads,
                 }
                 print(f"{workload} {variant} ...", end=" ", file=sys.stderr, flush=True)
-                results[(workload, variant)] = result = run_subprocess(config)
+                results[(workload, variant)] = result = run_subprocess(config, f"{workload} {variant}", Path(__file__))
                 print(f"{result['median_ms']:.1f} ms, peak {result['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
 
     table = results_table(results, differences)
     print(table)
-    command = shlex.join(["python", "benchmarks/methods_vs_naive.py", *args.argv])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    fact_lines = "\n".join(f"- {key}: {value}" for key, value in facts.items())
     h, w = args.size // scale, args.size // scale
     if device.startswith("cuda"):
         memory = "the peak of `torch.cuda.max_memory_allocated` during the timed steps"
@@ -571,15 +542,7 @@ def run_all(args: argparse.Namespace) -> int:
     section = f"""{HEADING}
 {BEGIN}
 
-Reproduce (from the repository root, in the project's virtual environment):
-
-```
-{command}
-```
-
-Run {stamp} on {device}, {wall:.0f} s wall time.
-
-{fact_lines}
+{reproduction("benchmarks/methods_vs_naive.py", args.argv, facts, wall, f" on {device}")}
 
 The random tiny UNet3D of `motiontune.tiny.build_tiny_model`, fp32, one clip of {args.frames}×{args.size}×{args.size}
 pixels ({args.frames}×{h}×{w} latents). Workloads: `mi-train`, a Motion Inversion training step; `mm-train`, a
@@ -628,26 +591,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--threads", type=int, help="call torch.set_num_threads(N) in each measurement (default: torch's default)"
-    )
-    parser.add_argument(
-        "--single",
-        metavar="CONFIG",
-        help="internal: time one (workload, variant) given as JSON in this process and print one RESULT JSON line",
-    )
+    add_process_arguments(parser, "(workload, variant)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    if args.single is not None:
-        print(RESULT_PREFIX + json.dumps(run_single(json.loads(args.single))), flush=True)
+    args = parse_or_run_single(build_parser(), argv, run_single)
+    if args is None:
         return 0
     if args.frames < 2 or args.size < 1 or args.repeats < 1 or args.warmup < 0:
         raise SystemExit("--frames must be at least 2, --size and --repeats at least 1, --warmup at least 0")
-    args.argv = argv
     return run_all(args)
 
 

@@ -20,6 +20,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("single_thread")`): the
+    tiny model's ops are too small to gain from more, and on a busy machine spinning worker threads make
+    every step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def backbone(tiny_model_dir):
     """A freshly loaded tiny backbone with the attention controller installed."""

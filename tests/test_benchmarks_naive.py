@@ -25,12 +25,7 @@ def bench(monkeypatch):
     return module
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_every_variant_gives_the_loss_gradients_and_latents_of_ours(bench, tiny_model_dir):

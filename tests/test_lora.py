@@ -19,13 +19,7 @@ from motiontune.methods.lora import (
     set_lora_enabled,
 )
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _trained_looking(unet: torch.nn.Module, name: str, seed: int) -> None:

@@ -20,12 +20,7 @@ from motiontune.training import Example, TrainConfig, train
 TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _batch(backbone, frames: int = 3, size: int = 8, seed: int = 0) -> dict:

@@ -9,16 +9,12 @@ copy score (colour or shape taken from the references instead of the prompt).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bench_common import bench_model, chosen_rows, run_rows, write_marked_section
 from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
-from .errors import ConfigError
 from .shapeworld import COLOURS, SHAPES, Clip
 
 
@@ -165,31 +161,11 @@ def bench_shapeworld(
     progress: bool = True,
 ) -> list[dict]:
     """Run each row in a fresh process and write `output/results.json` (and a markdown table to `report`)."""
-    rows = rows or list(ROWS)
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise ConfigError(f"unknown bench row(s) {', '.join(unknown)} (known: {'; '.join(ROWS)})")
+    rows = chosen_rows(rows, ROWS)
     output = Path(output)
-    if model is None:
-        from .demo import default_or_tiny_model
-
-        model = str(default_or_tiny_model(output)[0])
-    results = []
-    for index, name in enumerate(rows):
-        if progress:
-            print(f"[{index + 1}/{len(rows)}] {name}", flush=True)
-        command = [sys.executable, "-m", "motiontune.cli", "bench", "shapeworld", "--row", name]
-        command += ["--output", str(output / f"row-{index}"), "--steps", str(steps), "--prompts", str(prompts)]
-        command += ["--seeds", str(seeds), "--sampling-steps", str(sampling)]
-        if model:
-            command += ["--model", str(model)]
-        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if finished.returncode != 0:
-            last = (finished.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"bench row '{name}' failed: {last}")
-        results.append(json.loads(finished.stdout.strip().splitlines()[-1]))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
+    model = bench_model(model, output)
+    options = {"--steps": steps, "--prompts": prompts, "--seeds": seeds, "--sampling-steps": sampling, "--model": model}
+    results = run_rows("shapeworld", rows, output, options, progress)
     if report is not None:
         write_report_section(report, results, steps, prompts, seeds, model)
     return results
@@ -210,15 +186,6 @@ BEGIN, END = "<!-- bench-shapeworld:begin -->", "<!-- bench-shapeworld:end -->"
 
 def write_report_section(report: Path, results: list[dict], steps: int, prompts: int, seeds: int, model) -> None:
     """Replace the bench section of `report` (between markers) with the new table, atomically."""
-    from .utils import atomic_write_text
-
-    section = (
-        f"{BEGIN}\n`motiontune bench shapeworld --steps {steps} --prompts {prompts} --seeds {seeds}`"
-        f" on `{model or 'the default model'}`:\n\n{markdown_table(results)}{END}"
-    )
-    text = report.read_text() if report.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n## Bench\n\n" + section + "\n"
-    atomic_write_text(report, text)
+    command = f"motiontune bench shapeworld --steps {steps} --prompts {prompts} --seeds {seeds}"
+    body = f"`{command}` on `{model or 'the default model'}`:\n\n{markdown_table(results)}"
+    write_marked_section(report, BEGIN, END, body, "Bench")

@@ -23,17 +23,13 @@ word like "shape" is not in the vocabulary and would be spelled letter by letter
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .bench_common import bench_model, chosen_rows, run_rows, write_marked_section
 from .shapeworld import COLOURS, MOTION_PHRASES, SHAPES, Clip
 
 TOKEN = "sks"
@@ -209,7 +205,7 @@ def run_row(
     from .utils import peak_memory_mb
     from .video import frames_to_uint8
 
-    _check_rows([name])
+    chosen_rows([name], ROWS)
     row = ROWS[name]
     workdir = Path(workdir)
     backbone = api.open_backbone(model)
@@ -245,12 +241,6 @@ def run_row(
 # ----------------------------------------------------------------------------------------- all rows
 
 
-def _check_rows(rows: list[str]) -> None:
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise ConfigError(f"unknown bench row(s) {', '.join(unknown)} (known: {'; '.join(ROWS)})")
-
-
 def bench_motionbooth(
     output: Path,
     model: str | None = None,
@@ -264,28 +254,18 @@ def bench_motionbooth(
     progress: bool = True,
 ) -> list[dict]:
     """Run each row in a fresh process and write `output/results.json` (and the tables into `report`)."""
-    rows = rows or list(ROWS)
-    _check_rows(rows)
+    rows = chosen_rows(rows, ROWS)
     output = Path(output)
-    if model is None:
-        from .demo import default_or_tiny_model
-
-        model = str(default_or_tiny_model(output)[0])
-    results = []
-    for index, name in enumerate(rows):
-        if progress:
-            print(f"[{index + 1}/{len(rows)}] {name}", flush=True)
-        command = [sys.executable, "-m", "motiontune.cli", "bench", "motionbooth", "--row", name]
-        command += ["--output", str(output / f"row-{index}"), "--steps", str(steps), "--prompts", str(prompts)]
-        command += ["--seeds", str(seeds), "--sampling-steps", str(sampling), "--lr", str(learning_rate)]
-        command += ["--model", str(model)]
-        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if finished.returncode != 0:
-            last = (finished.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"bench row '{name}' failed: {last}")
-        results.append(json.loads(finished.stdout.strip().splitlines()[-1]))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
+    model = bench_model(model, output)
+    options = {
+        "--steps": steps,
+        "--prompts": prompts,
+        "--seeds": seeds,
+        "--sampling-steps": sampling,
+        "--lr": learning_rate,
+        "--model": model,
+    }
+    results = run_rows("motionbooth", rows, output, options, progress)
     if report is not None:
         write_report_section(Path(report), results, steps, prompts, seeds, sampling, model)
     return results
@@ -328,21 +308,14 @@ def write_report_section(
     report: Path, results: list[dict], steps: int, prompts: int, seeds: int, sampling: int, model
 ) -> None:
     """Replace the section between the bench markers of `report` with the new tables, atomically."""
-    from .utils import atomic_write_text
-
     command = f"motiontune bench motionbooth --steps {steps} --prompts {prompts} --seeds {seeds}"
-    section = (
-        f"{BEGIN}\n`{command} --sampling-steps {sampling}` on `{model}`. Subject rows: a {SUBJECT_COLOUR} "
+    body = (
+        f"`{command} --sampling-steps {sampling}` on `{model}`. Subject rows: a {SUBJECT_COLOUR} "
         f"{CLASS_WORD} learned from {len(SUBJECT_STARTS)} masked stills on {TRAINING_BACKGROUND} (token `{TOKEN}`, "
         f"class word `{CLASS_WORD}`), prompted on {', '.join(PROMPT_BACKGROUNDS)} backgrounds with known motions; "
         f"leakage = share of videos whose background reads {TRAINING_BACKGROUND}. Box rows: IoU of the object's "
         "box with the requested one per frame. Camera rows: pan error in fractions of the frame (still camera = "
         "1.0 x requested).\n\n"
-        f"{markdown_tables(results)}{END}"
+        f"{markdown_tables(results)}"
     )
-    text = report.read_text() if report.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = (text.rstrip() + "\n\n" if text.strip() else "") + "## MotionBooth bench\n\n" + section + "\n"
-    atomic_write_text(report, text)
+    write_marked_section(report, BEGIN, END, body, "MotionBooth bench")

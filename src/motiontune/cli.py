@@ -563,52 +563,27 @@ def run_world(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """`bench shapeworld|motionbooth`: one row in this process (`--row`, as each row's process is started), or
+    every chosen row in a process of its own."""
     if args.bench_command == "motionbooth":
-        return run_bench_motionbooth(args)
-    from .bench import bench_shapeworld, markdown_table, run_row
+        from .bench_motionbooth import bench_motionbooth as bench
+        from .bench_motionbooth import markdown_tables as tables
+        from .bench_motionbooth import run_row
 
+        extra = {"learning_rate": args.lr}
+    else:
+        from .bench import bench_shapeworld as bench
+        from .bench import markdown_table as tables
+        from .bench import run_row
+
+        extra = {}
+    sizes = (args.steps, args.prompts, args.seeds, args.sampling_steps)
     if args.row is not None:
-        result = run_row(args.row, args.output, args.model, args.steps, args.prompts, args.seeds, args.sampling_steps)
-        print(json.dumps(result))
+        print(json.dumps(run_row(args.row, args.output, args.model, *sizes, **extra)))
         return 0
     rows = args.rows.split(";") if args.rows else None
-    results = bench_shapeworld(
-        args.output,
-        args.model,
-        rows,
-        args.steps,
-        args.prompts,
-        args.seeds,
-        args.sampling_steps,
-        report=args.report,
-        progress=not args.quiet,
-    )
-    print(markdown_table(results))
-    return 0
-
-
-def run_bench_motionbooth(args: argparse.Namespace) -> int:
-    from .bench_motionbooth import bench_motionbooth, markdown_tables, run_row
-
-    if args.row is not None:
-        result = run_row(
-            args.row, args.output, args.model, args.steps, args.prompts, args.seeds, args.sampling_steps, args.lr
-        )
-        print(json.dumps(result))
-        return 0
-    results = bench_motionbooth(
-        args.output,
-        args.model,
-        args.rows.split(";") if args.rows else None,
-        args.steps,
-        args.prompts,
-        args.seeds,
-        args.sampling_steps,
-        args.lr,
-        report=args.report,
-        progress=not args.quiet,
-    )
-    print(markdown_tables(results))
+    results = bench(args.output, args.model, rows, *sizes, **extra, report=args.report, progress=not args.quiet)
+    print(tables(results))
     return 0
 
 

@@ -180,17 +180,25 @@ class Method:
 
 def copy_into_parameters(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
     """Copy `prefix.<name>` tensors into `module`'s parameters, naming the file on any mismatch."""
-    parameters = dict(module.named_parameters())
-    for key, value in tensors.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        if name not in parameters:
-            raise ConfigError(f"{source}: adapter tensor '{key}' has no matching parameter in this model")
-        if parameters[name].shape != value.shape:
+    parameters = {prefix + name: parameter for name, parameter in module.named_parameters()}
+    given = [key for key in tensors if key.startswith(prefix)]
+    unknown = [key for key in given if key not in parameters]
+    if unknown:
+        raise ConfigError(f"{source}: adapter tensor '{unknown[0]}' has no matching parameter in this model")
+    copy_tensors({key: parameters[key] for key in given}, tensors, source)
+
+
+def copy_tensors(parameters: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors[key]` into `parameters[key]` for every key of `parameters`; a missing tensor or another
+    shape is a one-line ConfigError naming the file (checked for all before any is copied)."""
+    for key, parameter in parameters.items():
+        if key not in tensors:
+            raise ConfigError(f"{source}: missing adapter tensor '{key}'")
+        if tensors[key].shape != parameter.shape:
             raise ConfigError(
-                f"{source}: adapter tensor '{key}' has shape {tuple(value.shape)}, "
-                f"model expects {tuple(parameters[name].shape)} (trained for another model size?)"
+                f"{source}: adapter tensor '{key}' has shape {tuple(tensors[key].shape)}, "
+                f"model expects {tuple(parameter.shape)} (trained for another model size?)"
             )
-        with torch.no_grad():
-            parameters[name].copy_(value.to(parameters[name].dtype))
+    with torch.no_grad():
+        for key, parameter in parameters.items():
+            parameter.copy_(tensors[key].to(parameter.dtype))

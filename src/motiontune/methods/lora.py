@@ -35,6 +35,14 @@ def _set_active_adapters(layer: LoraLayer, names: list[str]) -> None:
         parameter.requires_grad_(flag)
 
 
+def check_lora_options(rank: int, dropout: float) -> None:
+    """A LoRA config's `lora_rank` (at least 1) and `lora_dropout` (in [0, 1)), else a ConfigError."""
+    if rank < 1:
+        raise ConfigError(f"lora_rank must be at least 1, got {rank}")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}")
+
+
 def inject_lora(unet: torch.nn.Module, target_modules: str, rank: int, name: str, dropout: float = 0.0) -> str:
     """Add a LoRA of `rank` on the linears matching `target_modules` (a regex); return its unique name.
 

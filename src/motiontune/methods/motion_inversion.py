@@ -24,7 +24,7 @@ import torch
 
 from ..attention import TemporalEmbedding
 from ..errors import ConfigError
-from .base import Method
+from .base import Method, copy_tensors
 
 DEBIAS_MODES = {"none": "full", "object": "difference", "hybrid": "difference", "camera": "drop"}
 PREFIX = "motion_inversion."
@@ -158,16 +158,7 @@ class MotionInversion(Method):
         own = {f"{PREFIX}{block}.query_key": p for block, p in self.query_keys.items()}
         for site, embedding in self.embeddings.items():
             own.update({f"{PREFIX}{site}.{name}": p for name, p in embedding.named_parameters() if name != "query_key"})
-        for key, parameter in own.items():
-            if key not in tensors:
-                raise ConfigError(f"{source}: missing tensor '{key}'")
-            if tensors[key].shape != parameter.shape:
-                raise ConfigError(
-                    f"{source}: tensor '{key}' has shape {tuple(tensors[key].shape)}, this model expects "
-                    f"{tuple(parameter.shape)} (trained for another model?)"
-                )
-            with torch.no_grad():
-                parameter.copy_(tensors[key].to(parameter.dtype))
+        copy_tensors(own, tensors, source)
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()

@@ -20,9 +20,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from .base import noised
-from .lora import LoraMethod
+from .lora import LoraMethod, check_lora_options
 
 
 def appearance_debiased_loss(
@@ -44,10 +43,7 @@ class MotionDirectorConfig:
     debias_beta: float = field(default=1.0, metadata={"help": "beta of the appearance-debiased loss"})
 
     def __post_init__(self):
-        if self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be at least 1, got {self.lora_rank}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check_lora_options(self.lora_rank, self.lora_dropout)
 
 
 class MotionDirector(LoraMethod):

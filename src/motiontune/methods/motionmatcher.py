@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..sampling import StepHook, StepState, to_epsilon
 from .base import denoising_loss, noised, uniform_timesteps
-from .lora import LoraMethod
+from .lora import LoraMethod, check_lora_options
 
 FEATURE_LEVEL = 2  # the latent/4 grid: `down_blocks.2` of ZeroScope (`spatial_scale_factor = 4` in the code)
 
@@ -66,10 +66,7 @@ class MotionMatcherConfig:
     def __post_init__(self):
         if self.loss not in ("feature", "pixel"):
             raise ConfigError(f"loss must be feature or pixel, got '{self.loss}'")
-        if self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be at least 1, got {self.lora_rank}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check_lora_options(self.lora_rank, self.lora_dropout)
         if not 1 <= self.min_timestep <= 999:
             raise ConfigError(f"min_timestep must be in [1, 999], got {self.min_timestep}")
 
