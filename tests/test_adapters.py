@@ -94,3 +94,66 @@ def test_save_is_atomic(tmp_path):
         save_adapter(target, {"x": object()}, {"method": "newmove"})
     assert torch.equal(read_adapter(target)[0]["x"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
+
+
+def _perturbed_adapter(backbone, path, options: dict, seed: int):
+    """A NewMove adapter whose weights are the base weights plus a seeded delta; returns the deltas."""
+    method = create_method("newmove", backbone, options, token="sks")
+    method.prepare_for_training()
+    generator = torch.Generator().manual_seed(seed)
+    deltas = {}
+    with torch.no_grad():
+        for parameter in method.trainable_parameters():
+            delta = torch.randn(parameter.shape, generator=generator) * 0.05
+            parameter.add_(delta)
+            deltas[parameter] = delta
+    tensors = method.adapter_tensors()
+    with torch.no_grad():
+        for parameter, delta in deltas.items():
+            parameter.sub_(delta)
+    save_adapter(path, tensors, method.adapter_metadata())
+    return tensors
+
+
+def test_full_weight_adapters_compose_by_adding_their_deltas(tiny_model_dir, tmp_path):
+    from motiontune.methods import load_adapters
+
+    base = open_backbone(tiny_model_dir, "cpu")
+    original = {name: p.detach().clone() for name, p in base.unet.named_parameters()}
+    first = _perturbed_adapter(base, tmp_path / "a.safetensors", {}, seed=1)
+    second = _perturbed_adapter(base, tmp_path / "b.safetensors", {"temporal": False, "spatial": "all"}, seed=2)
+    shared = sorted(set(first) & set(second))
+    assert shared, "the two adapters must overlap (cross-attention K/V)"
+
+    composed = open_backbone(tiny_model_dir, "cpu")
+    load_adapters([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], composed)
+    parameters = dict(composed.unet.named_parameters())
+    for key in shared:
+        name = key.removeprefix("unet.")
+        expected = first[key] + second[key] - original[name]
+        assert torch.allclose(parameters[name], expected, atol=1e-6), name
+    only_first = next(key for key in first if key not in second)
+    assert torch.equal(parameters[only_first.removeprefix("unet.")], first[only_first])
+
+    reversed_order = open_backbone(tiny_model_dir, "cpu")
+    load_adapters([tmp_path / "b.safetensors", tmp_path / "a.safetensors"], reversed_order)
+    for name, parameter in reversed_order.unet.named_parameters():
+        assert torch.allclose(parameter, parameters[name], atol=1e-6), name
+
+
+def test_a_full_weight_adapter_given_after_a_lora_still_loads(tiny_model_dir, tmp_path):
+    from motiontune.methods import load_adapters
+
+    backbone = open_backbone(tiny_model_dir, "cpu")
+    _perturbed_adapter(backbone, tmp_path / "full.safetensors", {}, seed=1)
+    _perturbed_adapter(backbone, tmp_path / "lora.safetensors", {"adapter": "lora", "lora_rank": 2}, seed=2)
+    composed = open_backbone(tiny_model_dir, "cpu")
+    methods = load_adapters([tmp_path / "lora.safetensors", tmp_path / "full.safetensors"], composed)
+    assert [m.config.adapter for m in methods] == ["lora", "full"]
+    latents = torch.randn(1, composed.latent_channels, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = composed.encode_prompt(["a sks"])
+    alone = open_backbone(tiny_model_dir, "cpu")
+    load_adapter(tmp_path / "full.safetensors", alone)
+    assert not torch.allclose(
+        composed.predict_noise(latents, torch.tensor(500), text), alone.predict_noise(latents, torch.tensor(500), text)
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -212,24 +211,6 @@ def train(
     return TrainResult(adapter, steps, first, last, seconds, adapter.stat().st_size / 2**20)
 
 
-def _warn_on_overlap(adapters: list[Path]) -> None:
-    """Two adapters that set the same weight: the later one wins; say so rather than mix silently."""
-    from safetensors import safe_open
-
-    owner: dict[str, Path] = {}
-    for path in adapters:
-        with safe_open(str(path), framework="pt") as handle:
-            keys = [key for key in handle.keys() if not (".lora_A." in key or ".lora_B." in key)]  # noqa: SIM118
-        shared = [key for key in keys if key in owner]
-        if shared:
-            warnings.warn(
-                f"{path}: sets {len(shared)} weights also set by {owner[shared[0]]} (e.g. {shared[0]}); "
-                "the adapter given last wins",
-                stacklevel=2,
-            )
-        owner.update(dict.fromkeys(keys, path))
-
-
 def generate(
     prompt: str | None = None,
     output: PathLike = "output.mp4",
@@ -273,15 +254,14 @@ def generate(
     from .control import ControlOptions, control_hooks, motion_script, sampling_timesteps
     from .generation import GenerationConfig
     from .generation import generate as run_generation
-    from .methods import load_adapter
+    from .methods import load_adapters
 
     motion = motion_script(prompt, script, subject, boxes, camera_speed)
     control = ControlOptions(box_strength, amplify_until, keep_other_words, tuple(shift_window))
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
-    _warn_on_overlap(adapters)
     backbone = open_backbone(model, device)
-    methods = [load_adapter(path, backbone) for path in adapters]
+    methods = load_adapters(adapters, backbone)
     trained = next((m["training"] for m in metadata if "training" in m), None)
     if trained:
         _, trained_frames, latent_h, latent_w = trained["latent_shape"]
