@@ -157,3 +157,14 @@ def test_missing_model_and_missing_component_are_reported(tiny_model_dir, tmp_pa
     shutil.rmtree(broken / "vae")
     with pytest.raises(InputError, match=r"broken.*no 'vae/' subfolder"):
         open_backbone(broken, "cpu")
+
+
+def test_word_tokenizer_spells_every_vocabulary_word_as_one_token():
+    """BPE applies the lowest-ranked merge first: merges of "right" must not split "triangle"."""
+    from motiontune.shapeworld import VOCABULARY
+    from motiontune.tiny import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer([*VOCABULARY, "sks", "pll"], 24)
+    for word in [*VOCABULARY, "sks", "pll"]:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    assert len(tokenizer("zq", add_special_tokens=False).input_ids) == 2

@@ -7,6 +7,7 @@ serves it too. Weights are random: it exists for tests, benchmarks and the demo.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -109,6 +110,9 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int) ->
     """A CLIP byte-level BPE tokenizer whose merges spell each word of `words` as one token.
 
     Any other text still tokenizes, into single characters, exactly like a real CLIP vocabulary.
+    BPE applies the lowest-ranked merge first, so a word's merges are added by tokenizing it with the
+    merges so far and joining its first two pieces until it is one token: merges added for an earlier
+    word (e.g. "r"+"i" of "right") can never split a later one ("triangle").
     """
     alphabet = _byte_alphabet()
     vocab: dict[str, int] = {}
@@ -116,17 +120,26 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...], max_length: int) ->
         vocab.setdefault(symbol, len(vocab))
     merges: list[tuple[str, str]] = []
     for word in dict.fromkeys(w.lower() for w in words):
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        joined = symbols[0]
-        for symbol in symbols[1:]:
-            merge = (joined, symbol)
-            joined += symbol
-            if joined not in vocab:
-                merges.append(merge)
-                vocab[joined] = len(vocab)
+        pieces = _bpe_pieces([*word[:-1], word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _bpe_pieces(symbols: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly join the adjacent pair with the lowest merge rank."""
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(itertools.pairwise(symbols))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2 :]]
+    return symbols
 
 
 def build_tiny_model(

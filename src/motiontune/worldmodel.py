@@ -42,7 +42,7 @@ class BaseModelConfig:
     unet_steps: int = 20000
     batch_size: int = 32
     learning_rate: float = 1e-3
-    snr_gamma: float = 5.0
+    snr_gamma: float = 0.0
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
     vae: dict = field(
