@@ -70,7 +70,7 @@ class TrainResult:
     def summary(self) -> str:
         return (
             f"adapter: {self.adapter} ({self.adapter_megabytes:.2f} MB)\n"
-            f"steps: {self.steps}, loss {self.first_loss:.4f} -> {self.last_loss:.4f} "
+            f"steps: {self.steps}, loss {self.first_loss:.4g} -> {self.last_loss:.4g} "
             f"(mean of first/last 10%), {self.seconds:.1f} s"
         )
 
