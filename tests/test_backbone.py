@@ -168,3 +168,12 @@ def test_word_tokenizer_spells_every_vocabulary_word_as_one_token():
     for word in [*VOCABULARY, "sks", "pll"]:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     assert len(tokenizer("zq", add_special_tokens=False).input_ids) == 2
+
+
+def test_phrase_cut_off_by_the_text_length_says_so(backbone):
+    limit = backbone.tokenizer.model_max_length
+    prompt = " ".join(["a"] * limit) + " sks"
+    with pytest.raises(ValueError, match=f"beyond the text encoder's {limit} tokens"):
+        backbone.phrase_positions(prompt, "sks")
+    with pytest.raises(ValueError, match="not found"):
+        backbone.phrase_positions("a red circle", "sks")

@@ -452,16 +452,22 @@ class CameraShift:
 
 def subject_boxes(backbone: Backbone, prompt: str, script: MotionScript, frames: int) -> list[SubjectBox]:
     """Token positions of every subject's words in `prompt` and its per-frame boxes (fresh tensors)."""
-    subjects = []
-    for path in script.subjects:
-        try:
-            positions = backbone.phrase_positions(prompt, path.words)
-        except ValueError:
-            raise ConfigError(
-                f"{script.source}: subject words {path.words!r} are not in the prompt {prompt!r}"
-            ) from None
-        subjects.append(SubjectBox(positions, path.boxes(frames)))
-    return subjects
+    return [
+        SubjectBox(
+            _positions(backbone, prompt, path.words, "subject words {!r} are", script.source), path.boxes(frames)
+        )
+        for path in script.subjects
+    ]
+
+
+def _positions(backbone: Backbone, prompt: str, phrase: str, what: str, source: str) -> list[int]:
+    """Token positions of `phrase` in `prompt`, or one ConfigError line naming the script and the phrase
+    (`what` is e.g. "bg_phrase {!r} is"; a phrase cut off by the text length says so)."""
+    try:
+        return backbone.phrase_positions(prompt, phrase)
+    except ValueError as error:
+        truncated = f" ({error})" if "falls beyond" in str(error) else ""
+        raise ConfigError(f"{source}: {what.format(phrase)} not in the prompt {prompt!r}{truncated}") from None
 
 
 def control_hooks(
@@ -484,12 +490,7 @@ def control_hooks(
             raise ConfigError("box control needs the attention controller (open the model with api.open_backbone)")
         background = []
         if script.background is not None:
-            try:
-                background = backbone.phrase_positions(prompt, script.background)
-            except ValueError:
-                raise ConfigError(
-                    f"{script.source}: bg_phrase {script.background!r} is not in the prompt {prompt!r}"
-                ) from None
+            background = _positions(backbone, prompt, script.background, "bg_phrase {!r} is", script.source)
         edit = BoxEdit(
             subjects,
             strength=options.box_strength,

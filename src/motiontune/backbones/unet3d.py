@@ -213,6 +213,9 @@ class UNet3DBackbone(Backbone):
         for start in range(len(ids) - len(target) + 1):
             if ids[start : start + len(target)] == target:
                 return list(range(start, start + len(target)))
+        if phrase in prompt:
+            limit = self.tokenizer.model_max_length
+            raise ValueError(f"phrase {phrase!r} falls beyond the text encoder's {limit} tokens in prompt {prompt!r}")
         raise ValueError(f"phrase {phrase!r} not found in prompt {prompt!r}")
 
     def predict_noise(
