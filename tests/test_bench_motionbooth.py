@@ -61,6 +61,19 @@ def test_control_rows_measure_box_iou_and_pan_error(tiny_model_dir, tmp_path):
     assert "box IoU" in tables and "pan error" in tables and "shape acc." not in tables
 
 
+def test_the_late_window_camera_row_shifts_only_between_t_400_and_100(tiny_model_dir):
+    from motiontune.api import open_backbone
+    from motiontune.bench_motionbooth import ROWS, _control_hooks
+
+    backbone = open_backbone(str(tiny_model_dir))
+    clip = camera_requests(1)[0]
+    (late,) = _control_hooks(backbone, ROWS["camera, latent shift at t 400-100"], clip, None, 25, 0)
+    (official,) = _control_hooks(backbone, ROWS["camera, latent shift"], clip, None, 25, 0)
+    late_steps = [late.timesteps[i] for i in late.window_steps]
+    assert late_steps and all(100 < t <= 400 for t in late_steps)
+    assert all(600 < official.timesteps[i] <= 800 for i in official.window_steps)
+
+
 def test_requests_ask_for_what_each_claim_needs():
     assert CLASS_WORD in VOCABULARY
     assert {(c.shape, c.background) for c in subject_images()} == {(CLASS_WORD, TRAINING_BACKGROUND)}

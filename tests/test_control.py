@@ -302,6 +302,17 @@ def test_horizontal_shift_moves_content_and_fills_from_the_same_row_outside_the_
         assert torch.allclose(box.boxes[f], torch.tensor([-expected / w, 0.0, 0.5 - expected / w, 1.0]))
 
 
+def test_what_a_multistep_sampler_remembers_moves_with_the_latents():
+    frames, h, w = 3, 6, 8
+    latents = _indexed_latents(frames, h, w)
+    box = SubjectBox([1], torch.tensor([[0.0, 0.0, 0.5, 0.5]] * frames))
+    hook = CameraShift((0.5, 0.5), [700, 500], (800, 400), [box])
+    state = StepState(0, 700, 2, latents, torch.Generator().manual_seed(0), [latents * 10, latents - 1])
+    hook.before_step(state)
+    assert not torch.equal(state.latents, latents)
+    assert torch.equal(state.history[0], state.latents * 10) and torch.equal(state.history[1], state.latents - 1)
+
+
 def test_vertical_shift_fills_from_the_same_column():
     frames, h, w = 3, 8, 5
     hook = CameraShift((0.0, -0.5), [700, 500], (800, 400))

@@ -64,6 +64,32 @@ def test_hooks_run_before_every_step_and_may_replace_latents(backbone):
     assert torch.equal(hooked, zero_start)
 
 
+class _HistoryHook:
+    """Records how many remembered tensors each step exposes and zeroes them from step `zero_from` on."""
+
+    def __init__(self, zero_from: int):
+        self.sizes: list[int] = []
+        self.zero_from = zero_from
+
+    def before_step(self, state):
+        self.sizes.append(len(state.history))
+        if state.index >= self.zero_from:
+            state.history[:] = [torch.zeros_like(t) for t in state.history]
+
+
+@pytest.mark.parametrize("name, sizes", [("dpm++", [0, 1, 2, 2]), ("unipc", [0, 2, 3, 3]), ("ddim", [0, 0, 0, 0])])
+def test_hooks_see_and_may_replace_what_a_multistep_sampler_remembers(backbone, name, sizes):
+    text, uncond = backbone.encode_prompt(["a"]), backbone.encode_prompt([""])
+    noise = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for zero_from in (99, 2):
+        hook = _HistoryHook(zero_from)
+        scheduler = make_scheduler(backbone, name)
+        runs.append(sample(backbone, noise, text, uncond, scheduler, 4, hooks=[hook], progress=False))
+        assert hook.sizes == sizes
+    assert torch.equal(runs[0], runs[1]) == (name == "ddim")
+
+
 def test_ddim_inversion_round_trips_exactly_when_the_model_predicts_no_noise(backbone):
     with torch.no_grad():
         backbone.unet.conv_out.weight.zero_()

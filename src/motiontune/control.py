@@ -353,39 +353,49 @@ def box_cells(boxes: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Ten
     return covered
 
 
-def _sample_along_rows(frame: torch.Tensor, blocked: torch.Tensor, count: int, generator) -> torch.Tensor:
-    """`count` tokens per row of `frame` `(B, C, h, w)`, drawn without replacement from the row's free cells.
-
-    A row with fewer free cells than `count` also draws from its boxed cells, after the free ones.
-    """
+def _row_picks(blocked: torch.Tensor, count: int, generator) -> torch.Tensor:
+    """`count` cell indices per row of `blocked` `(rows, cols)`, drawn without replacement from the free
+    cells; a row with fewer free cells than `count` also draws from its blocked cells, after the free ones."""
     device = generator.device if generator is not None else None
     keys = torch.rand(blocked.shape, generator=generator, device=device).cpu() + 2.0 * blocked
-    picks = keys.argsort(dim=1)[:, :count].to(frame.device)
+    return keys.argsort(dim=1)[:, :count]
+
+
+def _gather_rows(frame: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """The tokens at `picks` `(rows, count)` of every row of `frame` `(B, C, rows, cols)`."""
     batch, channels, rows = frame.shape[:3]
-    return frame.gather(-1, picks.expand(batch, channels, rows, count))
+    return frame.gather(-1, picks.to(frame.device).expand(batch, channels, rows, picks.shape[1]))
 
 
 def shift_frame(
-    frame: torch.Tensor, dx: int, dy: int, boxes: Sequence[torch.Tensor], generator: torch.Generator | None
-) -> torch.Tensor:
+    frames: Sequence[torch.Tensor], dx: int, dy: int, boxes: Sequence[torch.Tensor], generator: torch.Generator | None
+) -> list[torch.Tensor]:
     """Shift one frame's latent `(B, C, h, w)` by `dx` columns and `dy` rows (Eq. 8), moving `boxes` in place.
 
     Positive `dx` moves content left, positive `dy` moves it up. The exposed strip is filled with tokens
-    sampled from the same row (horizontal shift) or column (vertical shift), outside the boxes.
+    sampled from the same row (horizontal shift) or column (vertical shift), outside the boxes. Every
+    tensor of `frames` (the latent and what a multistep scheduler remembers of it) moves the same way and
+    is filled from the same cells.
     """
-    h, w = frame.shape[-2:]
+    h, w = frames[0].shape[-2:]
+    frames = list(frames)
     if dx:
-        fill = _sample_along_rows(frame, box_cells(boxes, (h, w)), abs(dx), generator)
-        frame = torch.cat([frame[..., dx:], fill], -1) if dx > 0 else torch.cat([fill, frame[..., :dx]], -1)
+        picks = _row_picks(box_cells(boxes, (h, w)), abs(dx), generator)
+        for i, frame in enumerate(frames):
+            fill = _gather_rows(frame, picks)
+            frames[i] = torch.cat([frame[..., dx:], fill], -1) if dx > 0 else torch.cat([fill, frame[..., :dx]], -1)
         for box in boxes:
             box[[0, 2]] -= dx / w
     if dy:
-        blocked = box_cells(boxes, (h, w)).T
-        fill = _sample_along_rows(frame.transpose(-1, -2), blocked, abs(dy), generator).transpose(-1, -2)
-        frame = torch.cat([frame[..., dy:, :], fill], -2) if dy > 0 else torch.cat([fill, frame[..., :dy, :]], -2)
+        picks = _row_picks(box_cells(boxes, (h, w)).T, abs(dy), generator)
+        for i, frame in enumerate(frames):
+            fill = _gather_rows(frame.transpose(-1, -2), picks).transpose(-1, -2)
+            frames[i] = (
+                torch.cat([frame[..., dy:, :], fill], -2) if dy > 0 else torch.cat([fill, frame[..., :dy, :]], -2)
+            )
         for box in boxes:
             box[[1, 3]] -= dy / h
-    return frame
+    return frames
 
 
 class CameraShift:
@@ -436,13 +446,16 @@ class CameraShift:
             self.moved = [[0, 0] for _ in range(frames)]
         targets = self.targets(frames, grid, position / len(self.window_steps))
         generator = state.generator if state.generator is not None else self.fallback_generator
-        shifted = []
+        tensors = [latents, *state.history]
+        shifted: list[list[torch.Tensor]] = [[] for _ in tensors]
         for f, (target_x, target_y) in enumerate(targets):
             dx, dy = target_x - self.moved[f][0], target_y - self.moved[f][1]
             self.moved[f] = [target_x, target_y]
             boxes = [subject.boxes[f] for subject in self.subjects]
-            shifted.append(shift_frame(latents[:, :, f], dx, dy, boxes, generator))
-        state.latents = torch.stack(shifted, dim=2)
+            frames = shift_frame([t[:, :, f] for t in tensors], dx, dy, boxes, generator)
+            for moved, frame in zip(shifted, frames, strict=True):
+                moved.append(frame)
+        state.latents, *state.history = [torch.stack(frames, dim=2) for frames in shifted]
 
     def after_sampling(self) -> None:
         for subject, boxes in zip(self.subjects, self.initial_boxes, strict=True):

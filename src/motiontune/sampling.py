@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -37,13 +37,19 @@ SCHEDULERS = {
 
 @dataclass
 class StepState:
-    """Where the sampling loop is. Hooks may replace `latents` before the denoiser runs."""
+    """Where the sampling loop is. Hooks may replace `latents` before the denoiser runs.
+
+    `history` holds the latent-shaped tensors a multistep scheduler carries between steps (DPM-Solver++
+    and UniPC keep past model outputs, UniPC also its last sample); a hook that moves content in space
+    must move them too, and may replace them in the list.
+    """
 
     index: int
     timestep: int
     num_steps: int
     latents: torch.Tensor
     generator: torch.Generator | None
+    history: list[torch.Tensor] = field(default_factory=list)
 
 
 class StepHook(Protocol):
@@ -54,6 +60,28 @@ class StepHook(Protocol):
 
 class AfterSampling(Protocol):
     def after_sampling(self) -> None: ...
+
+
+def _history_slots(scheduler) -> list[tuple[str, int | None]]:
+    """Where `scheduler` keeps latent-shaped tensors between steps: `(attribute, list index or None)`."""
+    outputs = getattr(scheduler, "model_outputs", None) or []
+    slots: list[tuple[str, int | None]] = [("model_outputs", i) for i, t in enumerate(outputs) if t is not None]
+    if getattr(scheduler, "last_sample", None) is not None:
+        slots.append(("last_sample", None))
+    return slots
+
+
+def _read_slot(scheduler, slot: tuple[str, int | None]) -> torch.Tensor:
+    name, index = slot
+    return getattr(scheduler, name) if index is None else getattr(scheduler, name)[index]
+
+
+def _write_slot(scheduler, slot: tuple[str, int | None], tensor: torch.Tensor) -> None:
+    name, index = slot
+    if index is None:
+        setattr(scheduler, name, tensor)
+    else:
+        getattr(scheduler, name)[index] = tensor
 
 
 def make_scheduler(backbone: Backbone, name: str = "ddim"):
@@ -116,10 +144,14 @@ def sample(
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
     step_kwargs = {"generator": generator} if stochastic else {}
     for index, timestep in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
-        state = StepState(index, int(timestep), num_steps, latents, generator)
+        slots = _history_slots(scheduler)
+        history = [_read_slot(scheduler, slot) for slot in slots]
+        state = StepState(index, int(timestep), num_steps, latents, generator, history)
         for hook in hooks:
             hook.before_step(state)
         latents = state.latents
+        for slot, tensor in zip(slots, state.history, strict=True):
+            _write_slot(scheduler, slot, tensor)
         model_input = scheduler.scale_model_input(latents, timestep)
         noise = guided_prediction(backbone, model_input, timestep, text, uncond_text, guidance_scale)
         latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]
