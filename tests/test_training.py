@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from motiontune.api import open_backbone
 from motiontune.data import VideoDataset, find_video_items
+from motiontune.errors import ConfigError
 from motiontune.methods import create_method
-from motiontune.training import TrainConfig, latest_checkpoint, prepare_examples, train
+from motiontune.training import TrainConfig, WeightAverage, latest_checkpoint, prepare_examples, train
 
 
 def _run(model_dir, data, output, steps, resume=False, **overrides):
@@ -30,6 +32,36 @@ def test_interrupted_run_resumes_bit_exactly(tiny_model_dir, motion_data, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "training_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+
+
+def test_weight_average_follows_the_hand_computed_recursion_and_swaps_back():
+    weight = torch.nn.Parameter(torch.zeros(2))
+    average = WeightAverage([weight], decay=0.9)
+    for value in (1.0, 2.0):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.update()
+    expected = 0.9 * (0.1 * 1.0) + 0.1 * 2.0  # w_ema <- 0.9 w_ema + 0.1 w, from w_ema = 0
+    assert torch.allclose(average.average[0], torch.full((2,), expected))
+    with average.swapped_in():
+        assert torch.allclose(weight, torch.full((2,), expected))
+    assert torch.equal(weight.detach(), torch.full((2,), 2.0))
+    with pytest.raises(ConfigError, match="--ema-decay must be in"):
+        TrainConfig("unused", ema_decay=1.0)
+
+
+def test_weight_average_is_the_adapter_and_resumes_bit_exactly(tiny_model_dir, motion_data, tmp_path):
+    plain = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "plain", 4)))
+    straight = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "a", 4, ema_decay=0.5)))
+    _run(tiny_model_dir, motion_data, tmp_path / "b", 2, ema_decay=0.5)
+    files = sorted(p.name for p in (tmp_path / "b" / "checkpoints" / "step-000002").iterdir())
+    assert files == ["adapter.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"]
+    resumed = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "b", 4, resume=True, ema_decay=0.5)))
+    assert straight.keys() == resumed.keys() == plain.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    raw = load_file(str(tmp_path / "a" / "checkpoints" / "step-000004" / "adapter.safetensors"))
+    assert all(torch.equal(raw[k], plain[k]) for k in plain)  # the average does not change the training itself
+    assert any(not torch.equal(straight[k], plain[k]) for k in plain)
 
 
 def test_checkpoints_are_complete_and_rotated(tiny_model_dir, motion_data, tmp_path):

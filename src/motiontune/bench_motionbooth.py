@@ -10,7 +10,9 @@ Rows (each trained and scored in a fresh process, so its peak memory is its own)
   region loss (Eq. 2), against the untrained base model.
 * **boxes**: the base model (no training) asked for an object along a box path (left to right, top to
   bottom, diagonal), with and without the box edit (Eq. 6-7). Scores: IoU of the segmented object's box
-  with the requested box, per frame, and the share of frames with IoU >= 0.5.
+  with the requested box, per frame, and the share of frames with IoU >= 0.5. The edit runs with the
+  official settings (other prompt words suppressed, alpha 10 while t > 700), keeping the other words,
+  and stronger (alpha 25 at every step).
 * **camera**: the base model on the textured background with requested pans (left, right, up, down,
   diagonal), with and without the latent shift (Eq. 8). Scores: `evaluation.pan_error` (fractions of the
   frame) and that error over the requested travel (1.0 = as far off as a still camera). The shift runs in
@@ -65,6 +67,10 @@ ROWS: dict[str, Row] = {
     "subject, motionbooth without region loss": Row("subject", training={"masked_loss": False}),
     "boxes, base model": Row("boxes"),
     "boxes, box edit": Row("boxes", control=True),
+    "boxes, box edit keeping other words": Row("boxes", control=True, control_options={"keep_other_words": True}),
+    "boxes, box edit alpha 25 at every step": Row(
+        "boxes", control=True, control_options={"box_strength": 25.0, "amplify_until": 0}
+    ),
     "camera, base model": Row("camera"),
     "camera, latent shift": Row("camera", control=True),
     "camera, latent shift at t 400-100": Row("camera", control=True, control_options={"shift_window": (400, 100)}),

@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="micro-batches per step (default: the method's own, 2 for motionbooth's image + video batches)",
     )
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the trained weights with this decay (e.g. 0.999) and save "
+        "it as the adapter; checkpoints hold it as ema.safetensors (0 = off)",
+    )
     train.add_argument("--checkpoint-every", type=int, default=100, help="write a checkpoint every N steps")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="how many checkpoints to keep")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
@@ -444,6 +451,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         gradient_accumulation=args.gradient_accumulation,
         max_grad_norm=args.max_grad_norm,
+        ema_decay=args.ema_decay,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,

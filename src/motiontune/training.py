@@ -3,11 +3,13 @@
 A method supplies trainable parameters, a loss for a batch and a timestep sampler; this loop draws
 batches from cached latents, steps the optimizer, writes atomic checkpoints every N steps (adapter,
 optimizer state and random-generator states, all safetensors + JSON: nothing is pickled) and
-validation videos, and resumes bit-exactly from the last checkpoint.
+validation videos, and resumes bit-exactly from the last checkpoint. With `ema_decay` it also keeps an
+exponential moving average of the trained weights, which the final adapter holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -52,6 +54,7 @@ class TrainConfig:
     batch_size: int = 1
     gradient_accumulation: int | None = None
     max_grad_norm: float = 1.0
+    ema_decay: float = 0.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     validate_every: int = 0
@@ -80,6 +83,8 @@ class TrainConfig:
             )
         if self.checkpoint_every < 0 or self.validate_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("--checkpoint-every/--validate-every must be >= 0 and --keep-checkpoints >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
 
@@ -180,18 +185,61 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
 
 
+class WeightAverage:
+    """Exponential moving average of the trained weights (Polyak averaging): `w_ema <- d w_ema + (1 - d) w`
+    after every optimizer step. Saved by the method's own adapter keys (see `swapped_in`)."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], decay: float):
+        self.parameters = parameters
+        self.decay = decay
+        self.average = [p.detach().clone() for p in parameters]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for average, parameter in zip(self.average, self.parameters, strict=True):
+            average.lerp_(parameter.detach(), 1 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Inside the block the parameters hold the average (to save or sample it); the raw weights come back."""
+        raw = [p.detach().clone() for p in self.parameters]
+        self.copy_into_parameters()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for parameter, value in zip(self.parameters, raw, strict=True):
+                    parameter.copy_(value)
+
+    @torch.no_grad()
+    def copy_into_parameters(self) -> None:
+        for parameter, average in zip(self.parameters, self.average, strict=True):
+            parameter.copy_(average)
+
+    @torch.no_grad()
+    def take_from_parameters(self) -> None:
+        for average, parameter in zip(self.average, self.parameters, strict=True):
+            average.copy_(parameter)
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     checkpoints = sorted((output_dir / "checkpoints").glob("step-*"))
     complete = [c for c in checkpoints if (c / "state.json").exists()]
     return complete[-1] if complete else None
 
 
-def _save_checkpoint(output_dir: Path, step: int, method: Method, optimizer, generator, keep: int) -> Path:
-    """Write adapter, optimizer and RNG states to a temporary folder, then rename it into place."""
+def _save_checkpoint(
+    output_dir: Path, step: int, method: Method, optimizer, generator, keep: int, average: WeightAverage | None
+) -> Path:
+    """Write adapter, optimizer and RNG states to a temporary folder, then rename it into place.
+    With a weight average, `ema.safetensors` holds it as an adapter of the same method (usable with `--adapter`)."""
     root = output_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     with atomic_directory(final) as staging:
         save_adapter(staging / "adapter.safetensors", method.adapter_tensors(), method.adapter_metadata())
+        if average is not None:
+            with average.swapped_in():
+                save_adapter(staging / "ema.safetensors", method.adapter_tensors(), method.adapter_metadata())
         tensors, layout = _optimizer_tensors(optimizer)
         tensors["rng.generator"] = generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
@@ -202,7 +250,12 @@ def _save_checkpoint(output_dir: Path, step: int, method: Method, optimizer, gen
     return final
 
 
-def _restore_checkpoint(checkpoint: Path, method: Method, optimizer, generator) -> int:
+def _restore_checkpoint(checkpoint: Path, method: Method, optimizer, generator, average: WeightAverage | None) -> int:
+    """Restore a checkpoint; a weight average starts from the saved one, or from the weights when it has none."""
+    if average is not None and (checkpoint / "ema.safetensors").exists():
+        tensors, _ = read_adapter(checkpoint / "ema.safetensors", device=method.backbone.device)
+        method.load_adapter_tensors(tensors, str(checkpoint / "ema.safetensors"))
+        average.take_from_parameters()
     tensors, _ = read_adapter(checkpoint / "adapter.safetensors", device=method.backbone.device)
     method.load_adapter_tensors(tensors, str(checkpoint / "adapter.safetensors"))
     state = json.loads((checkpoint / "state.json").read_text())
@@ -210,6 +263,8 @@ def _restore_checkpoint(checkpoint: Path, method: Method, optimizer, generator) 
     generator.set_state(saved.pop("rng.generator"))
     torch.set_rng_state(saved.pop("rng.torch"))
     _load_optimizer(optimizer, saved, state["optimizer"])
+    if average is not None and not (checkpoint / "ema.safetensors").exists():
+        average.take_from_parameters()
     return int(state["step"])
 
 
@@ -249,19 +304,20 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2)
     module = _TrainingModule(method)
     module, optimizer = accelerator.prepare(module, optimizer)
+    trainable = [p for group in groups for p in group["params"] if p.requires_grad]
+    average = WeightAverage(trainable, config.ema_decay) if config.ema_decay else None
 
     start = 0
     checkpoint = latest_checkpoint(output_dir) if config.resume else None
     if config.resume and checkpoint is None and accelerator.is_main_process:
         tqdm.write(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
     if checkpoint is not None:
-        start = _restore_checkpoint(checkpoint, method, optimizer, generator)
+        start = _restore_checkpoint(checkpoint, method, optimizer, generator, average)
     log_path = output_dir / "training_log.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
     log_lines = log_path.read_text().splitlines()[:start] if (start and log_path.exists()) else []
     log_path.write_text("".join(line + "\n" for line in log_lines))
 
-    trainable = [p for group in groups for p in group["params"] if p.requires_grad]
     module.train()
     bar = tqdm(range(start, config.steps), desc=f"training {method.name}", disable=not config.progress)
     started = time.perf_counter()
@@ -277,18 +333,23 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            if average is not None and accelerator.sync_gradients:
+                average.update()
             total += loss.detach().item() / accumulation
         bar.set_postfix(loss=f"{total:.4f}")
         with log_path.open("a") as log:
             log.write(json.dumps({"step": step + 1, "loss": total}) + "\n")
         done = step + 1
         if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0:
-            _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints)
+            _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints, average)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
-            _validate(method, config, done, latent_shape)
+            with average.swapped_in() if average is not None else contextlib.nullcontext():
+                _validate(method, config, done, latent_shape)
             module.train()
     module.eval()
+    if average is not None:
+        average.copy_into_parameters()
     elapsed = time.perf_counter() - started
     if not accelerator.is_main_process:
         return output_dir / "adapter.safetensors"
@@ -300,6 +361,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         "learning_rate": learning_rate,
         "batch_size": config.batch_size,
         "gradient_accumulation": accumulation,
+        "ema_decay": config.ema_decay,
         "seed": config.seed,
         "examples": len(examples),
         "latent_shape": list(latent_shape),

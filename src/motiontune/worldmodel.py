@@ -4,8 +4,8 @@ Recipe (`motiontune world train-base --config FILE`), reproducible from its conf
 1. render `clips` random clips of the *known* motions and shapes (novel ones are held out);
 2. train a small `AutoencoderKL` on their frames (MSE + a small KL term), so the diffusion model
    works in a 2x smaller latent space;
-3. pre-train every UNet weight with v-prediction and min-SNR weighting (`methods.pretrain`)
-   through the shared training loop, resumable from its checkpoints;
+3. pre-train every UNet weight with v-prediction (`methods.pretrain`; min-SNR weighting optional)
+   through the shared training loop, resumable from its checkpoints, keeping a weight average;
 4. write a standard diffusers model folder, loadable by the same code as ZeroScope.
 """
 
@@ -43,6 +43,7 @@ class BaseModelConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     snr_gamma: float = 0.0
+    ema_decay: float = 0.0
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
     vae: dict = field(
@@ -239,6 +240,7 @@ def build_base_model(config: BaseModelConfig, output: Path, progress: bool = Tru
             steps=config.unet_steps,
             learning_rate=config.learning_rate,
             batch_size=config.batch_size,
+            ema_decay=config.ema_decay,
             checkpoint_every=config.checkpoint_every,
             seed=config.seed,
             resume=resume,
