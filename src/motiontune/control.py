@@ -370,12 +370,12 @@ def _gather_rows(frame: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
 def shift_frame(
     frames: Sequence[torch.Tensor], dx: int, dy: int, boxes: Sequence[torch.Tensor], generator: torch.Generator | None
 ) -> list[torch.Tensor]:
-    """Shift one frame's latent `(B, C, h, w)` by `dx` columns and `dy` rows (Eq. 8), moving `boxes` in place.
+    """Shift one frame `(B, C, h, w)` of the latent, and of what a multistep scheduler remembers of it
+    (`frames`, all alike), by `dx` columns and `dy` rows (Eq. 8), moving `boxes` in place.
 
     Positive `dx` moves content left, positive `dy` moves it up. The exposed strip is filled with tokens
-    sampled from the same row (horizontal shift) or column (vertical shift), outside the boxes. Every
-    tensor of `frames` (the latent and what a multistep scheduler remembers of it) moves the same way and
-    is filled from the same cells.
+    sampled from the same row (horizontal shift) or column (vertical shift), outside the boxes; every
+    tensor is filled from the same cells.
     """
     h, w = frames[0].shape[-2:]
     frames = list(frames)
