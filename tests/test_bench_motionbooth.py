@@ -101,6 +101,14 @@ def test_report_section_is_appended_to_a_new_file_with_dashes_for_what_was_not_m
     assert text.rstrip().endswith(END)
 
 
+def test_reports_name_the_shipped_model_as_such_and_any_other_by_its_folder(tmp_path):
+    from motiontune.api import default_model_dir
+    from motiontune.bench_common import model_label
+
+    assert model_label(str(default_model_dir())) == "the shipped model"
+    assert model_label(str(tmp_path)) == f"`{tmp_path}`"
+
+
 def test_an_unknown_row_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"unknown bench row.*boxes, magic.*known: subject, base model"):
         bench_motionbooth(tmp_path, "unused", ["boxes, magic"], progress=False)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench_common import bench_model, chosen_rows, run_rows, write_marked_section
+from .bench_common import bench_model, chosen_rows, model_label, run_rows, write_marked_section
 from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 from .shapeworld import COLOURS, SHAPES, Clip
 
@@ -187,5 +187,5 @@ BEGIN, END = "<!-- bench-shapeworld:begin -->", "<!-- bench-shapeworld:end -->"
 def write_report_section(report: Path, results: list[dict], steps: int, prompts: int, seeds: int, model) -> None:
     """Replace the bench section of `report` (between markers) with the new table, atomically."""
     command = f"motiontune bench shapeworld --steps {steps} --prompts {prompts} --seeds {seeds}"
-    body = f"`{command}` on `{model or 'the default model'}`:\n\n{markdown_table(results)}"
+    body = f"`{command}` on {model_label(model)}:\n\n{markdown_table(results)}"
     write_marked_section(report, BEGIN, END, body, "Bench")

@@ -32,6 +32,19 @@ def bench_model(model: str | None, output: Path) -> str:
     return str(default_or_tiny_model(output)[0])
 
 
+def model_label(model: str | None) -> str:
+    """How a report names the benched model: "the shipped model" for the package's own, else its folder."""
+    from .api import default_model_dir
+
+    if model is None:
+        return "the default model"
+    try:
+        shipped = default_model_dir().resolve()
+    except ConfigError:
+        return f"`{model}`"
+    return "the shipped model" if Path(model).resolve() == shipped else f"`{model}`"
+
+
 def run_rows(bench: str, rows: list[str], output: Path, options: dict[str, object], progress: bool) -> list[dict]:
     """Run each row as `motiontune bench <bench> --row NAME --output output/row-<i> <options>` in a fresh
     process (so its peak memory is its own), collect the JSON line each prints, write `output/results.json`."""

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_common import bench_model, chosen_rows, run_rows, write_marked_section
+from .bench_common import bench_model, chosen_rows, model_label, run_rows, write_marked_section
 from .shapeworld import COLOURS, MOTION_PHRASES, Clip
 
 TOKEN = "sks"
@@ -324,7 +324,7 @@ def write_report_section(
     """Replace the section between the bench markers of `report` with the new tables, atomically."""
     command = f"motiontune bench motionbooth --steps {steps} --prompts {prompts} --seeds {seeds}"
     body = (
-        f"`{command} --sampling-steps {sampling}` on `{model}`. Subject rows: a {SUBJECT_COLOUR} "
+        f"`{command} --sampling-steps {sampling}` on {model_label(model)}. Subject rows: a {SUBJECT_COLOUR} "
         f"{CLASS_WORD} learned from {len(SUBJECT_STARTS)} masked stills on {TRAINING_BACKGROUND} (token `{TOKEN}`, "
         f"class word `{CLASS_WORD}`), prompted on {', '.join(PROMPT_BACKGROUNDS)} backgrounds with known motions; "
         f"leakage = share of videos whose background reads {TRAINING_BACKGROUND}. Box rows: IoU of the object's "
