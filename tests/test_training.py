@@ -64,6 +64,17 @@ def test_weight_average_is_the_adapter_and_resumes_bit_exactly(tiny_model_dir, m
     assert any(not torch.equal(straight[k], plain[k]) for k in plain)
 
 
+def test_a_weight_average_resumed_from_a_run_without_one_starts_from_its_weights(tiny_model_dir, motion_data, tmp_path):
+    _run(tiny_model_dir, motion_data, tmp_path / "plain", 4, checkpoint_every=1, keep_checkpoints=4)
+    raw = [
+        load_file(str(tmp_path / "plain" / "checkpoints" / f"step-00000{i}" / "adapter.safetensors")) for i in (2, 3, 4)
+    ]
+    _run(tiny_model_dir, motion_data, tmp_path / "b", 2)
+    resumed = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "b", 4, resume=True, ema_decay=0.5)))
+    for key, value in resumed.items():  # a = w2, then a <- (a + w) / 2 after steps 3 and 4
+        assert torch.allclose(value, 0.25 * raw[0][key] + 0.25 * raw[1][key] + 0.5 * raw[2][key], atol=1e-6)
+
+
 def test_checkpoints_are_complete_and_rotated(tiny_model_dir, motion_data, tmp_path):
     _run(tiny_model_dir, motion_data, tmp_path, 6, keep_checkpoints=2)
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

@@ -250,21 +250,23 @@ def _save_checkpoint(
     return final
 
 
+def _load_adapter_file(method: Method, path: Path) -> None:
+    tensors, _ = read_adapter(path, device=method.backbone.device)
+    method.load_adapter_tensors(tensors, str(path))
+
+
 def _restore_checkpoint(checkpoint: Path, method: Method, optimizer, generator, average: WeightAverage | None) -> int:
     """Restore a checkpoint; a weight average starts from the saved one, or from the weights when it has none."""
-    if average is not None and (checkpoint / "ema.safetensors").exists():
-        tensors, _ = read_adapter(checkpoint / "ema.safetensors", device=method.backbone.device)
-        method.load_adapter_tensors(tensors, str(checkpoint / "ema.safetensors"))
+    if average is not None:
+        saved_average = checkpoint / "ema.safetensors"
+        _load_adapter_file(method, saved_average if saved_average.exists() else checkpoint / "adapter.safetensors")
         average.take_from_parameters()
-    tensors, _ = read_adapter(checkpoint / "adapter.safetensors", device=method.backbone.device)
-    method.load_adapter_tensors(tensors, str(checkpoint / "adapter.safetensors"))
+    _load_adapter_file(method, checkpoint / "adapter.safetensors")
     state = json.loads((checkpoint / "state.json").read_text())
     saved = load_file(str(checkpoint / "optimizer.safetensors"))
     generator.set_state(saved.pop("rng.generator"))
     torch.set_rng_state(saved.pop("rng.torch"))
     _load_optimizer(optimizer, saved, state["optimizer"])
-    if average is not None and not (checkpoint / "ema.safetensors").exists():
-        average.take_from_parameters()
     return int(state["step"])
 
 
