@@ -184,7 +184,7 @@ def markdown_table(results: list[dict]) -> str:
 BEGIN, END = "<!-- bench-shapeworld:begin -->", "<!-- bench-shapeworld:end -->"
 
 
-def write_report_section(report: Path, results: list[dict], steps: int, prompts: int, seeds: int, model) -> None:
+def write_report_section(report: Path, results: list[dict], steps: int, prompts: int, seeds: int, model: str) -> None:
     """Replace the bench section of `report` (between markers) with the new table, atomically."""
     command = f"motiontune bench shapeworld --steps {steps} --prompts {prompts} --seeds {seeds}"
     body = f"`{command}` on {model_label(model)}:\n\n{markdown_table(results)}"

@@ -32,12 +32,10 @@ def bench_model(model: str | None, output: Path) -> str:
     return str(default_or_tiny_model(output)[0])
 
 
-def model_label(model: str | None) -> str:
-    """How a report names the benched model: "the shipped model" for the package's own, else its folder."""
+def model_label(model: str) -> str:
+    """How a report names the benched model folder: "the shipped model" for the package's own, else its path."""
     from .api import default_model_dir
 
-    if model is None:
-        return "the default model"
     try:
         shipped = default_model_dir().resolve()
     except ConfigError:

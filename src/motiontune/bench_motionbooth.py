@@ -319,7 +319,7 @@ def markdown_tables(results: list[dict]) -> str:
 
 
 def write_report_section(
-    report: Path, results: list[dict], steps: int, prompts: int, seeds: int, sampling: int, model
+    report: Path, results: list[dict], steps: int, prompts: int, seeds: int, sampling: int, model: str
 ) -> None:
     """Replace the section between the bench markers of `report` with the new tables, atomically."""
     command = f"motiontune bench motionbooth --steps {steps} --prompts {prompts} --seeds {seeds}"

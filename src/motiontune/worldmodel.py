@@ -5,7 +5,8 @@ Recipe (`motiontune world train-base --config FILE`), reproducible from its conf
 2. train a small `AutoencoderKL` on their frames (MSE + a small KL term), so the diffusion model
    works in a 2x smaller latent space;
 3. pre-train every UNet weight with v-prediction (`methods.pretrain`; min-SNR weighting optional)
-   through the shared training loop, resumable from its checkpoints, keeping a weight average;
+   through the shared training loop, resumable from its checkpoints, optionally keeping a weight
+   average (`ema_decay`) that becomes the exported UNet;
 4. write a standard diffusers model folder, loadable by the same code as ZeroScope.
 """
 
