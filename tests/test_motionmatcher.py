@@ -103,6 +103,16 @@ def test_feature_loss_is_zero_when_the_denoiser_is_exact(backbone, prediction_ty
     assert exact.item() < 1e-10 < 1e-3 * mismatched.item()
 
 
+def test_feature_loss_is_finite_at_a_zero_terminal_snr_timestep(backbone):
+    method = _matcher(backbone)
+    method.scheduler = DDPMScheduler.from_config(
+        method.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True
+    )
+    method.sample_timesteps = lambda batch, generator: torch.full((batch,), 999)
+    loss = method.loss(_batch(backbone), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
 def test_feature_gradients_reach_only_the_lora(backbone):
     method = _matcher(backbone)
     _trained_looking(method)

@@ -7,7 +7,15 @@ import torch
 
 from motiontune.errors import ConfigError
 from motiontune.generation import GenerationConfig, generate_latents
-from motiontune.sampling import SCHEDULERS, ddim_invert, guided_prediction, make_scheduler, noise_prior, sample
+from motiontune.sampling import (
+    SCHEDULERS,
+    ddim_invert,
+    guided_prediction,
+    make_scheduler,
+    noise_prior,
+    sample,
+    to_clean,
+)
 
 
 def _settings(**overrides) -> GenerationConfig:
@@ -113,6 +121,19 @@ def test_ddim_inversion_comes_back_close_and_closer_with_more_steps(backbone):
         back = sample(backbone, inverted, uncond, None, make_scheduler(backbone), steps, 1.0, progress=False)
         errors.append((back - x0).abs().mean().item())
     assert errors[1] < errors[0] and errors[1] < 0.05 * x0.abs().mean().item() * 4
+
+
+def test_clean_latent_from_every_parametrisation_and_at_zero_snr():
+    clean, noise = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.25])
+    alpha = torch.tensor(0.36)
+    noisy = 0.6 * clean + 0.8 * noise
+    velocity = 0.6 * noise - 0.8 * clean
+    for output, kind in ((noise, "epsilon"), (velocity, "v_prediction"), (clean, "sample")):
+        torch.testing.assert_close(to_clean(output, noisy, alpha, kind), clean)
+    zero = torch.tensor(0.0)
+    torch.testing.assert_close(to_clean(-clean, noise, zero, "v_prediction"), clean)
+    with pytest.raises(ConfigError, match="unsupported prediction type 'flow'"):
+        to_clean(noise, noisy, alpha, "flow")
 
 
 def test_noise_prior_blends_by_square_roots():

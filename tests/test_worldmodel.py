@@ -10,7 +10,8 @@ import torch
 from motiontune.api import generate, open_backbone
 from motiontune.errors import ConfigError
 from motiontune.methods import create_method
-from motiontune.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model
+from motiontune.sampling import make_scheduler
+from motiontune.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model, set_noise_schedule
 
 SMOKE = {
     "clips": 12,
@@ -72,6 +73,42 @@ def test_evaluation_reports_accuracies(smoke_model):
     assert 0.0 <= summary["novel_motion_produced"] <= 1.0
 
 
+def test_zero_terminal_snr_recipe_trains_and_samples_from_pure_noise(smoke_model):
+    """Lin et al. 2024: the last training timestep keeps none of the clean latent, and sampling starts there."""
+    output, _ = smoke_model
+    backbone = open_backbone(output / "model", "cpu")
+    method = create_method("pretrain", backbone)
+    assert method.scheduler.alphas_cumprod[999] == 0
+    clean, noise = torch.randn(1, 8, 2, 4, 4), torch.randn(1, 8, 2, 4, 4)
+    at_the_end = torch.tensor([999])
+    assert torch.equal(method.scheduler.add_noise(clean, noise, at_the_end), noise)
+    torch.testing.assert_close(method.scheduler.get_velocity(clean, noise, at_the_end), -clean)
+    scheduler = make_scheduler(backbone)
+    scheduler.set_timesteps(25)
+    assert scheduler.timesteps[0] == 999
+
+
+def test_a_resumed_recipe_switches_the_noise_schedule(smoke_model, tmp_path):
+    output, _ = smoke_model
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(output / "model" / "scheduler", folder / "scheduler")
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    set_noise_schedule(folder, BaseModelConfig(zero_terminal_snr=False))
+    old = json.loads(config_file.read_text())
+    assert (old["rescale_betas_zero_snr"], old["timestep_spacing"]) == (False, "leading")
+    set_noise_schedule(folder, BaseModelConfig(zero_terminal_snr=True))
+    new = json.loads(config_file.read_text())
+    assert (new["rescale_betas_zero_snr"], new["timestep_spacing"]) == (True, "trailing")
+    assert {k: v for k, v in new.items() if k not in ("rescale_betas_zero_snr", "timestep_spacing")} == {
+        k: v for k, v in old.items() if k not in ("rescale_betas_zero_snr", "timestep_spacing")
+    }
+    written = config_file.stat().st_mtime_ns
+    set_noise_schedule(folder, BaseModelConfig(zero_terminal_snr=True))
+    assert config_file.stat().st_mtime_ns == written
+
+
 def test_unknown_recipe_keys_are_rejected(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("clips: 3\nbatchsize: 4\n")
@@ -86,6 +123,8 @@ def test_min_snr_weights_match_the_formula(backbone):
     snr = alpha / (1 - alpha)
     assert torch.allclose(method.loss_weights(t), torch.minimum(snr, torch.tensor(5.0)) / snr)
     assert torch.equal(create_method("pretrain", backbone, {"snr_gamma": 0.0}).loss_weights(t), torch.ones(3))
+    method.scheduler = type(method.scheduler).from_config(method.scheduler.config, rescale_betas_zero_snr=True)
+    assert method.loss_weights(torch.tensor([999])).item() == 0.0
 
 
 def test_caption_dropout_trains_the_unconditional_branch(backbone):

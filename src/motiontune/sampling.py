@@ -102,6 +102,21 @@ def to_epsilon(output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Ten
     raise ConfigError(f"unsupported prediction type '{prediction_type}'")
 
 
+def to_clean(
+    output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """Convert a denoiser output to the clean latent it implies: `x0 = sqrt(a) x - sqrt(1 - a) v` for v
+    targets, which stays finite at a zero-terminal-SNR timestep (a = 0), where `(x - sqrt(1 - a) eps) / sqrt(a)`
+    does not."""
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * latents - (1 - alpha_bar).sqrt() * output
+    if prediction_type == "sample":
+        return output
+    if prediction_type == "epsilon":
+        return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+    raise ConfigError(f"unsupported prediction type '{prediction_type}'")
+
+
 def guided_prediction(
     backbone: Backbone,
     latents: torch.Tensor,

@@ -8,6 +8,12 @@ Recipe (`motiontune world train-base --config FILE`), reproducible from its conf
    through the shared training loop, resumable from its checkpoints, optionally keeping a weight
    average (`ema_decay`) that becomes the exported UNet;
 4. write a standard diffusers model folder, loadable by the same code as ZeroScope.
+
+With `zero_terminal_snr` the noise schedule is rescaled so that the last training timestep is pure
+noise (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1) and
+sampling starts there ("trailing" timesteps, their Sec. 3.3). Without it, t = 999 keeps
+sqrt(0.0047) of the clean latent, from which the model learns to read a video's layout and motion; at
+sampling time pure noise carries none, and the motion follows the noise rather than the prompt.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .shapeworld import KNOWN_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
-from .utils import atomic_directory
+from .utils import atomic_directory, atomic_write_text
 
 
 @dataclass
@@ -45,6 +51,7 @@ class BaseModelConfig:
     learning_rate: float = 1e-3
     snr_gamma: float = 0.0
     ema_decay: float = 0.0
+    zero_terminal_snr: bool = True
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
     vae: dict = field(
@@ -111,6 +118,28 @@ def _vae_config(config: BaseModelConfig) -> dict:
     levels = len(config.vae["block_out_channels"])
     blocks = {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels}
     return _tuples({**TINY_VAE, **blocks, **config.vae})
+
+
+def _scheduler_config(config: BaseModelConfig) -> dict:
+    zero_snr = config.zero_terminal_snr
+    return {
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": zero_snr,
+        "timestep_spacing": "trailing" if zero_snr else "leading",
+    }
+
+
+def set_noise_schedule(model: Path, config: BaseModelConfig) -> None:
+    """Rewrite the model folder's scheduler config with the recipe's noise schedule (so a resumed run may
+    switch to a zero-terminal-SNR schedule and go on training)."""
+    from diffusers import DDIMScheduler
+
+    folder = Path(model) / "scheduler"
+    current = DDIMScheduler.from_pretrained(folder)
+    wanted = _scheduler_config(config)
+    if any(current.config.get(key) != value for key, value in wanted.items()):
+        scheduler = DDIMScheduler.from_config(current.config, **wanted)
+        atomic_write_text(folder / "scheduler_config.json", scheduler.to_json_string())
 
 
 def _unet_config(config: BaseModelConfig) -> dict:
@@ -207,7 +236,7 @@ def build_base_model(config: BaseModelConfig, output: Path, progress: bool = Tru
             unet_config=_unet_config(config),
             vae_config=_vae_config(config),
             text_hidden_size=config.text_hidden_size,
-            scheduler_config={"prediction_type": "v_prediction"},
+            scheduler_config=_scheduler_config(config),
             seed=config.seed,
         )
         backbone = open_backbone(folder, "cpu")
@@ -220,6 +249,7 @@ def build_base_model(config: BaseModelConfig, output: Path, progress: bool = Tru
             backbone.vae.save_pretrained(staging / "vae")
     summary["autoencoder_seconds"] = round(time.perf_counter() - started, 1)
 
+    set_noise_schedule(untrained, config)
     backbone = open_backbone(untrained, "cpu")
     torch.manual_seed(config.seed)
     examples = []

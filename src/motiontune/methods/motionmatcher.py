@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..sampling import StepHook, StepState, to_epsilon
+from ..sampling import StepHook, StepState, to_clean, to_epsilon
 from .base import denoising_loss, noised, uniform_timesteps
 from .lora import LoraMethod, check_lora_options
 
@@ -110,8 +110,9 @@ class MotionMatcher(LoraMethod):
         output = self.backbone.predict_noise(noisy, timesteps, text)
         alphas = self.scheduler.alphas_cumprod.to(latents.device, torch.float32)
         alpha, previous_alpha = (alphas[t].view(-1, 1, 1, 1, 1) for t in (timesteps, timesteps - 1))
-        eps = to_epsilon(output.float(), noisy.float(), alpha, self.scheduler.config.prediction_type)
-        clean = (noisy.float() - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        prediction_type = self.scheduler.config.prediction_type
+        eps = to_epsilon(output.float(), noisy.float(), alpha, prediction_type)
+        clean = to_clean(output.float(), noisy.float(), alpha, prediction_type)
         predicted = previous_alpha.sqrt() * clean + (1 - previous_alpha).sqrt() * eps
         target = previous_alpha.sqrt() * latents.float() + (1 - previous_alpha).sqrt() * noise.float()
         return self.feature_loss(predicted.to(latents.dtype), target.to(latents.dtype), timesteps - 1, text)

@@ -51,7 +51,7 @@ class Pretrain(Method):
         clipped = snr.clamp(max=self.config.snr_gamma)
         if self.scheduler.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
-        return clipped / snr
+        return clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Weighted diffusion loss; a `caption_dropout` share of the batch sees the empty prompt."""
