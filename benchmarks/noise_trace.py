@@ -63,6 +63,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=77, help="seed of the clips")
     args = parser.parse_args()
+    if args.clips < 1 or args.steps < 1:
+        parser.error(f"--clips and --steps must be at least 1, got {args.clips} and {args.steps}")
+    if not 0 <= args.trace < 1:
+        parser.error(f"--trace must be in [0, 1), got {args.trace}")
     rates = follow_rates(args.model, args.clips, args.trace, args.steps, args.guidance, args.seed)
     print(f"| start | follows prompt | follows trace | other |  ({args.clips} clips, trace alpha_bar {args.trace})")
     print("| --- | --- | --- | --- |")
