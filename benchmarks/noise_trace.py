@@ -26,7 +26,7 @@ from motiontune.api import open_backbone
 from motiontune.evaluation import evaluate_video
 from motiontune.sampling import make_scheduler, sample
 from motiontune.shapeworld import KNOWN_MOTIONS, SHAPES, render, sample_clips
-from motiontune.video import frames_to_uint8
+from motiontune.video import frames_to_uint8, uint8_to_frames
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
@@ -38,8 +38,7 @@ def follow_rates(model: str | None, clips: int, trace: float, steps: int, guidan
     uncond = backbone.encode_prompt([""])
     counts = {"traced": collections.Counter(), "pure": collections.Counter()}
     for index, clip in enumerate(tqdm(chosen, desc="clips")):
-        frames = render(clip, 8, 32).frames
-        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1
+        pixels = uint8_to_frames(render(clip, 8, 32).frames)[None]
         clean = backbone.encode_video(pixels.to(backbone.device, backbone.dtype))
         noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(index)).to(clean)
         wanted = dataclasses.replace(clip, motion=OPPOSITE[clip.motion])

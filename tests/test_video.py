@@ -19,6 +19,7 @@ from motiontune.video import (
     read_video,
     sample_indices,
     save_outputs,
+    uint8_to_frames,
     write_contact_sheet,
     write_video,
 )
@@ -91,6 +92,17 @@ def test_roundtrip_moving_square_shape_range_and_motion(tmp_path: Path) -> None:
     # frame 0's square (columns 8..13, centre 11) lands at x = 11 * 27 / 40 - 0.5 - 5 ~= 1.9.
     assert cx[0] == pytest.approx(1.9, abs=0.75)
     assert cx[-1] == pytest.approx((24 + 3) * 27 / 40 - 0.5 - 5, abs=0.75)
+
+
+def test_uint8_frames_map_to_minus_one_one_channels_first_and_back() -> None:
+    frames = np.zeros((2, 1, 4, 5, 3), dtype=np.uint8)
+    frames[..., 0] = 255
+    frames[0, 0, 1, 2] = (0, 51, 255)
+    pixels = uint8_to_frames(frames)
+    assert pixels.shape == (2, 1, 3, 4, 5) and pixels.dtype == torch.float32
+    assert torch.equal(pixels[0, 0, :, 1, 2], torch.tensor([-1.0, 51 / 127.5 - 1, 1.0]))
+    assert torch.equal(pixels[1, 0, 0], torch.ones(4, 5)) and torch.equal(pixels[1, 0, 1], -torch.ones(4, 5))
+    assert np.array_equal(frames_to_uint8(pixels[0]), frames[0])
 
 
 def test_resize_center_crop_keeps_the_middle_of_a_wide_frame(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -90,8 +91,6 @@ def test_zero_terminal_snr_recipe_trains_and_samples_from_pure_noise(smoke_model
 
 def test_a_resumed_recipe_switches_the_noise_schedule(smoke_model, tmp_path):
     output, _ = smoke_model
-    import shutil
-
     folder = tmp_path / "model"
     shutil.copytree(output / "model" / "scheduler", folder / "scheduler")
     config_file = folder / "scheduler" / "scheduler_config.json"

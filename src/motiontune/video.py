@@ -239,9 +239,12 @@ def read_video(
             sample_indices(count, num_frames, sampling, path)  # raises if the clip is too short
     finally:
         decoded.close()  # release the container now, also when decoding stopped early
-    array = np.stack(frames)  # (F, H, W, 3) uint8
-    tensor = torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float32)
-    return (tensor / 127.5 - 1.0).contiguous()
+    return uint8_to_frames(np.stack(frames)).contiguous()
+
+
+def uint8_to_frames(frames: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]: the inverse of `frames_to_uint8`."""
+    return torch.from_numpy(frames).movedim(-1, -3).to(torch.float32) / 127.5 - 1.0
 
 
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:

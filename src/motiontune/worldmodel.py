@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError
 from .shapeworld import KNOWN_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
 from .utils import atomic_directory, atomic_write_text
+from .video import frames_to_uint8, uint8_to_frames, write_contact_sheet
 
 
 @dataclass
@@ -91,7 +92,7 @@ def training_clips(config: BaseModelConfig):
 def train_autoencoder(vae: torch.nn.Module, frames: np.ndarray, config: BaseModelConfig, progress: bool) -> list:
     """Fit the VAE to ShapeWorld frames `(N, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I))."""
     generator = torch.Generator().manual_seed(config.seed)
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = uint8_to_frames(frames)
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
     losses = []
@@ -150,7 +151,7 @@ def _unet_config(config: BaseModelConfig) -> dict:
 @torch.no_grad()
 def _normalise_latents(vae: torch.nn.Module, frames: np.ndarray) -> float:
     """Set the VAE scaling factor to 1 / std of its latents (as Stable Diffusion's 0.18215 was chosen)."""
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = uint8_to_frames(frames)
     latents = torch.cat([vae.encode(part).latent_dist.mode() for part in pixels.split(256)])
     factor = float(1 / latents.std())
     vae.register_to_config(scaling_factor=factor)
@@ -178,7 +179,6 @@ def evaluate_base_model(
     from .generation import GenerationConfig, generate_latents
     from .methods import load_adapter
     from .shapeworld import NOVEL_MOTIONS
-    from .video import frames_to_uint8, write_contact_sheet
 
     backbone = open_backbone(model)
     methods = [load_adapter(path, backbone) for path in adapters]
@@ -256,7 +256,7 @@ def build_base_model(config: BaseModelConfig, output: Path, progress: bool = Tru
     with torch.no_grad():
         for chunk in range(0, len(rendered), 256):
             part = rendered[chunk : chunk + 256]
-            pixels = torch.from_numpy(np.stack([r.frames for r in part])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+            pixels = uint8_to_frames(np.stack([r.frames for r in part]))
             latents = backbone.encode_video(pixels)
             texts = backbone.encode_prompt([r.caption for r in part])
             for offset, (r, latent, text) in enumerate(zip(part, latents, texts, strict=True)):
