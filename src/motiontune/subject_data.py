@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .backbones.base import Backbone
 from .errors import InputError
 from .training import Example
-from .video import IMAGE_EXTENSIONS
+from .video import IMAGE_EXTENSIONS, uint8_to_frames
 
 __all__ = [
     "MASK_FOLDER",
@@ -127,8 +127,7 @@ def read_subject_image(item: SubjectImage, height: int, width: int) -> tuple[tor
     binary = _square_and_pad(mask, height, width, Image.Resampling.NEAREST) / 255.0 > 0.5
     if not binary.any():
         raise InputError(f"{item.mask or item.path}: mask has no foreground pixels at {height}x{width}")
-    pixels = torch.from_numpy(rgb).permute(2, 0, 1) / 127.5 - 1
-    return pixels, torch.from_numpy(binary)[None].float()
+    return uint8_to_frames(rgb), torch.from_numpy(binary)[None].float()
 
 
 def prepare_subject_examples(

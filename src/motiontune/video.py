@@ -243,7 +243,8 @@ def read_video(
 
 
 def uint8_to_frames(frames: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]: the inverse of `frames_to_uint8`."""
+    """(..., H, W, 3) values in [0, 255] (uint8 or float) -> (..., 3, H, W) float32 in [-1, 1]: the inverse
+    of `frames_to_uint8`."""
     return torch.from_numpy(frames).movedim(-1, -3).to(torch.float32) / 127.5 - 1.0
 
 
