@@ -145,3 +145,35 @@ def test_embeddings_interpolate_over_frames():
     assert longer.shape == (1, 7, 2)
     assert torch.allclose(longer[0, :, 0], torch.linspace(0, 3, 7))
     assert torch.equal(embedding.query_key_for(2), embedding.query_key[:, :2])
+
+
+def test_zero_frame_positions_are_an_identity_and_trained_ones_change_the_output(backbone):
+    latents, text = _inputs(backbone)
+    before = backbone.predict_noise(latents, torch.tensor(300), text)
+    backbone.add_frame_positions(8)
+    temporal = {site.name for site in backbone.sites if site.kind == "temporal"}
+    assert set(backbone.frame_positions) == temporal
+    assert torch.allclose(before, backbone.predict_noise(latents, torch.tensor(300), text), atol=1e-6)
+    with torch.no_grad():
+        backbone.frame_positions[TEMPORAL_SITE].normal_()
+    assert not torch.allclose(before, backbone.predict_noise(latents, torch.tensor(300), text), atol=1e-4)
+
+
+def test_frame_positions_add_to_a_motion_inversion_query_key(backbone):
+    """x + p_f + m_qk feeds Wq and Wk: the base model's positions and an adapter's embedding sum."""
+    attn = backbone.unet.get_submodule(TEMPORAL_SITE)
+    channels, frames = attn.to_q.in_features, 3
+    torch.manual_seed(0)
+    backbone.add_frame_positions(5)
+    embedding = TemporalEmbedding(channels, 5)
+    with torch.no_grad():
+        backbone.frame_positions[TEMPORAL_SITE].normal_()
+        embedding.query_key.normal_()
+    backbone.controller.embeddings[TEMPORAL_SITE] = embedding
+    x = torch.randn(4, frames, channels)
+    out = attn(x)
+    qk_input = x + backbone.frame_positions[TEMPORAL_SITE][:, :frames] + embedding.query_key[:, :frames]
+    q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(qk_input), attn.to_k(qk_input), attn.to_v(x)))
+    probs = (q @ k.transpose(1, 2) * attn.scale).softmax(-1)
+    expected = attn.to_out[0](attn.batch_to_head_dim(probs @ v))
+    assert torch.allclose(out, expected, atol=1e-5)

@@ -177,3 +177,43 @@ def test_phrase_cut_off_by_the_text_length_says_so(backbone):
         backbone.phrase_positions(prompt, "sks")
     with pytest.raises(ValueError, match="not found"):
         backbone.phrase_positions("a red circle", "sks")
+
+
+def test_frame_positions_round_trip_through_the_model_folder(backbone, tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    backbone.add_frame_positions(6)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for positions in backbone.frame_positions.values():
+            positions.normal_()
+    backbone.save_frame_positions(folder)
+    loaded = open_backbone(folder, "cpu")
+    assert set(loaded.frame_positions) == set(backbone.frame_positions)
+    for name, positions in backbone.frame_positions.items():
+        assert torch.equal(loaded.frame_positions[name], positions)
+    latents, text = torch.randn(1, 4, 6, 8, 8), loaded.encode_prompt(["a red square"])
+    assert torch.equal(
+        loaded.predict_noise(latents, torch.tensor(10), text), backbone.predict_noise(latents, torch.tensor(10), text)
+    )
+
+
+def test_frame_positions_need_the_controller_and_matching_sites(backbone, tiny_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from motiontune.backbones import load_backbone
+    from motiontune.errors import ConfigError
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    backbone.add_frame_positions(4)
+    backbone.save_frame_positions(folder)
+    bare = load_backbone(folder)
+    with pytest.raises(ConfigError, match=r"frame positions.*open_backbone"):
+        bare.predict_noise(torch.randn(1, 4, 4, 8, 8), torch.tensor(10), bare.encode_prompt(["a"]))
+    save_file(
+        {"down_blocks.9.temp_attentions.0.transformer_blocks.0.attn1": torch.zeros(1, 4, 8)},
+        folder / "frame_positions.safetensors",
+    )
+    with pytest.raises(InputError, match=r"frame_positions\.safetensors: frame positions are not for this model"):
+        load_backbone(folder)

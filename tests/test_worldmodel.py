@@ -143,3 +143,42 @@ def test_caption_dropout_trains_the_unconditional_branch(backbone):
     empty = backbone.encode_prompt([""])[0]
     dropped = sum(torch.equal(row, empty) for row in seen[0])
     assert 16 < dropped < 48
+
+
+def test_pretraining_trains_and_saves_frame_positions(backbone, tmp_path):
+    backbone.add_frame_positions(4)
+    method = create_method("pretrain", backbone)
+    method.prepare_for_training()
+    assert all(p.requires_grad for p in backbone.frame_positions.values())
+    assert {id(p) for p in backbone.frame_positions.values()} <= {id(p) for p in method.trainable_parameters()}
+    batch = {"latents": torch.randn(2, 4, 4, 8, 8), "text": backbone.encode_prompt(["a red square"] * 2)}
+    method.loss(batch, torch.Generator().manual_seed(0)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.frame_positions.values())
+    tensors = method.adapter_tensors()
+    positions = {k: v for k, v in tensors.items() if k.startswith("frame_positions.")}
+    assert len(positions) == len(backbone.frame_positions)
+    with torch.no_grad():
+        for p in backbone.frame_positions.values():
+            p.fill_(3.0)
+    method.load_adapter_tensors(tensors, "ckpt.safetensors")
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in backbone.frame_positions.values())
+    missing = {k: v for k, v in tensors.items() if not k.startswith("frame_positions.")}
+    with pytest.raises(ConfigError, match=r"ckpt\.safetensors: missing adapter tensor 'frame_positions"):
+        method.load_adapter_tensors(missing, "ckpt.safetensors")
+
+
+def test_the_recipe_ships_frame_positions_and_init_goes_on_from_a_model(smoke_model, tmp_path):
+    output, _ = smoke_model
+    model = output / "model"
+    assert (model / "frame_positions.safetensors").exists()
+    first = open_backbone(model, "cpu")
+    assert first.frame_positions and all(p.shape[1] == 8 for p in first.frame_positions.values())
+    summary = build_base_model(BaseModelConfig(**SMOKE), tmp_path / "again", progress=False, init=model)
+    assert "autoencoder_loss" not in summary
+    assert summary["initialised_from"]["path"] == str(model)
+    assert summary["initialised_from"]["recipe"]["config"]["clips"] == 12
+    again = tmp_path / "again" / "model"
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert (again / vae).read_bytes() == (model / vae).read_bytes()
+    with pytest.raises(ConfigError, match="--init must be a model folder"):
+        build_base_model(BaseModelConfig(**SMOKE), tmp_path / "bad", progress=False, init=tmp_path)

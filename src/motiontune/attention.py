@@ -6,7 +6,8 @@ declares. Each processor takes the SDPA fast path unless the controller asks it 
 * record attention probabilities (cross-attention per token, temporal F x F maps), with or
   without gradients;
 * edit cross-attention scores inside per-frame boxes before the softmax (MotionBooth Eq. 6-7);
-* inject learnable embeddings into temporal attention query/key and value (Motion Inversion);
+* inject learnable embeddings into temporal attention query/key and value (Motion Inversion), on
+  top of the frame positions a base model may have (`Backbone.add_frame_positions`);
 * compute softmax attention with explicit matrices instead of SDPA (`explicit_attention`), the
   naive reference that benchmarks and tests compare the fast path with.
 """
@@ -101,6 +102,13 @@ class BoxEdit:
 VALUE_MODES = ("full", "drop", "difference")
 
 
+def per_frame(embedding: torch.Tensor, frames: int) -> torch.Tensor:
+    """Rows for `frames` frames of a per-frame embedding `(N, F_max, C)`: fewer slice, more interpolate over time."""
+    if embedding.shape[1] >= frames:
+        return embedding[:, :frames]
+    return F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=True).transpose(1, 2)
+
+
 class TemporalEmbedding(torch.nn.Module):
     """Learnable embeddings added inside one temporal attention (Motion Inversion Sec. 3).
 
@@ -137,14 +145,8 @@ class TemporalEmbedding(torch.nn.Module):
             self.value = torch.nn.Parameter(torch.zeros(value_grid[0] * value_grid[1], max_frames, channels))
         self.max_frames, self.channels = max_frames, channels
 
-    @staticmethod
-    def _frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
-        if embedding.shape[1] >= frames:
-            return embedding[:, :frames]
-        return F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=True).transpose(1, 2)
-
     def query_key_for(self, frames: int) -> torch.Tensor | None:
-        return None if self.query_key is None else self._frames(self.query_key, frames)
+        return None if self.query_key is None else per_frame(self.query_key, frames)
 
     def full_value(self) -> torch.Tensor | None:
         """The value embedding `(h*w, F_max, C)`, expanded from its factors when stored low-rank."""
@@ -157,7 +159,7 @@ class TemporalEmbedding(torch.nn.Module):
         value = self.full_value()
         if value is None or self.value_mode == "drop":
             return None
-        value = self._frames(value, frames)
+        value = per_frame(value, frames)
         if self.value_mode == "difference":
             value = torch.cat([value[:, :1], value[:, 1:] - value[:, :-1]], dim=1)
         if grid is not None and tuple(grid) != self.value_grid:
@@ -264,8 +266,9 @@ class ControlledProcessor:
         recordings = controller.recordings_for(self.site)
         edit = controller.box_edit if self.site.kind == "cross" and controller.context is not None else None
         embedding = controller.embeddings.get(self.site.name)
+        positions = controller.backbone.frame_positions.get(self.site.name)
         explicit = controller.explicit_for(self.site)
-        if not (recordings or edit or embedding):
+        if not (recordings or edit or embedding or positions is not None):
             processor = controller._explicit if explicit else controller._fast
             return processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
@@ -278,11 +281,13 @@ class ControlledProcessor:
             if attn.norm_cross:
                 encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
             query_input, key_input, value_input = hidden_states, encoder_hidden_states, encoder_hidden_states
+        frames = hidden_states.shape[1]
+        query_keys = [per_frame(positions, frames)] if positions is not None else []
+        if embedding is not None and embedding.query_key is not None:
+            query_keys.append(embedding.query_key_for(frames))
+        if query_keys:
+            query_input = key_input = hidden_states + sum(query_keys).to(hidden_states.dtype)
         if embedding is not None:
-            frames = hidden_states.shape[1]
-            query_key = embedding.query_key_for(frames)
-            if query_key is not None:
-                query_input = key_input = hidden_states + query_key.to(hidden_states.dtype)
             grid = controller.grid(self.site) if controller.context is not None else None
             value = embedding.value_for(frames, hidden_states.shape[0], grid)
             if value is not None:

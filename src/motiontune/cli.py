@@ -275,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     base.add_argument("--output", type=Path, required=True, help="folder for stages, checkpoints and model/")
     base.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    base.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this model folder (autoencoder, text encoder, UNet) instead of from scratch, "
+        "e.g. to go on training the shipped model under a changed recipe",
+    )
     base.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate = world_commands.add_parser(
         "evaluate",
@@ -564,7 +571,7 @@ def run_world(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     config = BaseModelConfig.from_yaml(args.recipe) if args.recipe else BaseModelConfig()
-    summary = build_base_model(config, args.output, progress=not args.quiet, resume=args.resume)
+    summary = build_base_model(config, args.output, progress=not args.quiet, resume=args.resume, init=args.init)
     print(f"model: {args.output / 'model'}")
     print({k: v for k, v in summary.items() if k != "config"})
     return 0

@@ -9,6 +9,12 @@ Recipe (`motiontune world train-base --config FILE`), reproducible from its conf
    average (`ema_decay`) that becomes the exported UNet;
 4. write a standard diffusers model folder, loadable by the same code as ZeroScope.
 
+With `frame_positions` every temporal attention also learns per-frame query/key positions
+(`Backbone.add_frame_positions`), saved beside the UNet: without them the tiny UNet3D follows the
+prompt's axis of motion but not its sign (which way time runs), measured in docs/shapeworld.md.
+`init` starts from an existing model folder (its autoencoder, text encoder, UNet and positions)
+instead of from scratch, to go on training a shipped model under a changed recipe.
+
 With `zero_terminal_snr` the noise schedule is rescaled so that the last training timestep is pure
 noise (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1) and
 sampling starts there ("trailing" timesteps, their Sec. 3.3). Without it, t = 999 keeps
@@ -53,6 +59,7 @@ class BaseModelConfig:
     snr_gamma: float = 0.0
     ema_decay: float = 0.0
     zero_terminal_snr: bool = True
+    frame_positions: bool = True
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
     vae: dict = field(
@@ -213,8 +220,14 @@ def evaluate_base_model(
     return summary
 
 
-def build_base_model(config: BaseModelConfig, output: Path, progress: bool = True, resume: bool = False) -> dict:
-    """Train the base model into `output/model` and return a summary with timings and losses."""
+def build_base_model(
+    config: BaseModelConfig, output: Path, progress: bool = True, resume: bool = False, init: Path | None = None
+) -> dict:
+    """Train the base model into `output/model` and return a summary with timings and losses.
+
+    With `init`, the autoencoder, text encoder and UNet come from that model folder and the UNet goes on
+    training from its weights (the config's `vae`, `unet` and `vae_*` options are then not used).
+    """
     from .api import open_backbone
     from .methods.pretrain import Pretrain, PretrainConfig
     from .tiny import build_tiny_model
@@ -228,7 +241,16 @@ def build_base_model(config: BaseModelConfig, output: Path, progress: bool = Tru
 
     untrained = stage / "autoencoded"
     started = time.perf_counter()
-    if not (resume and (untrained / "model_index.json").exists()):
+    if init is not None and not (resume and (untrained / "model_index.json").exists()):
+        init = Path(init)
+        if not (init / "model_index.json").exists():
+            raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
+        recipe = init / "recipe.json"
+        history = json.loads(recipe.read_text()) if recipe.exists() else None
+        summary["initialised_from"] = {"path": str(init), "recipe": history}
+        with atomic_directory(untrained) as staging:
+            shutil.copytree(init, staging, dirs_exist_ok=True)
+    elif not (resume and (untrained / "model_index.json").exists()):
         folder = build_tiny_model(
             stage / "untrained",
             words=[*VOCABULARY, *config.tokens],
@@ -251,6 +273,8 @@ def build_base_model(config: BaseModelConfig, output: Path, progress: bool = Tru
 
     set_noise_schedule(untrained, config)
     backbone = open_backbone(untrained, "cpu")
+    if config.frame_positions and not backbone.frame_positions:
+        backbone.add_frame_positions(config.frames)
     torch.manual_seed(config.seed)
     examples = []
     with torch.no_grad():
@@ -289,6 +313,8 @@ def export_model(backbone, autoencoded: Path, target: Path, config: BaseModelCon
     with atomic_directory(target) as staging:
         shutil.copytree(autoencoded, staging, dirs_exist_ok=True)
         backbone.unet.save_pretrained(staging / "unet")
+        if backbone.frame_positions:
+            backbone.save_frame_positions(staging)
         (staging / "recipe.json").write_text(json.dumps(summary, indent=2))
         native = {"frames": config.frames, "height": config.size, "width": config.size}
         (staging / "motiontune.json").write_text(json.dumps({"native": native}, indent=2))

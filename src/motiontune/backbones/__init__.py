@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..errors import InputError
-from .base import AttentionSite, Backbone, ModelComponents, load_components
+from .base import FRAME_POSITIONS_FILE, AttentionSite, Backbone, ModelComponents, load_components
 from .unet3d import UNet3DBackbone
 
 BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (UNet3DBackbone,)}
@@ -29,7 +29,11 @@ def load_backbone(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Backbone:
-    """Load a diffusers text-to-video model folder (or cached hub id) as a backbone."""
+    """Load a diffusers text-to-video model folder (or cached hub id) as a backbone, with its frame positions
+    when the folder has them."""
     components = load_components(model, dtype=dtype)
     backbone = backbone_for(components.unet)(components)
+    positions = components.path / FRAME_POSITIONS_FILE
+    if positions.exists():
+        backbone.load_frame_positions(positions)
     return backbone.to(device)

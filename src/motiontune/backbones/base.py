@@ -15,6 +15,7 @@ import torch
 from ..errors import InputError
 
 SiteKind = Literal["spatial_self", "cross", "temporal"]
+FRAME_POSITIONS_FILE = "frame_positions.safetensors"
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Backbone:
     unet_class_names: ClassVar[tuple[str, ...]]
     parameter_group_patterns: ClassVar[dict[str, str]]
     lora_target_patterns: ClassVar[dict[str, str]]
+    sites: list[AttentionSite]
 
     def __init__(self, components: ModelComponents):
         self.unet = components.unet
@@ -125,6 +127,7 @@ class Backbone:
         self.scheduler = components.scheduler
         self.path = components.path
         self.controller = None
+        self.frame_positions: dict[str, torch.nn.Parameter] = {}
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -140,7 +143,43 @@ class Backbone:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
         for module in (self.unet, self.vae, self.text_encoder):
             module.to(device) if dtype is None else module.to(device, dtype)
+        for positions in self.frame_positions.values():
+            positions.data = positions.data.to(device) if dtype is None else positions.data.to(device, dtype)
         return self
+
+    def add_frame_positions(self, frames: int) -> None:
+        """Give every temporal attention learned per-frame positions `(1, frames, C)`, added to the input of its
+        query and key (as Motion Inversion's query-key embedding, Sec. 3.1) and zero at first, so an identity.
+
+        A model folder keeps them in `frame_positions.safetensors`; the attention controller applies them.
+        ZeroScope has none: its temporal attention is blind to frame order, which it learns only through
+        zero-padded temporal convolutions. A small model trained briefly does not learn that (docs/shapeworld.md).
+        """
+        for site in self.sites:
+            if site.kind == "temporal":
+                channels = self.unet.get_submodule(site.name).to_q.in_features
+                zeros = torch.zeros(1, frames, channels, device=self.device, dtype=self.dtype)
+                self.frame_positions[site.name] = torch.nn.Parameter(zeros, requires_grad=False)
+
+    def load_frame_positions(self, path: Path) -> None:
+        """Read frame positions saved by `save_frame_positions`, checking sites and channels."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        temporal = {site.name for site in self.sites if site.kind == "temporal"}
+        if set(tensors) != temporal:
+            raise InputError(f"{path}: frame positions are not for this model's temporal attention sites")
+        self.add_frame_positions(next(iter(tensors.values())).shape[1])
+        for name, tensor in tensors.items():
+            if tensor.shape != self.frame_positions[name].shape:
+                raise InputError(f"{path}: {name} has shape {tuple(tensor.shape)}, expected (1, frames, channels)")
+            self.frame_positions[name].data.copy_(tensor)
+
+    def save_frame_positions(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {name: positions.detach().cpu().contiguous() for name, positions in self.frame_positions.items()}
+        save_file(tensors, Path(folder) / FRAME_POSITIONS_FILE)
 
     def parameter_names(self, group: str) -> list[str]:
         """Names of the denoiser parameters in a declared group (e.g. `temporal`, `cross_kv`)."""

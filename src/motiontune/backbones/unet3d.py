@@ -18,6 +18,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from .base import AttentionSite, Backbone, ModelComponents
 
 TEMPORAL = r"^(?:transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)"
@@ -230,6 +231,11 @@ class UNet3DBackbone(Backbone):
         `conditional` marks which batch rows carry the prompt (the rest are the unconditional half of
         classifier-free guidance); attention edits apply to conditional rows only.
         """
+        if self.frame_positions and self.controller is None:
+            raise ConfigError(
+                f"{self.path}: this model has frame positions, which its attention controller applies: "
+                "load it with motiontune.api.open_backbone"
+            )
         if self.controller is not None:
             self.controller.begin(latents.shape[0], latents.shape[2], tuple(latents.shape[-2:]), conditional)
         return self.unet(latents, timesteps, encoder_hidden_states=text, return_dict=False)[0]

@@ -3,6 +3,7 @@
 Every denoiser weight trains on the plain diffusion loss, weighted by min-SNR-gamma
 (Hang et al. 2023, Eq. 8): w_t = min(SNR_t, gamma) / SNR_t for epsilon targets and
 min(SNR_t, gamma) / (SNR_t + 1) for v targets, with SNR_t = a_t / (1 - a_t).
+The backbone's frame positions, when it has them, train with the UNet and are saved beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from .base import Method, copy_into_parameters, noised, uniform_timesteps
+from .base import Method, copy_into_parameters, copy_tensors, noised, uniform_timesteps
+
+POSITIONS = "frame_positions."
 
 
 @dataclass
@@ -39,9 +42,15 @@ class Pretrain(Method):
 
     def prepare_for_training(self) -> None:
         self.backbone.unet.requires_grad_(True)
+        for positions in self.backbone.frame_positions.values():
+            positions.requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.backbone.unet.parameters())
+        return [*self.backbone.unet.parameters(), *self.backbone.frame_positions.values()]
+
+    def extra_modules(self) -> torch.nn.Module | None:
+        positions = self.backbone.frame_positions.values()
+        return torch.nn.ParameterList(positions) if positions else None
 
     def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         if not self.config.snr_gamma:
@@ -69,7 +78,14 @@ class Pretrain(Method):
         return (self.loss_weights(timesteps).to(per_sample.device) * per_sample).mean()
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"unet.{name}": p.detach().clone() for name, p in self.backbone.unet.named_parameters()}
+        tensors = {f"unet.{name}": p.detach().clone() for name, p in self.backbone.unet.named_parameters()}
+        tensors.update({f"{POSITIONS}{site}": p.detach().clone() for site, p in self.backbone.frame_positions.items()})
+        return tensors
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        positions = {f"{POSITIONS}{site}": p for site, p in self.backbone.frame_positions.items()}
+        stray = [key for key in tensors if key.startswith(POSITIONS) and key not in positions]
+        if stray:
+            raise ConfigError(f"{source}: adapter tensor '{stray[0]}' has no matching frame positions in this model")
+        copy_tensors(positions, tensors, source)
         copy_into_parameters(self.backbone.unet, tensors, "unet.", source)
