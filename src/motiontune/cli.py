@@ -573,7 +573,9 @@ def run_world(args: argparse.Namespace) -> int:
     config = BaseModelConfig.from_yaml(args.recipe) if args.recipe else BaseModelConfig()
     summary = build_base_model(config, args.output, progress=not args.quiet, resume=args.resume, init=args.init)
     print(f"model: {args.output / 'model'}")
-    print({k: v for k, v in summary.items() if k != "config"})
+    if "initialised_from" in summary:
+        print(f"initialised from: {summary['initialised_from']['path']}")
+    print({k: v for k, v in summary.items() if k not in ("config", "initialised_from")})
     return 0
 
 

@@ -241,16 +241,18 @@ def build_base_model(
 
     untrained = stage / "autoencoded"
     started = time.perf_counter()
-    if init is not None and not (resume and (untrained / "model_index.json").exists()):
+    staged = resume and (untrained / "model_index.json").exists()
+    if init is not None:
         init = Path(init)
         if not (init / "model_index.json").exists():
             raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
         recipe = init / "recipe.json"
         history = json.loads(recipe.read_text()) if recipe.exists() else None
         summary["initialised_from"] = {"path": str(init), "recipe": history}
-        with atomic_directory(untrained) as staging:
-            shutil.copytree(init, staging, dirs_exist_ok=True)
-    elif not (resume and (untrained / "model_index.json").exists()):
+        if not staged:
+            with atomic_directory(untrained) as staging:
+                shutil.copytree(init, staging, dirs_exist_ok=True)
+    elif not staged:
         folder = build_tiny_model(
             stage / "untrained",
             words=[*VOCABULARY, *config.tokens],
