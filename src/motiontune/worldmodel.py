@@ -233,6 +233,8 @@ def build_base_model(
     from .tiny import build_tiny_model
     from .training import Example, TrainConfig, train
 
+    if init is not None and not (Path(init) / "model_index.json").exists():
+        raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
     output = Path(output)
     stage = output / "stages"
     summary: dict = {"config": dataclasses.asdict(config)}
@@ -244,8 +246,6 @@ def build_base_model(
     staged = resume and (untrained / "model_index.json").exists()
     if init is not None:
         init = Path(init)
-        if not (init / "model_index.json").exists():
-            raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
         recipe = init / "recipe.json"
         history = json.loads(recipe.read_text()) if recipe.exists() else None
         summary["initialised_from"] = {"path": str(init), "recipe": history}
