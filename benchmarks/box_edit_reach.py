@@ -1,0 +1,109 @@
+"""Does a box edit move the object, or only change what is drawn where the noise put it?
+
+MotionBooth's box control (Wu et al. 2024, Eq. 6-7) edits the cross-attention of the subject words:
+amplified inside the box, `-inf` outside it. In a causal text encoder (CLIP's, and the ShapeWorld
+model's) every token after the subject words also carries them, so content about the subject can
+still reach every position through those tokens. This runs the box requests of
+`motiontune bench motionbooth` with edits of growing reach, from the same noise as an unedited video:
+
+* `official`: the default control (subject words; other prompt words suppressed everywhere);
+* `keep other words`: the subject words only;
+* `subject + end tokens`: the end and padding tokens (a causal encoder's summary of the prompt) are
+  edited as subject tokens too;
+* `every token from the subject on`: all later words, end and padding tokens as well; outside the box
+  only the start token and the words before the subject remain.
+
+For each it reports the IoU of the object's boxes with the requested ones and with the unedited
+video's (same seed): an edit that steers raises the first; one that does not leaves the second high.
+
+    python benchmarks/box_edit_reach.py --requests 12
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from motiontune.api import open_backbone
+from motiontune.attention import BoxEdit, SubjectBox
+from motiontune.bench_motionbooth import FRAMES, GUIDANCE_SCALE, SIZE, box_requests
+from motiontune.control import BoxControl, ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
+from motiontune.evaluation import box_iou, boxes, segment
+from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.shapeworld import Clip, render
+from motiontune.video import frames_to_uint8
+
+EDITS = ("official", "keep other words", "subject + end tokens", "every token from the subject on")
+
+
+def edited_tokens(backbone, prompt: str, subject: str, edit: str) -> list[int]:
+    """Token positions edited as the subject's under `edit` (`official` and `keep other words`: the subject words)."""
+    words = backbone.phrase_positions(prompt, subject)
+    text_length = backbone.tokenizer.model_max_length
+    if edit == "subject + end tokens":
+        end = len(backbone.token_ids(prompt)) + 1
+        return words + list(range(end, text_length))
+    if edit == "every token from the subject on":
+        return list(range(words[0], text_length))
+    return words
+
+
+def edit_hooks(backbone, clip: Clip, requested: np.ndarray, edit: str, steps: int, amplify_until: int) -> list:
+    """The step hooks of one edit for `clip`'s prompt with the `requested` boxes `(F, 4)`."""
+    subject = f"{clip.colour} {clip.shape}"
+    path = SubjectPath(subject, tuple(tuple(box) for box in requested.tolist()))
+    if edit in ("official", "keep other words"):
+        options = ControlOptions(amplify_until=amplify_until, keep_other_words=edit == "keep other words")
+        script = MotionScript(clip.caption(), (path,), source="box_edit_reach")
+        return control_hooks(backbone, script, FRAMES, sampling_timesteps(backbone, "ddim", steps), options)
+    tokens = edited_tokens(backbone, clip.caption(), subject, edit)
+    box_edit = BoxEdit([SubjectBox(tokens, path.boxes(FRAMES))], suppress_other_words=False)
+    return [BoxControl(backbone.controller, box_edit, amplify_until)]
+
+
+def reach(model: str | None, requests: int, steps: int, amplify_until: int, seed: int) -> dict[str, dict]:
+    """Mean IoU of each edit's object boxes with the requested boxes and with the unedited video's."""
+    backbone = open_backbone(model)
+    settings = GenerationConfig(FRAMES, SIZE, SIZE, steps, GUIDANCE_SCALE, seed=seed, progress=False)
+
+    def object_boxes(clip: Clip, hooks: list) -> np.ndarray:
+        latents = generate_latents(backbone, [clip.caption()], [], settings, hooks)
+        return boxes(segment(frames_to_uint8(backbone.decode_latents(latents)[0])))
+
+    scores = {name: {"requested": [], "unedited": []} for name in ("none", *EDITS)}
+    for clip in tqdm(box_requests(requests), desc="requests"):
+        requested = render(clip, FRAMES, SIZE).boxes
+        unedited = object_boxes(clip, [])
+        scores["none"]["requested"].append(np.nanmean(box_iou(unedited, requested)))
+        scores["none"]["unedited"].append(1.0)
+        for edit in EDITS:
+            found = object_boxes(clip, edit_hooks(backbone, clip, requested, edit, steps, amplify_until))
+            scores[edit]["requested"].append(np.nanmean(box_iou(found, requested)))
+            scores[edit]["unedited"].append(np.nanmean(box_iou(found, unedited)))
+    return {name: {key: float(np.nanmean(values)) for key, values in row.items()} for name, row in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped ShapeWorld model)")
+    parser.add_argument("--requests", type=int, default=12, help="box requests (bench motionbooth's paths)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument(
+        "--amplify-until", type=int, default=700, help="amplify while t > this timestep (0: every step)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every video's noise")
+    args = parser.parse_args()
+    if args.requests < 1 or args.steps < 1:
+        parser.error(f"--requests and --steps must be at least 1, got {args.requests} and {args.steps}")
+    results = reach(args.model, args.requests, args.steps, args.amplify_until, args.seed)
+    print(f"{args.requests} requests, seed {args.seed}, amplified while t > {args.amplify_until}")
+    print("| edit | IoU with requested boxes | IoU with unedited video |")
+    print("| --- | --- | --- |")
+    for name, row in results.items():
+        print(f"| {name} | {row['requested']:.2f} | {row['unedited']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
