@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from motiontune.shapeworld import sample_clips, write_dataset
 from motiontune.tiny import build_tiny_model
 
 REFERENCE_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +61,19 @@ def reference_videos() -> Path:
     if not REFERENCE_VIDEOS.is_dir():
         pytest.skip(f"shared reference videos not found at {REFERENCE_VIDEOS}")
     return REFERENCE_VIDEOS
+
+
+@pytest.fixture
+def load_benchmark(monkeypatch):
+    """Import a script of benchmarks/ as a module by name (the folder is not a package; scripts may import
+    their siblings, so it goes on the path for the test)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

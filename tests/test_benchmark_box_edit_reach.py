@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from motiontune.api import open_backbone
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="module")
-def box_edit_reach():
-    spec = importlib.util.spec_from_file_location("box_edit_reach", BENCHMARKS / "box_edit_reach.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def box_edit_reach(load_benchmark):
+    return load_benchmark("box_edit_reach")
 
 
 def test_edits_reach_the_subject_then_the_end_tokens_then_every_later_token(box_edit_reach):

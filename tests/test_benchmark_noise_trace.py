@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture
-def noise_trace():
-    spec = importlib.util.spec_from_file_location("noise_trace", BENCHMARKS / "noise_trace.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def noise_trace(load_benchmark):
+    return load_benchmark("noise_trace")
 
 
 def test_opposites_are_a_known_direction_each_way(noise_trace):

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(monkeypatch):
-    """The benchmark script as a module (benchmarks/ is not a package; it imports its sibling engine_cpu)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("methods_vs_naive", BENCHMARKS / "methods_vs_naive.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "methods_vs_naive", module)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    """The benchmark script as a module (it imports its sibling engine_cpu)."""
+    return load_benchmark("methods_vs_naive")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
