@@ -30,6 +30,7 @@ from motiontune.api import open_backbone
 from motiontune.attention import BoxEdit, SubjectBox
 from motiontune.bench_motionbooth import FRAMES, GUIDANCE_SCALE, SIZE, box_requests
 from motiontune.control import BoxControl, ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
+from motiontune.errors import MotiontuneError
 from motiontune.evaluation import box_iou, boxes, segment
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.shapeworld import Clip, render
@@ -43,8 +44,7 @@ def edited_tokens(backbone, prompt: str, subject: str, edit: str) -> list[int]:
     words = backbone.phrase_positions(prompt, subject)
     text_length = backbone.tokenizer.model_max_length
     if edit == "subject + end tokens":
-        end = len(backbone.token_ids(prompt)) + 1
-        return words + list(range(end, text_length))
+        return words + list(range(backbone.prompt_length(prompt) - 1, text_length))
     if edit == "every token from the subject on":
         return list(range(words[0], text_length))
     return words
@@ -97,7 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.requests < 1 or args.steps < 1:
         parser.error(f"--requests and --steps must be at least 1, got {args.requests} and {args.steps}")
-    results = reach(args.model, args.requests, args.steps, args.amplify_until, args.seed)
+    try:
+        results = reach(args.model, args.requests, args.steps, args.amplify_until, args.seed)
+    except MotiontuneError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"{args.requests} requests, seed {args.seed}, amplified while t > {args.amplify_until}")
     print("| edit | IoU with requested boxes | IoU with unedited video |")
     print("| --- | --- | --- |")

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from motiontune.api import open_backbone
+from motiontune.errors import MotiontuneError
 from motiontune.evaluation import evaluate_video
 from motiontune.sampling import make_scheduler, sample
 from motiontune.shapeworld import KNOWN_MOTIONS, SHAPES, render, sample_clips
@@ -66,7 +67,10 @@ def main() -> None:
         parser.error(f"--clips and --steps must be at least 1, got {args.clips} and {args.steps}")
     if not 0 <= args.trace < 1:
         parser.error(f"--trace must be in [0, 1), got {args.trace}")
-    rates = follow_rates(args.model, args.clips, args.trace, args.steps, args.guidance, args.seed)
+    try:
+        rates = follow_rates(args.model, args.clips, args.trace, args.steps, args.guidance, args.seed)
+    except MotiontuneError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"| start | follows prompt | follows trace | other |  ({args.clips} clips, trace alpha_bar {args.trace})")
     print("| --- | --- | --- | --- |")
     for name, rate in rates.items():

@@ -34,3 +34,13 @@ def test_every_edit_gets_an_iou_with_the_request_and_with_the_unedited_video(box
     for row in results.values():
         assert set(row) == {"requested", "unedited"}
         assert all(0.0 <= value <= 1.0 for value in row.values())
+
+
+def test_a_missing_model_folder_is_one_line_and_exit_2(box_edit_reach, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("sys.argv", ["box_edit_reach.py", "--model", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as exit_info:
+        box_edit_reach.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"box_edit_reach.py: error: {tmp_path / 'nowhere'}: model folder does not exist"
+    ]

@@ -507,7 +507,7 @@ def control_hooks(
         edit = BoxEdit(
             subjects,
             strength=options.box_strength,
-            prompt_length=min(len(backbone.token_ids(prompt)) + 2, backbone.tokenizer.model_max_length),
+            prompt_length=backbone.prompt_length(prompt),
             suppress_other_words=not options.keep_other_words,
             background_positions=background,
         )

@@ -207,6 +207,11 @@ class UNet3DBackbone(Backbone):
         """Ids of `text`'s tokens, without start/end tokens."""
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def prompt_length(self, prompt: str) -> int:
+        """Text positions `prompt` fills: start token, its tokens and the end token (padding follows), at most
+        the text length."""
+        return min(len(self.token_ids(prompt)) + 2, self.tokenizer.model_max_length)
+
     def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
         """Positions of `phrase`'s tokens inside the tokenized `prompt` (start token at position 0)."""
         ids = self.tokenize([prompt])[0].tolist()
