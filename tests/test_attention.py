@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from motiontune.attention import BoxEdit, SubjectBox, TemporalEmbedding
+import pytest
+
+from motiontune.attention import BoxEdit, RowBoxEdits, SubjectBox, TemporalEmbedding, box_span
 
 CROSS_SITE = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
 TEMPORAL_SITE = "down_blocks.1.temp_attentions.0.transformer_blocks.0.attn1"
@@ -57,6 +59,55 @@ def test_box_edit_bias_matches_the_hand_computed_case():
     bias, suppress = kept.bias_and_mask(frames=1, grid=(10, 18), tokens=8)
     assert torch.all(bias == 0) and torch.all(suppress.view(10, 18, 8)[..., 2] == ~inside)
     assert not suppress.view(10, 18, 8)[..., [0, 1, 3, 4]].any()
+
+
+def test_a_box_narrower_than_a_cell_keeps_the_cell_of_its_centre():
+    """Official rounding: [0.15, 0.35] covers cells 1-2 of 8 but none of 4 (round(0.6) = round(1.4) = 1); the
+    edit then keeps the cell holding the centre. A box outside the frame covers nothing."""
+    assert box_span(0.15, 0.35, 8) == (1, 3)
+    assert box_span(0.15, 0.35, 4) == (1, 2)
+    assert box_span(0.9, 1.2, 4) == (3, 4)
+    assert box_span(-0.3, -0.1, 4) == (0, 0) and box_span(1.1, 1.3, 4) == (4, 4)
+    edit = BoxEdit([SubjectBox([2], torch.tensor([[0.15, 0.15, 0.35, 0.35]]))], prompt_length=4)
+    bias, suppress = edit.bias_and_mask(frames=1, grid=(4, 4), tokens=6)
+    inside = torch.zeros(4, 4, dtype=torch.bool)
+    inside[1, 1] = True
+    assert torch.all(suppress.view(4, 4, 6)[..., 2] == ~inside)
+    assert torch.allclose(bias.view(4, 4, 6)[..., 2][inside], torch.tensor([10.0 * 15 / 16]))
+
+
+def test_row_edits_give_each_batch_row_its_own_boxes():
+    first = BoxEdit([SubjectBox([2], torch.tensor([[0.0, 0.0, 0.5, 0.5]]))], prompt_length=5)
+    second = BoxEdit([SubjectBox([1], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))], amplify=False)
+    rows = RowBoxEdits([first, None, second])
+    bias, suppress = rows.rows_bias_and_mask(torch.ones(3, dtype=torch.bool), 1, (4, 4), 6)
+    assert bias.shape == suppress.shape == (3, 1, 16, 6)
+    for row, edit in ((0, first), (2, second)):
+        expected_bias, expected_suppress = edit.bias_and_mask(1, (4, 4), 6)
+        assert torch.equal(bias[row], expected_bias) and torch.equal(suppress[row], expected_suppress)
+    assert not bias[1].any() and not suppress[1].any()
+    shared, shared_suppress = first.rows_bias_and_mask(torch.tensor([False, True]), 1, (4, 4), 6)
+    assert not shared[0].any() and not shared_suppress[0].any() and torch.equal(shared[1], bias[0])
+    with pytest.raises(ValueError, match="3 row edits for a batch of 2"):
+        rows.rows_bias_and_mask(torch.ones(2, dtype=torch.bool), 1, (4, 4), 6)
+
+
+def test_row_edits_change_only_their_rows_attention(backbone):
+    latents, text = _inputs(backbone, batch=2, frames=2)
+    token = backbone.phrase_positions("a red sks square", "sks")
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 2)
+    with backbone.controller.record(lambda site: site.name == CROSS_SITE) as maps:
+        backbone.predict_noise(latents, torch.tensor(300), text)
+    plain = maps[CROSS_SITE].clone()
+    rows = RowBoxEdits([None, BoxEdit([SubjectBox(token, boxes)], strength=5.0)])
+    with backbone.controller.record(lambda site: site.name == CROSS_SITE) as maps, backbone.controller.editing(rows):
+        backbone.predict_noise(latents, torch.tensor(300), text)
+    half = plain.shape[0] // 2
+    assert torch.allclose(maps[CROSS_SITE][:half], plain[:half], atol=1e-6)
+    heads = backbone.unet.get_submodule(CROSS_SITE).heads
+    edited = maps[CROSS_SITE][half:].view(2, heads, 16, 16, -1)[..., token].sum(-1)
+    assert torch.all(edited[:, :, 8:] == 0) and torch.all(edited[:, :, :, 8:] == 0)
+    assert torch.all(edited[:, :, :8, :8] > 0)
 
 
 def test_box_edit_moves_subject_attention_into_the_box_per_frame(backbone):

@@ -13,7 +13,7 @@ def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):
     assert "| model | motion accuracy | appearance accuracy | copy score | train s | adapter MB |" in report
     for name in ("base", "newmove", "motion-inversion", "motionmatcher"):
         assert f"| {name} |" in report
-    assert "Training steps per method: 2." in report and "| subject correct (blue star) |" in report
+    assert "Training steps per method: 2." in report and "| subject correct (blue star) | zigzag | box IoU |" in report
     assert "Training steps per method: 2." in capsys.readouterr().out
     for method in ("newmove", "motion-inversion", "motionmatcher", "motionbooth"):
         assert (tmp_path / method / "adapter.safetensors").is_file()

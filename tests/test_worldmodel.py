@@ -173,7 +173,9 @@ def test_the_recipe_ships_frame_positions_and_init_goes_on_from_a_model(smoke_mo
     assert (model / "frame_positions.safetensors").exists()
     first = open_backbone(model, "cpu")
     assert first.frame_positions and all(p.shape[1] == 8 for p in first.frame_positions.values())
-    summary = build_base_model(BaseModelConfig(**SMOKE), tmp_path / "again", progress=False, init=model)
+    summary = build_base_model(
+        BaseModelConfig(**SMOKE, box_edit_rate=0.5), tmp_path / "again", progress=False, init=model
+    )
     assert "autoencoder_loss" not in summary
     assert summary["initialised_from"]["path"] == str(model)
     assert summary["initialised_from"]["recipe"]["config"]["clips"] == 12
@@ -182,3 +184,49 @@ def test_the_recipe_ships_frame_positions_and_init_goes_on_from_a_model(smoke_mo
     assert (again / vae).read_bytes() == (model / vae).read_bytes()
     with pytest.raises(ConfigError, match="--init must be a model folder"):
         build_base_model(BaseModelConfig(**SMOKE), tmp_path / "bad", progress=False, init=tmp_path)
+
+
+def test_box_edit_rate_denoises_clips_under_the_box_edit_at_their_own_boxes(backbone):
+    """Rate 1, no caption dropout: every row's subject words are attended inside its own box only, amplified
+    where its timestep is above tau; rate 0 leaves the loss as it was."""
+    caption = "a red square moving right"
+    frames = 2
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]] * frames, [[0.5, 0.5, 1.0, 1.0]] * frames])
+    batch = {
+        "latents": torch.randn(2, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0)),
+        "text": backbone.encode_prompt([caption] * 2),
+        "captions": [caption] * 2,
+        "boxes": boxes,
+        "subjects": ["red square"] * 2,
+    }
+    method = create_method("pretrain", backbone, {"caption_dropout": 0.0, "box_edit_rate": 1.0})
+    method.prepare_for_training()
+    positions = backbone.phrase_positions(caption, "red square")
+    edits = method.box_edits(batch, torch.tensor([True, False]), torch.tensor([900, 100]))
+    assert edits.edits[1] is None
+    first = edits.edits[0]
+    assert first.amplify and first.suppress_other_words and first.subjects[0].token_positions == positions
+    assert torch.equal(first.subjects[0].boxes, boxes[0])
+    assert not method.box_edits(batch, torch.tensor([True, True]), torch.tensor([900, 600])).edits[1].amplify
+
+    site = next(s.name for s in backbone.sites if s.kind == "cross" and s.level == 0)
+    with torch.no_grad(), backbone.controller.record(lambda s: s.name == site) as maps:
+        method.loss(batch, torch.Generator().manual_seed(0))
+    heads = backbone.unet.get_submodule(site).heads
+    share = maps[site].view(2, frames, heads, 8, 8, -1)[..., positions].sum(-1)
+    outside = torch.ones(2, 8, 8, dtype=torch.bool)
+    outside[0, :4, :4] = outside[1, 4:, 4:] = False
+    assert torch.all(share.masked_select(outside[:, None, None]) == 0)
+    assert torch.all(share[0, :, :, :4, :4] > 0) and torch.all(share[1, :, :, 4:, 4:] > 0)
+
+    plain = create_method("pretrain", backbone, {"caption_dropout": 0.0})
+    unedited = create_method("pretrain", backbone, {"caption_dropout": 0.0, "box_edit_rate": 0.0})
+    with torch.no_grad():
+        assert torch.equal(
+            plain.loss(batch, torch.Generator().manual_seed(1)), unedited.loss(batch, torch.Generator().manual_seed(1))
+        )
+    del batch["boxes"]
+    with pytest.raises(ConfigError, match="needs training clips with per-frame boxes and subject words"):
+        method.loss(batch, torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match=r"box_edit_rate must be in \[0, 1\]"):
+        create_method("pretrain", backbone, {"box_edit_rate": 1.5})

@@ -43,6 +43,17 @@ class SubjectBox:
     boxes: torch.Tensor
 
 
+def box_span(low: float, high: float, cells: int) -> tuple[int, int]:
+    """Grid cells `[start, stop)` a box side `[low, high]` (fractions) covers, rounded as the official code does;
+    a box in the frame but narrower than one cell keeps the cell holding its centre, so it does not vanish on a
+    coarse grid (the official rounding leaves it no cell)."""
+    start, stop = (min(max(round(cells * side), 0), cells) for side in (low, high))
+    if stop <= start and high > 0 and low < 1:
+        start = min(max(int(cells * (low + high) / 2), 0), cells - 1)
+        stop = start + 1
+    return start, stop
+
+
 @dataclass
 class BoxEdit:
     """Cross-attention editing of MotionBooth (Eq. 6-7; code semantics of its `AttnEditProcessor`).
@@ -75,8 +86,7 @@ class BoxEdit:
                 raise ValueError(f"box edit has boxes for {boxes.shape[0]} frames, video has {frames}")
             inside = torch.zeros(frames, h, w, dtype=torch.bool)
             for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-                c1, r1 = max(round(w * x1), 0), max(round(h * y1), 0)
-                c2, r2 = max(round(w * x2), 0), max(round(h * y2), 0)
+                (r1, r2), (c1, c2) = box_span(y1, y2, h), box_span(x1, x2, w)
                 inside[k, r1:r2, c1:c2] = True
             area = inside.flatten(1).sum(1).float() / (h * w)
             positions = [p for p in subject.token_positions if p < tokens]
@@ -97,6 +107,34 @@ class BoxEdit:
             others = [j for j in range(1, last_word) if j not in subject_tokens and j not in background]
             suppress[..., others] = True
         return bias.flatten(1, 2), suppress.flatten(1, 2)
+
+    def rows_bias_and_mask(
+        self, conditional: torch.Tensor, frames: int, grid: tuple[int, int], tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bias and mask `(B, F, h*w, T)` for a batch: the edit on the `conditional` rows `(B,)`, none on the others."""
+        bias, suppress = self.bias_and_mask(frames, grid, tokens)
+        rows = conditional.to(torch.bool)[:, None, None, None]
+        return rows * bias, rows & suppress
+
+
+@dataclass
+class RowBoxEdits:
+    """One box edit per batch row (`None`: that row is not edited), e.g. each training clip at its own boxes."""
+
+    edits: list[BoxEdit | None]
+
+    def rows_bias_and_mask(
+        self, conditional: torch.Tensor, frames: int, grid: tuple[int, int], tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bias and mask `(B, F, h*w, T)`, row by row (`conditional` is ignored: each row says for itself)."""
+        if len(self.edits) != len(conditional):
+            raise ValueError(f"{len(self.edits)} row edits for a batch of {len(conditional)}")
+        none = (
+            torch.zeros(frames, grid[0] * grid[1], tokens),
+            torch.zeros(frames, grid[0] * grid[1], tokens, dtype=torch.bool),
+        )
+        rows = [none if edit is None else edit.bias_and_mask(frames, grid, tokens) for edit in self.edits]
+        return torch.stack([bias for bias, _ in rows]), torch.stack([suppress for _, suppress in rows])
 
 
 VALUE_MODES = ("full", "drop", "difference")
@@ -186,7 +224,7 @@ class AttentionController:
         self.backbone = backbone
         self.sites = {site.name: site for site in backbone.sites}
         self.context: ForwardContext | None = None
-        self.box_edit: BoxEdit | None = None
+        self.box_edit: BoxEdit | RowBoxEdits | None = None
         self.embeddings: dict[str, TemporalEmbedding] = {}
         self._recordings: list[_Recording] = []
         self._fast = AttnProcessor2_0()
@@ -221,7 +259,7 @@ class AttentionController:
             self._recordings.remove(recording)
 
     @contextlib.contextmanager
-    def editing(self, edit: BoxEdit | None) -> Iterator[None]:
+    def editing(self, edit: BoxEdit | RowBoxEdits | None) -> Iterator[None]:
         previous, self.box_edit = self.box_edit, edit
         try:
             yield
@@ -333,19 +371,18 @@ class ControlledProcessor:
             recording.maps[self.site.name] = probs if recording.with_grad else probs.detach()
         return attn.batch_to_head_dim(torch.bmm(probs, value))
 
-    def _edit_scores(self, scores: torch.Tensor, heads: int, edit: BoxEdit) -> torch.Tensor:
+    def _edit_scores(self, scores: torch.Tensor, heads: int, edit: BoxEdit | RowBoxEdits) -> torch.Tensor:
         context = self.controller.context
         grid = self.controller.grid(self.site)
         tokens = scores.shape[-1]
         if grid[0] * grid[1] != scores.shape[1]:
             raise RuntimeError(f"{self.site.name}: grid {grid} does not match {scores.shape[1]} query tokens")
-        bias, suppress = edit.bias_and_mask(context.frames, grid, tokens)
         conditional = context.conditional
         if conditional is None:
             conditional = torch.ones(context.batch, dtype=torch.bool)
-        shape = (context.batch, context.frames, heads, *bias.shape[1:])
-        rows = conditional.to(torch.float32)[:, None, None, None, None]
-        bias = (rows * bias[None, :, None]).expand(shape).flatten(0, 2).to(scores.device, scores.dtype)
-        suppress = (conditional[:, None, None, None, None] & suppress[None, :, None]).expand(shape).flatten(0, 2)
+        bias, suppress = edit.rows_bias_and_mask(conditional, context.frames, grid, tokens)
+        shape = (context.batch, context.frames, heads, *bias.shape[2:])
+        bias = bias[:, :, None].expand(shape).flatten(0, 2).to(scores.device, scores.dtype)
+        suppress = suppress[:, :, None].expand(shape).flatten(0, 2)
         scores = scores + bias
         return scores.masked_fill(suppress.to(scores.device), torch.finfo(scores.dtype).min)

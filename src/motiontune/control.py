@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .attention import AttentionController, BoxEdit, SubjectBox
+from .attention import AttentionController, BoxEdit, SubjectBox, box_span
 from .backbones.base import Backbone
 from .errors import ConfigError, InputError
 from .sampling import StepHook, StepState, make_scheduler
@@ -349,7 +349,8 @@ def box_cells(boxes: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Ten
     h, w = grid
     covered = torch.zeros(h, w, dtype=torch.bool)
     for x1, y1, x2, y2 in (box.tolist() for box in boxes):
-        covered[max(round(h * y1), 0) : max(round(h * y2), 0), max(round(w * x1), 0) : max(round(w * x2), 0)] = True
+        (r1, r2), (c1, c2) = box_span(y1, y2, h), box_span(x1, x2, w)
+        covered[r1:r2, c1:c2] = True
     return covered
 
 

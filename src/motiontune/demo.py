@@ -5,7 +5,7 @@ customizes the model with every motion method (NewMove, Motion Inversion, Motion
 new prompts with and without each adapter, and scores them with the analytic metrics: motion
 accuracy (the generated object zigzags), appearance accuracy (colour and shape follow the prompt)
 and copy score (colour or shape taken from the references). Then MotionBooth learns a novel
-subject, and one generate call composes it with the NewMove motion and a camera pan.
+subject, and one generate call composes it with the NewMove motion, a box path and a camera pan.
 Without a shipped model it builds a tiny random one, so the numbers then only show the pipeline.
 """
 
@@ -74,12 +74,12 @@ DEMO_ROWS = {
     "motionmatcher": "motionmatcher, feature loss",
 }
 SUBJECT_TOKEN = "pll"
-COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", camera=(0.25, 0.0))
+COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0.35), camera=(0.25, 0.0))
 
 
 def run_demo(output: Path, steps: int | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Teach the default model zigzag with every motion method, generate, measure and report; then learn
-    a novel subject with MotionBooth and compose it with the NewMove motion and a camera pan."""
+    a novel subject with MotionBooth and compose it with the NewMove motion, a box path and a camera pan."""
     from . import api
     from .bench import ROWS, train_row
     from .evaluation import evaluate_video
@@ -133,11 +133,16 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
 
 def _compose(output: Path, model, motion_adapter: Path, steps: int, device, progress: bool, training: dict) -> dict:
     """MotionBooth learns a blue star from 5 masked stills (token `pll`); one generate call then combines
-    it with the NewMove zigzag adapter and a camera pan to the right (latent shift)."""
+    it with the NewMove zigzag adapter, boxes along a zigzag in the upper half of the frame (box edit) and
+    a camera pan to the right (latent shift). The boxes move with the scene, so the object should end in
+    the boxes of the same zigzag filmed by the panning camera."""
+    from dataclasses import replace
+
     from . import api
     from .bench_motionbooth import subject_images
-    from .evaluation import evaluate_video, pan_error
-    from .shapeworld import write_subject_images
+    from .control import SubjectPath
+    from .evaluation import box_iou, boxes, evaluate_video, pan_error, segment
+    from .shapeworld import render, write_subject_images
 
     if progress:
         print(f"training motionbooth ({steps} steps)", flush=True)
@@ -162,13 +167,17 @@ def _compose(output: Path, model, motion_adapter: Path, steps: int, device, prog
     )
     training["motionbooth"] = (subject, time.perf_counter() - started)
     prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
-    videos, results, errors = [], [], []
+    requested = render(replace(COMPOSED, camera=(0.0, 0.0)), 8, 32).boxes
+    filmed = render(COMPOSED, 8, 32).boxes
+    path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
+    videos, results, errors, overlaps = [], [], [], []
     for seed in range(2):
         paths = api.generate(
             prompt,
             output / "videos" / f"composed_{seed}.mp4",
             model=model,
             adapters=[subject.adapter, motion_adapter],
+            boxes=[path],
             camera_speed=COMPOSED.camera,
             frames=8,
             height=32,
@@ -182,12 +191,14 @@ def _compose(output: Path, model, motion_adapter: Path, steps: int, device, prog
         videos.append(video)
         results.append(evaluate_video(video, COMPOSED))
         errors.append(pan_error(video, COMPOSED.camera))
+        overlaps.append(box_iou(boxes(segment(video)), filmed).mean())
     return {
         "prompt": prompt,
         "videos": videos,
         "subject": float(np.mean([r["correct"]["shape"] and r["correct"]["colour"] for r in results])),
         "motion": float(np.mean([r["motion"] == NOVEL_MOTION for r in results])),
         "pan_error": float(np.mean(errors)),
+        "box_iou": float(np.mean(overlaps)),
     }
 
 
@@ -234,13 +245,14 @@ def _report(training, scores, composed, steps, shipped, model, sheet, reference_
     lines += [
         "",
         f"Composition (one generate call): MotionBooth subject (`{SUBJECT_TOKEN}` = a blue star, learned from 5",
-        f"masked stills in {seconds:.1f} s, {subject_size}) + the NewMove zigzag adapter + a camera pan right by "
-        f"{COMPOSED.camera[0]} of the frame:",
-        f"`{composed['prompt']}`, 2 seeds.",
+        f"masked stills in {seconds:.1f} s, {subject_size}) + the NewMove zigzag adapter + boxes along a zigzag in "
+        f"the upper half of the frame + a camera pan right by {COMPOSED.camera[0]} of the frame:",
+        f"`{composed['prompt']}`, 2 seeds. Box IoU: the object's box against the requested boxes moved with the scene.",
         "",
-        "| subject correct (blue star) | zigzag | camera pan error (fraction of frame) |",
-        "| --- | --- | --- |",
-        f"| {composed['subject']:.2f} | {composed['motion']:.2f} | {composed['pan_error']:.3f} |",
+        "| subject correct (blue star) | zigzag | box IoU | camera pan error (fraction of frame) |",
+        "| --- | --- | --- | --- |",
+        f"| {composed['subject']:.2f} | {composed['motion']:.2f} | {composed['box_iou']:.2f} | "
+        f"{composed['pan_error']:.3f} |",
         "",
         f"Training steps per method: {steps}. Reference clips: `{reference_sheet.name}`; generated videos:",
         f"`{sheet.name}` and `videos/`.",

@@ -35,7 +35,9 @@ from .utils import atomic_directory, peak_memory_mb
 class Example:
     """One training clip: cached latents `(C, F, h, w)`, its caption and its text embedding `(L, D)`.
 
-    `mask` is a binary foreground mask `(1, H, W)` at pixel resolution, for subject images.
+    `mask` is a binary foreground mask `(1, H, W)` at pixel resolution, for subject images. A rendered
+    clip may carry its object's per-frame `boxes` `(F, 4)` (x1, y1, x2, y2 in [0, 1]) and the caption
+    words naming the object (`subject`, e.g. "red circle").
     """
 
     latents: torch.Tensor
@@ -44,6 +46,8 @@ class Example:
     source: str
     path: str
     mask: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    subject: str | None = None
 
 
 @dataclass
@@ -145,7 +149,8 @@ def _draw_batch(
     micro_step: int = 0,
 ) -> dict:
     """The batch `method.pick_examples` chooses; without a method, drawn uniformly from all examples
-    (the literal union D^m ∪ D^r of NewMove Eq. 3). Masks come along when every chosen example has one."""
+    (the literal union D^m ∪ D^r of NewMove Eq. 3). Masks (boxes and subject words) come along when every chosen
+    example has them."""
     if method is None:
         picks = uniform_picks(examples, size, generator)
     else:
@@ -159,6 +164,9 @@ def _draw_batch(
     }
     if all(e.mask is not None for e in chosen):
         batch["masks"] = torch.stack([e.mask for e in chosen]).to(device)
+    if all(e.boxes is not None and e.subject is not None for e in chosen):
+        batch["boxes"] = torch.stack([e.boxes for e in chosen])
+        batch["subjects"] = [e.subject for e in chosen]
     return batch
 
 

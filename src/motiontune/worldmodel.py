@@ -60,6 +60,7 @@ class BaseModelConfig:
     ema_decay: float = 0.0
     zero_terminal_snr: bool = True
     frame_positions: bool = True
+    box_edit_rate: float = 0.0
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
     vae: dict = field(
@@ -286,8 +287,12 @@ def build_base_model(
             latents = backbone.encode_video(pixels)
             texts = backbone.encode_prompt([r.caption for r in part])
             for offset, (r, latent, text) in enumerate(zip(part, latents, texts, strict=True)):
-                examples.append(Example(latent, r.caption, text, "target", f"shapeworld:{chunk + offset}"))
-    method = Pretrain(backbone, PretrainConfig(config.snr_gamma, config.caption_dropout))
+                example = Example(latent, r.caption, text, "target", f"shapeworld:{chunk + offset}")
+                if config.box_edit_rate:
+                    example.boxes = torch.as_tensor(r.boxes, dtype=torch.float32)
+                    example.subject = f"{r.clip.colour} {r.clip.shape}"
+                examples.append(example)
+    method = Pretrain(backbone, PretrainConfig(config.snr_gamma, config.caption_dropout, config.box_edit_rate))
     started = time.perf_counter()
     train(
         method,
