@@ -113,6 +113,12 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
     recipe.write_text("clips: 3\nbatchsize: 4\n")
     with pytest.raises(ConfigError, match=r"r\.yaml: unknown base-model option\(s\) batchsize"):
         BaseModelConfig.from_yaml(recipe)
+    recipe.write_text("clips: 3\nbox_edit_rate: 2\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: box_edit_rate must be in \[0, 1\], got 2"):
+        BaseModelConfig.from_yaml(recipe)
+    with pytest.raises(ConfigError, match="caption_dropout must be in"):
+        build_base_model(BaseModelConfig(**SMOKE, caption_dropout=1.0), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_min_snr_weights_match_the_formula(backbone):

@@ -89,7 +89,18 @@ class BaseModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown base-model option(s) {', '.join(unknown)}")
-        return cls(**values)
+        config = cls(**values)
+        try:
+            config.pretrain_config()
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        return config
+
+    def pretrain_config(self):
+        """The UNet pre-training options (checked: a bad value fails here, before any clip is rendered)."""
+        from .methods.pretrain import PretrainConfig
+
+        return PretrainConfig(self.snr_gamma, self.caption_dropout, self.box_edit_rate)
 
 
 def training_clips(config: BaseModelConfig):
@@ -230,12 +241,13 @@ def build_base_model(
     training from its weights (the config's `vae`, `unet` and `vae_*` options are then not used).
     """
     from .api import open_backbone
-    from .methods.pretrain import Pretrain, PretrainConfig
+    from .methods.pretrain import Pretrain
     from .tiny import build_tiny_model
     from .training import Example, TrainConfig, train
 
     if init is not None and not (Path(init) / "model_index.json").exists():
         raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
+    pretraining = config.pretrain_config()
     output = Path(output)
     stage = output / "stages"
     summary: dict = {"config": dataclasses.asdict(config)}
@@ -292,7 +304,7 @@ def build_base_model(
                     example.boxes = torch.as_tensor(r.boxes, dtype=torch.float32)
                     example.subject = f"{r.clip.colour} {r.clip.shape}"
                 examples.append(example)
-    method = Pretrain(backbone, PretrainConfig(config.snr_gamma, config.caption_dropout, config.box_edit_rate))
+    method = Pretrain(backbone, pretraining)
     started = time.perf_counter()
     train(
         method,
