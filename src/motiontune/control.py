@@ -90,6 +90,16 @@ class ControlOptions:
         if self.box_strength < 0:
             raise ConfigError(f"--box-strength must be non-negative, got {self.box_strength}")
 
+    def box_edit(self, subjects: list[SubjectBox], prompt_length: int, background: list[int] | None = None) -> BoxEdit:
+        """The box edit these options ask for, amplifying (`BoxControl` switches that per step)."""
+        return BoxEdit(
+            subjects,
+            strength=self.box_strength,
+            prompt_length=prompt_length,
+            suppress_other_words=not self.keep_other_words,
+            background_positions=background or [],
+        )
+
 
 # ----------------------------------------------------------------------------------------- box paths
 
@@ -505,13 +515,7 @@ def control_hooks(
         background = []
         if script.background is not None:
             background = _positions(backbone, prompt, script.background, "bg_phrase {!r} is", script.source)
-        edit = BoxEdit(
-            subjects,
-            strength=options.box_strength,
-            prompt_length=backbone.prompt_length(prompt),
-            suppress_other_words=not options.keep_other_words,
-            background_positions=background,
-        )
+        edit = options.box_edit(subjects, backbone.prompt_length(prompt), background)
         hooks.append(BoxControl(backbone.controller, edit, options.amplify_until))
     return hooks
 

@@ -149,8 +149,8 @@ def _draw_batch(
     micro_step: int = 0,
 ) -> dict:
     """The batch `method.pick_examples` chooses; without a method, drawn uniformly from all examples
-    (the literal union D^m ∪ D^r of NewMove Eq. 3). Masks (boxes and subject words) come along when every chosen
-    example has them."""
+    (the literal union D^m ∪ D^r of NewMove Eq. 3). Masks, and boxes with subject words, come along when
+    every chosen example has them."""
     if method is None:
         picks = uniform_picks(examples, size, generator)
     else:

@@ -30,6 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from .errors import ConfigError
 from .shapeworld import KNOWN_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
 from .utils import atomic_directory, atomic_write_text
 from .video import frames_to_uint8, uint8_to_frames, write_contact_sheet
+
+if TYPE_CHECKING:
+    from .methods.pretrain import PretrainConfig
 
 
 @dataclass
@@ -96,7 +100,7 @@ class BaseModelConfig:
             raise ConfigError(f"{path}: {error}") from None
         return config
 
-    def pretrain_config(self):
+    def pretrain_config(self) -> PretrainConfig:
         """The UNet pre-training options (checked: a bad value fails here, before any clip is rendered)."""
         from .methods.pretrain import PretrainConfig
 

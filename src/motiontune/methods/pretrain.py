@@ -59,10 +59,6 @@ class Pretrain(Method):
     default_learning_rate = 1e-3
     uses_token = False
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._positions: dict[tuple[str, str], tuple[list[int], int]] = {}
-
     def prepare_for_training(self) -> None:
         if self.config.box_edit_rate and self.backbone.controller is None:
             raise ConfigError("pretrain's box_edit_rate needs the attention controller (use api.open_backbone)")
@@ -121,27 +117,15 @@ class Pretrain(Method):
             if not edited[row]:
                 edits.append(None)
                 continue
-            positions, length = self._subject_positions(caption, batch["subjects"][row])
-            edits.append(
-                BoxEdit(
-                    [SubjectBox(positions, batch["boxes"][row])],
-                    strength=options.box_strength,
-                    amplify=int(timesteps[row]) > options.amplify_until,
-                    prompt_length=length,
-                    suppress_other_words=not options.keep_other_words,
-                )
-            )
-        return RowBoxEdits(edits)
-
-    def _subject_positions(self, caption: str, subject: str) -> tuple[list[int], int]:
-        """Token positions of `subject` in `caption` and the caption's prompt length (cached)."""
-        if (caption, subject) not in self._positions:
+            subject = batch["subjects"][row]
             try:
                 positions = self.backbone.phrase_positions(caption, subject)
             except ValueError:
                 raise ConfigError(f"caption {caption!r} does not contain its subject words {subject!r}") from None
-            self._positions[caption, subject] = positions, self.backbone.prompt_length(caption)
-        return self._positions[caption, subject]
+            edit = options.box_edit([SubjectBox(positions, batch["boxes"][row])], self.backbone.prompt_length(caption))
+            edit.amplify = int(timesteps[row]) > options.amplify_until
+            edits.append(edit)
+        return RowBoxEdits(edits)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"unet.{name}": p.detach().clone() for name, p in self.backbone.unet.named_parameters()}
