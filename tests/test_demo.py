@@ -10,7 +10,7 @@ from motiontune.cli import main
 def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "| model | motion accuracy | appearance accuracy | copy score | train s | adapter MB |" in report
+    assert "| model | motion accuracy | appearance accuracy | copy score | steps | train s | adapter MB |" in report
     for name in ("base", "newmove", "motion-inversion", "motionmatcher"):
         assert f"| {name} |" in report
     assert "Training steps per method: 2." in report and "| subject correct (blue star) | zigzag | box IoU |" in report

@@ -74,6 +74,10 @@ def test_feature_level_is_the_nearest_down_level_with_attention(backbone):
     assert cross.shape == (1, 3, 16, tokens) and temporal.shape == (1, 16, 3, 3)
     torch.testing.assert_close(cross.sum(-1), torch.ones(1, 3, 16))
     torch.testing.assert_close(temporal.sum(-1), torch.ones(1, 16, 3))
+    finer = _matcher(backbone, {"feature_level": 0})
+    assert finer.feature_level == 0
+    cross, temporal = finer.motion_features(batch["latents"], torch.tensor([499]), batch["text"])
+    assert cross.shape == (1, 3, 64, tokens) and temporal.shape == (1, 64, 3, 3)  # the 8x8 latent grid
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -242,6 +246,8 @@ def test_options_are_checked(backbone):
         create_method("motionmatcher", backbone, {"loss": "l1"})
     with pytest.raises(ConfigError, match=r"min_timestep must be in \[1, 999\]"):
         create_method("motionmatcher", backbone, {"min_timestep": 0})
+    with pytest.raises(ConfigError, match="feature_level must be >= 0, got -1"):
+        create_method("motionmatcher", backbone, {"feature_level": -1})
     with pytest.raises(ConfigError, match="unknown motiondirector option"):
         create_method("motiondirector", backbone, {"loss": "pixel"})
 

@@ -152,6 +152,24 @@ def test_regularization_videos_are_mixed_into_batches(backbone, motion_data, reg
     assert 0.3 < share < 0.5
 
 
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.75])
+def test_regularization_share_sets_the_mix(backbone, motion_data, regularization_data, share):
+    from motiontune.training import _draw_batch
+
+    examples = _examples(backbone, motion_data) + _examples(backbone, regularization_data, "regularization")
+    method = create_method("newmove", backbone, {"regularization_share": share}, token="sks")
+    generator = torch.Generator().manual_seed(0)
+    sources = [s for _ in range(100) for s in _draw_batch(examples, 8, generator, "cpu", method)["sources"]]
+    assert abs(sources.count("regularization") / len(sources) - share) < 0.05
+    targets = {e.path for e in examples if e.source == "target"}
+    drawn = {p for _ in range(20) for p in [examples[i].path for i in method.pick_examples(examples, 8, generator, 0)]}
+    assert targets <= drawn  # every target clip is drawn
+    only_targets = _examples(backbone, motion_data)
+    assert all(examples[i].source == "target" for i in method.pick_examples(only_targets, 8, generator, 0))
+    with pytest.raises(ConfigError, match=r"regularization_share must be in \[0, 1\), got 1"):
+        create_method("newmove", backbone, {"regularization_share": 1.0}, token="sks")
+
+
 def test_captions_and_prompts_must_carry_the_token(backbone):
     method = create_method("newmove", backbone, token="sks")
     with pytest.raises(InputError, match=r"clip\.mp4: caption 'a square moving' does not contain the token 'sks'"):

@@ -10,16 +10,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from .backbones import load_backbone
-from .backbones.base import Backbone
+from .backbones.base import Backbone, resolve_model_dir
 from .data import check_items, find_video_items
 from .errors import ConfigError
+from .settings import (
+    FALLBACK,
+    NATIVE_KEYS,
+    ModelDefaults,
+    Setting,
+    describe,
+    generation_settings,
+    option_settings,
+    training_settings,
+)
 from .utils import default_device
 
 PathLike = str | os.PathLike
@@ -66,13 +76,17 @@ class TrainResult:
     last_loss: float
     seconds: float
     adapter_megabytes: float
+    settings: dict[str, Setting] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (
-            f"adapter: {self.adapter} ({self.adapter_megabytes:.2f} MB)\n"
+        lines = [
+            f"adapter: {self.adapter} ({self.adapter_megabytes:.2f} MB)",
             f"steps: {self.steps}, loss {self.first_loss:.4g} -> {self.last_loss:.4g} "
-            f"(mean of first/last 10%), {self.seconds:.1f} s"
-        )
+            f"(mean of first/last 10%), {self.seconds:.1f} s",
+        ]
+        if self.settings:
+            lines += ["settings (value, where it came from):", describe(self.settings)]
+        return "\n".join(lines)
 
 
 def _loss_summary(log_path: Path) -> tuple[float, float]:
@@ -114,16 +128,16 @@ def train(
     model: PathLike | None = None,
     token: str | None = "sks",
     reg_data: PathLike | None = None,
-    steps: int = 400,
-    frames: int = 16,
-    height: int = 256,
-    width: int = 256,
+    steps: int | None = None,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
     sampling: str = "uniform",
     learning_rate: float | None = None,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     gradient_accumulation: int | None = None,
     max_grad_norm: float = 1.0,
-    ema_decay: float = 0.0,
+    ema_decay: float | None = None,
     checkpoint_every: int = 100,
     keep_checkpoints: int = 2,
     resume: bool = False,
@@ -138,6 +152,7 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     method_options: dict | None = None,
+    sources: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train `method` on the captioned videos in `data` and write `output/adapter.safetensors`.
 
@@ -145,6 +160,11 @@ def train(
     (`subject_data.find_subject_images`), captioned by the method (e.g. "a sks dog"; give the class
     word in `method_options={"class_word": "dog"}`). Every input is checked (videos readable and long
     enough, captions carry the token, options known) before anything is written to `output`.
+
+    Steps, learning rate, batch size, accumulation, weight average, frames and size left as None (and method
+    options not given) come from the model folder's `motiontune.json`, else the method's paper setting
+    (`motiontune.settings`); `sources` names where given values came from (default "argument"), and the
+    result's `settings` says where each value came from.
     """
     import time
 
@@ -154,15 +174,33 @@ def train(
     from .training import TrainConfig, prepare_examples
     from .training import train as run_training
 
-    subject_images = method_class(method).training_data == "subject images"
+    cls = method_class(method)
+    subject_images = cls.training_data == "subject images"
+    settings, options = training_settings_for(
+        cls,
+        model,
+        given={
+            "steps": steps,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "gradient_accumulation": gradient_accumulation,
+            "ema_decay": ema_decay,
+            "frames": frames,
+            "height": height,
+            "width": width,
+        },
+        given_options=method_options or {},
+        sources=sources or {},
+    )
+    steps, frames, height, width = (settings[key].value for key in ("steps", "frames", "height", "width"))
     config = TrainConfig(
         output_dir=Path(output),
         steps=steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        gradient_accumulation=gradient_accumulation,
+        learning_rate=settings["learning_rate"].value,
+        batch_size=settings["batch_size"].value,
+        gradient_accumulation=settings["gradient_accumulation"].value,
         max_grad_norm=max_grad_norm,
-        ema_decay=ema_decay,
+        ema_decay=settings["ema_decay"].value,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         validate_every=validate_every,
@@ -184,7 +222,7 @@ def train(
     backbone = open_backbone(model, device)
     if height % backbone.vae_scale_factor or width % backbone.vae_scale_factor:
         raise ConfigError(f"--height/--width must be multiples of {backbone.vae_scale_factor}, got {height}x{width}")
-    trainer = create_method(method, backbone, method_options, token=token)
+    trainer = create_method(method, backbone, {key: option.value for key, option in options.items()}, token=token)
     if resume:
         _check_resumable(Path(output), trainer.adapter_metadata())
     elif not overwrite and _holds_a_run(Path(output)):
@@ -210,7 +248,33 @@ def train(
     adapter = run_training(trainer, examples, config)
     seconds = time.perf_counter() - started
     first, last = _loss_summary(config.output_dir / "training_log.jsonl")
-    return TrainResult(adapter, steps, first, last, seconds, adapter.stat().st_size / 2**20)
+    every = {**settings, **{f"{method} {key}": option for key, option in options.items()}}
+    return TrainResult(adapter, steps, first, last, seconds, adapter.stat().st_size / 2**20, every)
+
+
+def training_settings_for(
+    cls,
+    model: PathLike | None,
+    given: dict[str, object],
+    given_options: dict[str, object],
+    sources: dict[str, str],
+) -> tuple[dict[str, Setting], dict[str, Setting]]:
+    """Resolve `given` training values (None = not given) and method options against the model folder's
+    recommendations and the method's paper settings; a value's source is `sources[key]` or "argument"."""
+    model_dir = resolve_model_dir(model if model is not None else default_model_dir())
+    defaults = ModelDefaults.read(model_dir)
+    stated = {key: Setting(value, sources.get(key, "argument")) for key, value in given.items() if value is not None}
+    settings = training_settings(cls.name, {"ema_decay": 0.0, **cls.paper_settings}, defaults, stated)
+    stated_options = {k: Setting(v, sources.get(k, "argument")) for k, v in given_options.items() if v is not None}
+    options = option_settings(cls.name, defaults, stated_options)
+    try:
+        cls.config_from_dict({key: option.value for key, option in options.items()})
+    except ConfigError as error:
+        recommended = [key for key, option in options.items() if option.source == defaults.label]
+        if recommended and defaults.path is not None:
+            raise ConfigError(f"{defaults.path}: training.{cls.name}.options: {error}") from None
+        raise
+    return settings, options
 
 
 def generate(
@@ -221,8 +285,8 @@ def generate(
     frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
-    steps: int = 50,
-    guidance_scale: float = 9.0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     negative_prompt: str = "",
     sampler: str = "ddim",
     seed: int = 0,
@@ -244,7 +308,8 @@ def generate(
     """Generate one video for `prompt` with any number of adapters; returns the MP4, GIF and PNG paths.
 
     Frames and size default to those the (first) adapter was trained at, else the model folder's native
-    size (`motiontune.json`), else 16 frames at the UNet's configured sample size.
+    size (`motiontune.json`), else 16 frames at the UNet's configured sample size. Sampling steps and
+    guidance scale default to the model folder's recommendation, else 50 and 9.0.
 
     MotionBooth controls (`motiontune.control`): `script` is an official JSON control script whose
     prompt, boxes and camera speed are used unless `prompt`, `boxes` (subject words -> keyframe boxes
@@ -264,14 +329,16 @@ def generate(
     metadata = [read_metadata(path) for path in adapters]
     backbone = open_backbone(model, device)
     methods = load_adapters(adapters, backbone)
+    defaults = ModelDefaults.read(backbone.path)
+    given = {"steps": Setting(steps, "argument"), "guidance_scale": Setting(guidance_scale, "argument")}
+    sampling = generation_settings(defaults, given)
     trained = next((m["training"] for m in metadata if "training" in m), None)
     if trained:
         _, trained_frames, latent_h, latent_w = trained["latent_shape"]
         scale = backbone.vae_scale_factor
         native = (trained_frames, latent_h * scale, latent_w * scale)
-    elif (backbone.path / "motiontune.json").exists():
-        native_size = json.loads((backbone.path / "motiontune.json").read_text())["native"]
-        native = (native_size["frames"], native_size["height"], native_size["width"])
+    elif defaults.native:
+        native = tuple(defaults.native.get(key, FALLBACK[key]) for key in NATIVE_KEYS)
     else:
         size = (backbone.unet.config.sample_size or 32) * backbone.vae_scale_factor
         native = (16, size, size)
@@ -279,8 +346,8 @@ def generate(
         frames=frames or native[0],
         height=height or native[1],
         width=width or native[2],
-        steps=steps,
-        guidance_scale=guidance_scale,
+        steps=sampling["steps"].value,
+        guidance_scale=sampling["guidance_scale"].value,
         seed=seed,
         negative_prompt=negative_prompt,
         sampler=sampler,

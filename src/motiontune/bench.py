@@ -25,13 +25,14 @@ class Row:
     It trains on the 4 zigzag clips, or only on the first (`one_video`, the setting of Motion Inversion
     and MotionMatcher), with or without regularization videos, and generates with extra
     `GenerationConfig` settings (Motion Inversion's debiasing, a noise prior from the inverted reference).
+    Learning rate, batch size and steps are the model's recommendations for the method unless given.
     """
 
     method: str
     options: dict = field(default_factory=dict)
     regularized: bool = True
     one_video: bool = False
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     generation: dict = field(default_factory=dict)
 
 
@@ -50,17 +51,13 @@ ROWS: dict[str, Row] = {
     "newmove, lora 32": Row("newmove", {"adapter": "lora", "lora_rank": 32}),
     "dreambooth baseline": Row("dreambooth"),
     "motion inversion, debias object": Row(
-        "motion-inversion", **ONE_VIDEO, learning_rate=2e-2, generation={**FROM_REFERENCE, "debias": "object"}
+        "motion-inversion", **ONE_VIDEO, generation={**FROM_REFERENCE, "debias": "object"}
     ),
     "motion inversion, no debias": Row(
-        "motion-inversion", **ONE_VIDEO, learning_rate=2e-2, generation={**FROM_REFERENCE, "debias": "none"}
+        "motion-inversion", **ONE_VIDEO, generation={**FROM_REFERENCE, "debias": "none"}
     ),
     "motion inversion, value rank 4": Row(
-        "motion-inversion",
-        {"value_rank": 4},
-        **ONE_VIDEO,
-        learning_rate=2e-2,
-        generation={**FROM_REFERENCE, "debias": "object"},
+        "motion-inversion", {"value_rank": 4}, **ONE_VIDEO, generation={**FROM_REFERENCE, "debias": "object"}
     ),
     "motionmatcher, feature loss": Row("motionmatcher", {"loss": "feature"}, **ONE_VIDEO, generation=FROM_REFERENCE),
     "motionmatcher, pixel loss": Row("motionmatcher", {"loss": "pixel"}, **ONE_VIDEO, generation=FROM_REFERENCE),
@@ -68,25 +65,37 @@ ROWS: dict[str, Row] = {
 }
 
 
-def bench_prompts(count: int) -> list[Clip]:
-    """Prompts whose colour and shape differ from the references' (blue/yellow, square and the rest)."""
+def bench_prompts(count: int, motion: str = NOVEL_MOTION) -> list[Clip]:
+    """Prompts of `motion` whose colour and shape differ from the references' (blue/yellow, square and the rest)."""
     colours = [c for c in COLOURS if c not in REFERENCE_LOOK["colours"]]
     shapes = ["square", *(s for s in SHAPES if s != "square")]
     backgrounds = ["gray", "white", "black"]
     return [
-        Clip(shapes[(i // len(colours)) % len(shapes)], colours[i % len(colours)], backgrounds[i % 3], NOVEL_MOTION)
+        Clip(shapes[(i // len(colours)) % len(shapes)], colours[i % len(colours)], backgrounds[i % 3], motion)
         for i in range(count)
     ]
 
 
-def train_row(row: Row, workdir: Path, model, steps: int, device=None, progress: bool = False):
-    """Write the zigzag task under `workdir` and train the row's method on it (nothing for `none`).
+def train_row(
+    row: Row,
+    workdir: Path,
+    model,
+    steps: int | None,
+    device=None,
+    progress: bool = False,
+    motion: str = NOVEL_MOTION,
+    seed: int = 0,
+    checkpoint_every: int = 0,
+):
+    """Write the task of `motion` (zigzag) under `workdir` and train the row's method on it (nothing for
+    `none`) for `steps` (None: the model's recommendation for the method), with training seed `seed` (which
+    also draws the task's clips), keeping every checkpoint when `checkpoint_every` is set.
 
     Returns the training result (or None), the reference clips it learned from and the
     `GenerationConfig` settings its videos are generated with."""
     from . import api
 
-    references, reference_dir, regularization_dir = write_task(workdir, 8, 32)
+    references, reference_dir, regularization_dir = write_task(workdir, 8, 32, motion, seed)
     first_video = sorted(reference_dir.glob("*.mp4"))[0]
     if row.one_video:
         references = references[:1]
@@ -107,7 +116,9 @@ def train_row(row: Row, workdir: Path, model, steps: int, device=None, progress:
         height=32,
         width=32,
         learning_rate=row.learning_rate,
-        checkpoint_every=0,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=10_000 if checkpoint_every else 2,
+        seed=seed,
         overwrite=True,
         device=device,
         progress=progress,
@@ -116,44 +127,65 @@ def train_row(row: Row, workdir: Path, model, steps: int, device=None, progress:
     return result, references, generation
 
 
-def run_row(name: str, workdir: Path, model: str | None, steps: int, prompts: int, seeds: int, sampling: int) -> dict:
+def run_row(
+    name: str, workdir: Path, model: str | None, steps: int | None, prompts: int, seeds: int, sampling: int
+) -> dict:
     """Train and score one row in this process; returns its measurements."""
-    from . import api
-    from .evaluation import evaluate_video
-    from .generation import GenerationConfig, generate_latents
-    from .methods import load_adapter
     from .utils import peak_memory_mb
-    from .video import frames_to_uint8
 
     started = time.perf_counter()
     result, references, generation = train_row(ROWS[name], workdir, model, steps)
     train_seconds = time.perf_counter() - started
-    backbone = api.open_backbone(model)
-    adapters = [load_adapter(result.adapter, backbone)] if result else []
-    clips = bench_prompts(prompts)
-    predicted = []
-    for clip in clips:
-        for seed in range(seeds):
-            settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False, **generation)
-            latents = generate_latents(backbone, [clip.caption(TOKEN)], adapters, settings)
-            predicted.append(evaluate_video(frames_to_uint8(backbone.decode_latents(latents)[0]), clip))
-    scores = task_scores(predicted, [clip for clip in clips for _ in range(seeds)], references)
+    backbone, scores = score_adapter(
+        model, result.adapter if result else None, bench_prompts(prompts), seeds, sampling, generation, references
+    )
     return {
         "row": name,
         "motion_accuracy": scores["motion"],
         "appearance_accuracy": scores["appearance"],
         "copy_score": scores["copy"],
+        "steps": result.steps if result else 0,
         "train_seconds": round(train_seconds, 1) if result else 0.0,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
         "adapter_mb": round(result.adapter_megabytes, 2) if result else 0.0,
     }
 
 
+def score_adapter(
+    model: str | None,
+    adapter: Path | None,
+    clips: list[Clip],
+    seeds: int,
+    sampling: int,
+    generation: dict,
+    references: list[Clip],
+    motion: str = NOVEL_MOTION,
+):
+    """Generate every prompt of `clips` at seeds 0..seeds-1 (one batch per seed) with `adapter` (or none) on a
+    freshly loaded model and score the videos with `task_scores`; returns the backbone and the scores."""
+    from . import api
+    from .evaluation import evaluate_video
+    from .generation import GenerationConfig, generate_latents
+    from .methods import load_adapter
+    from .video import frames_to_uint8
+
+    backbone = api.open_backbone(model)
+    adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
+    predicted, prompts = [], []
+    for seed in range(seeds):
+        settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False, **generation)
+        latents = generate_latents(backbone, [clip.caption(TOKEN) for clip in clips], adapters, settings)
+        for video, clip in zip(backbone.decode_latents(latents), clips, strict=True):
+            predicted.append(evaluate_video(frames_to_uint8(video), clip))
+            prompts.append(clip)
+    return backbone, task_scores(predicted, prompts, references, motion)
+
+
 def bench_shapeworld(
     output: Path,
     model: str | None = None,
     rows: list[str] | None = None,
-    steps: int = 150,
+    steps: int | None = None,
     prompts: int = 8,
     seeds: int = 2,
     sampling: int = 25,
@@ -164,7 +196,9 @@ def bench_shapeworld(
     rows = chosen_rows(rows, ROWS)
     output = Path(output)
     model = bench_model(model, output)
-    options = {"--steps": steps, "--prompts": prompts, "--seeds": seeds, "--sampling-steps": sampling, "--model": model}
+    options = {"--prompts": prompts, "--seeds": seeds, "--sampling-steps": sampling, "--model": model}
+    if steps is not None:
+        options["--steps"] = steps
     results = run_rows("shapeworld", rows, output, options, progress)
     if report is not None:
         write_report_section(report, results, steps, prompts, seeds, model)
@@ -172,11 +206,11 @@ def bench_shapeworld(
 
 
 def markdown_table(results: list[dict]) -> str:
-    header = "| row | motion acc. | appearance acc. | copy | train s | peak MB | adapter MB |\n"
-    header += "| --- | --- | --- | --- | --- | --- | --- |\n"
+    header = "| row | motion acc. | appearance acc. | copy | steps | train s | peak MB | adapter MB |\n"
+    header += "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
     return header + "".join(
         f"| {r['row']} | {r['motion_accuracy']:.2f} | {r['appearance_accuracy']:.2f} | {r['copy_score']:.2f} | "
-        f"{r['train_seconds']} | {r['peak_memory_mb']} | {r['adapter_mb']} |\n"
+        f"{r['steps']} | {r['train_seconds']} | {r['peak_memory_mb']} | {r['adapter_mb']} |\n"
         for r in results
     )
 
@@ -184,8 +218,11 @@ def markdown_table(results: list[dict]) -> str:
 BEGIN, END = "<!-- bench-shapeworld:begin -->", "<!-- bench-shapeworld:end -->"
 
 
-def write_report_section(report: Path, results: list[dict], steps: int, prompts: int, seeds: int, model: str) -> None:
+def write_report_section(
+    report: Path, results: list[dict], steps: int | None, prompts: int, seeds: int, model: str
+) -> None:
     """Replace the bench section of `report` (between markers) with the new table, atomically."""
-    command = f"motiontune bench shapeworld --steps {steps} --prompts {prompts} --seeds {seeds}"
+    budget = f" --steps {steps}" if steps is not None else ""
+    command = f"motiontune bench shapeworld{budget} --prompts {prompts} --seeds {seeds}"
     body = f"`{command}` on {model_label(model)}:\n\n{markdown_table(results)}"
     write_marked_section(report, BEGIN, END, body, "Bench")

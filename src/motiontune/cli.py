@@ -12,6 +12,12 @@ import yaml
 
 from .errors import ConfigError, MotiontuneError
 
+FITTED = (
+    "(default: the model folder's recommendation for the method in its motiontune.json, else the method's "
+    "paper setting; the training summary says which; see docs/defaults.md)"
+)
+FITTED_NATIVE = "(default: the model folder's native size in its motiontune.json, else the method's paper setting)"
+FITTED_SAMPLING = "(default: the model folder's recommendation in its motiontune.json, else {})"
 MOTION_TOKEN_HELP = "rare token that stands for the learned motion or subject in prompts (V*), e.g. sks"
 
 
@@ -158,26 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--reg-data", type=Path, help="folder of real captioned regularization videos (NewMove Eq. 3)")
     train.add_argument("--token", default="sks", help=MOTION_TOKEN_HELP)
     train.add_argument("--output", type=Path, help="output folder for the adapter and checkpoints (required)")
-    train.add_argument("--steps", type=_positive_int, default=400, help="optimizer steps")
-    train.add_argument("--frames", type=_positive_int, default=16, help="frames sampled from each video")
-    train.add_argument("--height", type=_positive_int, default=256, help="training height in pixels")
-    train.add_argument("--width", type=_positive_int, default=256, help="training width in pixels")
+    train.add_argument("--steps", type=_positive_int, default=None, help=f"optimizer steps {FITTED}")
+    train.add_argument(
+        "--frames", type=_positive_int, default=None, help=f"frames sampled from each video {FITTED_NATIVE}"
+    )
+    train.add_argument("--height", type=_positive_int, default=None, help=f"training height in pixels {FITTED_NATIVE}")
+    train.add_argument("--width", type=_positive_int, default=None, help=f"training width in pixels {FITTED_NATIVE}")
     train.add_argument("--sampling", default="uniform", help="frame sampling: uniform or stride:K")
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's own)")
-    train.add_argument("--batch-size", type=_positive_int, default=1, help="clips per micro-batch")
+    train.add_argument("--lr", type=float, default=None, help=f"learning rate {FITTED}")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help=f"clips per micro-batch {FITTED}")
     train.add_argument(
         "--gradient-accumulation",
         type=_positive_int,
         default=None,
-        help="micro-batches per step (default: the method's own, 2 for motionbooth's image + video batches)",
+        help=f"micro-batches per step (2 for motionbooth's image + video batches) {FITTED}",
     )
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     train.add_argument(
         "--ema-decay",
         type=float,
-        default=0.0,
+        default=None,
         help="keep an exponential moving average of the trained weights with this decay (e.g. 0.999) and save "
-        "it as the adapter; checkpoints hold it as ema.safetensors (0 = off)",
+        f"it as the adapter; checkpoints hold it as ema.safetensors (0 = off) {FITTED}",
     )
     train.add_argument("--checkpoint-every", type=int, default=100, help="write a checkpoint every N steps")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="how many checkpoints to keep")
@@ -215,8 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--frames", type=_positive_int, default=None, help="frames (default: the adapter's)")
     generate.add_argument("--height", type=_positive_int, default=None, help="height (default: the adapter's)")
     generate.add_argument("--width", type=_positive_int, default=None, help="width (default: the adapter's)")
-    generate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps")
-    generate.add_argument("--guidance-scale", type=float, default=9.0, help="classifier-free guidance scale")
+    generate.add_argument(
+        "--steps", type=_positive_int, default=None, help=f"sampling steps {FITTED_SAMPLING.format(50)}"
+    )
+    generate.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance scale {FITTED_SAMPLING.format(9.0)}",
+    )
     generate.add_argument("--sampler", default="ddim", help="ddim, ddpm, dpm++, euler, euler-a or unipc")
     generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same frames")
     generate.add_argument("--reference", type=Path, default=None, help="reference video for --noise-prior")
@@ -309,13 +324,37 @@ def build_parser() -> argparse.ArgumentParser:
     shapeworld_bench.add_argument("--model", default=None, help="model folder (default: shipped, else tiny random)")
     shapeworld_bench.add_argument("--rows", default=None, help="semicolon-separated rows (default: all)")
     shapeworld_bench.add_argument("--row", default=None, help=argparse.SUPPRESS)
-    shapeworld_bench.add_argument("--steps", type=_positive_int, default=150, help="training steps per row")
+    shapeworld_bench.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps per row (default: the model's recommendation)"
+    )
     shapeworld_bench.add_argument("--prompts", type=_positive_int, default=8, help="prompts per row")
     shapeworld_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     shapeworld_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
     shapeworld_bench.add_argument("--output", type=Path, default=Path("bench-shapeworld"), help="work folder")
     shapeworld_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
     shapeworld_bench.add_argument("--quiet", action="store_true", help="no progress lines")
+    curves_bench = bench_commands.add_parser(
+        "curves",
+        help="motion accuracy against training steps and seconds for every motion method",
+        description="Train each motion method once on one novel ShapeWorld motion, score a checkpoint every "
+        "--every steps and write results.json, curves.png and (with --report) a markdown table.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    curves_bench.add_argument("--model", default=None, help="model folder (default: shipped, else tiny random)")
+    curves_bench.add_argument("--rows", default=None, help="semicolon-separated rows (default: every motion method)")
+    curves_bench.add_argument(
+        "--motion", default="zigzag", help="novel motion to learn: zigzag, orbit, bounce or diagonal"
+    )
+    curves_bench.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps per row (default: the model's recommendation)"
+    )
+    curves_bench.add_argument("--every", type=_positive_int, default=25, help="score a checkpoint every N steps")
+    curves_bench.add_argument("--prompts", type=_positive_int, default=8, help="prompts per checkpoint")
+    curves_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
+    curves_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+    curves_bench.add_argument("--output", type=Path, default=Path("bench-curves"), help="work folder")
+    curves_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
+    curves_bench.add_argument("--quiet", action="store_true", help="no progress lines")
     from .bench_motionbooth import LEARNING_RATE as MOTIONBOOTH_BENCH_LEARNING_RATE
     from .bench_motionbooth import ROWS as MOTIONBOOTH_BENCH_ROWS
 
@@ -365,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse `argv`, with defaults taken from the subcommand's `--config` YAML when given."""
     args = parser.parse_args(argv)
+    args.sources = {dest: "command line" for dest, value in vars(args).items() if value is not None}
     config_path = getattr(args, "config", None)
     if config_path is None:
         return args
@@ -388,7 +428,10 @@ def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
         action = next(a for a in subparser._actions if a.dest == dest)
         defaults[dest] = _coerce(action, value, f"{config_path}: option '{key}'")
     subparser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    sources = args.sources
+    args = parser.parse_args(argv)
+    args.sources = {**{dest: "config file" for dest in defaults}, **sources}
+    return args
 
 
 def _coerce(action: argparse.Action, value, where: str):
@@ -438,6 +481,13 @@ def _method_options(args: argparse.Namespace, method_name: str) -> dict:
     return options
 
 
+def _sources(args: argparse.Namespace) -> dict[str, str]:
+    """Where each option value came from ("command line" or "config file"), keyed by `api.train`'s names."""
+    renamed = {"lr": "learning_rate"}
+    given = vars(args).get("sources", {})
+    return {renamed.get(dest, dest.removeprefix("method_")): source for dest, source in given.items()}
+
+
 def run_train(args: argparse.Namespace) -> int:
     from . import api
 
@@ -473,6 +523,7 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         method_options=_method_options(args, args.method),
+        sources=_sources(args),
     )
     print(result.summary())
     return 0
@@ -580,8 +631,28 @@ def run_world(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """`bench shapeworld|motionbooth`: one row in this process (`--row`, as each row's process is started), or
-    every chosen row in a process of its own."""
+    """`bench curves`: learning curves. `bench shapeworld|motionbooth`: one row in this process (`--row`, as
+    each row's process is started), or every chosen row in a process of its own."""
+    if args.bench_command == "curves":
+        from .bench_curves import bench_curves, markdown_table
+        from .shapeworld import NOVEL_MOTIONS
+
+        if args.motion not in NOVEL_MOTIONS:
+            raise ConfigError(f"--motion must be one of {', '.join(NOVEL_MOTIONS)}, got '{args.motion}'")
+        rows = args.rows.split(";") if args.rows else None
+        sizes = {"steps": args.steps, "every": args.every, "prompts": args.prompts, "seeds": args.seeds}
+        points = bench_curves(
+            args.output,
+            args.model,
+            rows,
+            **sizes,
+            sampling=args.sampling_steps,
+            motion=args.motion,
+            report=args.report,
+            progress=not args.quiet,
+        )
+        print(markdown_table(points))
+        return 0
     if args.bench_command == "motionbooth":
         from .bench_motionbooth import bench_motionbooth as bench
         from .bench_motionbooth import markdown_tables as tables

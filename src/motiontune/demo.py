@@ -30,23 +30,29 @@ PROMPTS = [
 ]
 
 
-def write_task(folder: Path, frames: int, size: int) -> tuple[list[Clip], Path, Path]:
-    """The zigzag task: 4 reference clips (red/green circles and triangles, captioned with the token) and
-    4 regularization clips of known motions; returns the reference clips and both folders."""
-    references = sample_clips(4, 0, motions=(NOVEL_MOTION,), backgrounds=("white", "black", "gray"), **REFERENCE_LOOK)
+def write_task(
+    folder: Path, frames: int, size: int, motion: str = NOVEL_MOTION, seed: int = 0
+) -> tuple[list[Clip], Path, Path]:
+    """The motion task (zigzag by default): 4 reference clips of `motion` (red/green circles and triangles,
+    captioned with the token) and 4 regularization clips of known motions, drawn from `seed`; returns the
+    reference clips and both folders."""
+    looks = {"backgrounds": ("white", "black", "gray"), **REFERENCE_LOOK}
+    references = sample_clips(4, seed, motions=(motion,), **looks)
     reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
-    regularization = sample_clips(4, 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
+    regularization = sample_clips(4, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
     return references, reference_dir, write_dataset(folder / "regularization", regularization, frames, size)
 
 
-def task_scores(predicted: list[dict], prompts: list[Clip], references: list[Clip]) -> dict[str, float]:
-    """Motion accuracy (the object zigzags), appearance accuracy (colour and shape follow the prompt) and
-    copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
+def task_scores(
+    predicted: list[dict], prompts: list[Clip], references: list[Clip], motion: str = NOVEL_MOTION
+) -> dict[str, float]:
+    """Motion accuracy (the object does `motion`), appearance accuracy (colour and shape follow the prompt)
+    and copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
     from .evaluation import copy_rates
 
     copies = copy_rates(predicted, [c.to_dict() for c in prompts], [c.to_dict() for c in references], SUBJECT_LOOK)
     return {
-        "motion": float(np.mean([p["motion"] == NOVEL_MOTION for p in predicted])),
+        "motion": float(np.mean([p["motion"] == motion for p in predicted])),
         "appearance": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
         "copy": copies["any"],
     }
@@ -79,20 +85,20 @@ COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0
 
 def run_demo(output: Path, steps: int | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Teach the default model zigzag with every motion method, generate, measure and report; then learn
-    a novel subject with MotionBooth and compose it with the NewMove motion, a box path and a camera pan."""
+    a novel subject with MotionBooth and compose it with the NewMove motion, a box path and a camera pan.
+    Each method trains for `steps`, or what the model recommends for it (`motiontune.json`)."""
     from . import api
     from .bench import ROWS, train_row
     from .evaluation import evaluate_video
     from .video import write_contact_sheet
 
     output = Path(output)
-    steps = steps or 150
     model, shipped = default_or_tiny_model(output)
     frames, size, sampling_steps = 8, 32, 25
     rows, labels, scores, training = [], [], {}, {}
     for name, row_name in DEMO_ROWS.items():
         if progress and name != "base":
-            print(f"training {name} ({steps} steps)", flush=True)
+            print(f"training {name} ({steps or 'the model recommends the'} steps)", flush=True)
         started = time.perf_counter()
         result, references, generation = train_row(ROWS[row_name], output, model, steps, device, progress)
         if result is not None:
@@ -131,7 +137,9 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
     return output / "report.md"
 
 
-def _compose(output: Path, model, motion_adapter: Path, steps: int, device, progress: bool, training: dict) -> dict:
+def _compose(
+    output: Path, model, motion_adapter: Path, steps: int | None, device, progress: bool, training: dict
+) -> dict:
     """MotionBooth learns a blue star from 5 masked stills (token `pll`); one generate call then combines
     it with the NewMove zigzag adapter, boxes along a zigzag in the upper half of the frame (box edit) and
     a camera pan to the right (latent shift). The boxes move with the scene, so the object should end in
@@ -145,7 +153,7 @@ def _compose(output: Path, model, motion_adapter: Path, steps: int, device, prog
     from .shapeworld import render, write_subject_images
 
     if progress:
-        print(f"training motionbooth ({steps} steps)", flush=True)
+        print(f"training motionbooth ({steps or 'the model recommends the'} steps)", flush=True)
     started = time.perf_counter()
     subject = api.train(
         "motionbooth",
@@ -158,7 +166,6 @@ def _compose(output: Path, model, motion_adapter: Path, steps: int, device, prog
         frames=8,
         height=32,
         width=32,
-        learning_rate=1e-4,
         checkpoint_every=0,
         overwrite=True,
         device=device,
@@ -232,14 +239,17 @@ def _report(training, scores, composed, steps, shipped, model, sheet, reference_
         "its DDIM inversion with noise prior 0.5); prompts ask for blue/yellow squares; copy score = share of",
         "videos whose object takes the references' colour or shape instead of the prompt's.",
         "",
-        "| model | motion accuracy | appearance accuracy | copy score | train s | adapter MB |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | motion accuracy | appearance accuracy | copy score | steps | train s | adapter MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in scores.items():
         result, seconds = training.get(name, (None, 0.0))
         size = f"{result.adapter_megabytes:.2f}" if result else "-"
         cost = f"{seconds:.1f}" if result else "-"
-        lines.append(f"| {name} | {s['motion']:.2f} | {s['appearance']:.2f} | {s['copy']:.2f} | {cost} | {size} |")
+        trained = result.steps if result else "-"
+        lines.append(
+            f"| {name} | {s['motion']:.2f} | {s['appearance']:.2f} | {s['copy']:.2f} | {trained} | {cost} | {size} |"
+        )
     subject, seconds = training["motionbooth"]
     subject_size = f"{subject.adapter_megabytes:.2f} MB adapter"
     lines += [
@@ -254,7 +264,7 @@ def _report(training, scores, composed, steps, shipped, model, sheet, reference_
         f"| {composed['subject']:.2f} | {composed['motion']:.2f} | {composed['box_iou']:.2f} | "
         f"{composed['pan_error']:.3f} |",
         "",
-        f"Training steps per method: {steps}. Reference clips: `{reference_sheet.name}`; generated videos:",
-        f"`{sheet.name}` and `videos/`.",
+        f"Training steps per method: {steps or 'as the model recommends (steps column)'}.",
+        f"Reference clips: `{reference_sheet.name}`; generated videos: `{sheet.name}` and `videos/`.",
     ]
     return "\n".join(lines) + "\n"

@@ -292,8 +292,8 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         raise InputError("no training examples (empty dataset)")
     backbone = method.backbone
     output_dir = config.output_dir
-    learning_rate = config.learning_rate or method.default_learning_rate
-    accumulation = config.gradient_accumulation or method.default_gradient_accumulation
+    learning_rate = config.learning_rate or method.paper_settings["learning_rate"]
+    accumulation = config.gradient_accumulation or method.paper_settings.get("gradient_accumulation", 1)
     longest = max((e.latents.shape for e in examples), key=lambda shape: shape[1])
     latent_shape = torch.Size([longest[0], config.frames or longest[1], *longest[2:]])
     AcceleratorState._reset_state()
@@ -327,6 +327,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     log_lines = log_path.read_text().splitlines()[:start] if (start and log_path.exists()) else []
     log_path.write_text("".join(line + "\n" for line in log_lines))
+    seconds_before = json.loads(log_lines[-1]).get("seconds", 0.0) if log_lines else 0.0
 
     module.train()
     bar = tqdm(range(start, config.steps), desc=f"training {method.name}", disable=not config.progress)
@@ -348,7 +349,8 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
             total += loss.detach().item() / accumulation
         bar.set_postfix(loss=f"{total:.4f}")
         with log_path.open("a") as log:
-            log.write(json.dumps({"step": step + 1, "loss": total}) + "\n")
+            seconds = seconds_before + time.perf_counter() - started
+            log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
         if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0:
             _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints, average)

@@ -91,8 +91,11 @@ class Method:
     #: True for methods other commands use (`world train-base`), not offered by `motiontune train`
     internal: ClassVar[bool] = False
     Config: ClassVar[type]
-    default_learning_rate: ClassVar[float] = 1e-5
-    default_gradient_accumulation: ClassVar[int] = 1
+    #: training settings of the paper or its official code on ZeroScope-class models (`learning_rate` and any
+    #: of `settings.TRAINING_KEYS`): used where neither the user nor the model folder's `motiontune.json` gives one
+    paper_settings: ClassVar[dict[str, float | int]] = {"learning_rate": 1e-5}
+    #: where `paper_settings` come from, for `--help` and docs/defaults.md
+    paper_source: ClassVar[str] = ""
     uses_token: ClassVar[bool] = True
     #: "videos": captioned clips (`data.find_video_items`); "subject images": images with masks
     #: (`subject_data`), all captioned with the method's `subject_caption()`.

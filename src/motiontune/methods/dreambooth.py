@@ -22,4 +22,4 @@ class DreamBooth(NewMove):
     name = "dreambooth"
     summary = "DreamBooth-style baseline: full fine-tuning of the spatial layers"
     Config = DreamBoothConfig
-    default_learning_rate = 5e-6
+    paper_source = "NewMove's DreamBooth baseline (spatial layers) on NewMove's official settings"

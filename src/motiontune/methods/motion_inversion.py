@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -59,7 +60,15 @@ class MotionInversion(Method):
     name = "motion-inversion"
     summary = "Motion Inversion (Wang et al. 2024): motion embeddings in the temporal attentions, model frozen"
     Config = MotionInversionConfig
-    default_learning_rate = 2e-2
+    paper_settings: ClassVar[dict] = {
+        "learning_rate": 2e-2,
+        "steps": 400,
+        "batch_size": 1,
+        "frames": 24,
+        "height": 320,
+        "width": 576,
+    }
+    paper_source = "official code (MotionInversion configs/config.yaml, ZeroScope): 576x320x24, lr 0.02, 400 steps"
     uses_token = False
 
     def __init__(self, *args, **kwargs):

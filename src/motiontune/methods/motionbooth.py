@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +107,16 @@ class MotionBooth(Method):
     name = "motionbooth"
     summary = "MotionBooth (Wu et al. 2024): a subject from masked images, with video preservation"
     Config = MotionBoothConfig
-    default_learning_rate = 5e-6
-    default_gradient_accumulation = 2
+    paper_settings: ClassVar[dict] = {
+        "learning_rate": 5e-6,
+        "steps": 300,
+        "batch_size": 1,
+        "gradient_accumulation": 2,
+        "frames": 24,
+        "height": 320,
+        "width": 576,
+    }
+    paper_source = "official code (MotionBooth, ZeroScope): 576x320x24, lr 5e-6, 300 steps of 1 image + 1 video batch"
     training_data = "subject images"
 
     def __init__(self, *args, **kwargs):

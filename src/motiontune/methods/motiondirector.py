@@ -50,7 +50,15 @@ class MotionDirector(LoraMethod):
     name = "motiondirector"
     summary = "MotionDirector-style baseline: a temporal LoRA with the appearance-debiased loss"
     Config = MotionDirectorConfig
-    default_learning_rate = 5e-4
+    paper_settings: ClassVar[dict] = {
+        "learning_rate": 5e-4,
+        "steps": 150,
+        "batch_size": 1,
+        "frames": 16,
+        "height": 384,
+        "width": 384,
+    }
+    paper_source = "official code (MotionDirector single-video config, ZeroScope): 384x384x16, lr 5e-4, 150 steps"
     lora_groups: ClassVar[list[str]] = ["temporal"]
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:

@@ -9,8 +9,8 @@ attention and feed-forward layer. Per step, with t ~ U{500, ..., 999}:
 
 (one DDIM step with the LoRA model's noise, and the ground-truth noisy video). The frozen model (LoRA
 off) runs both at t - 1 up to the end of its down blocks; its head-averaged cross-attention maps M_CA
-(all tokens) and temporal self-attention maps M_TSA (F x F per position) at the latent/4 level are the
-motion features, and
+(all tokens) and temporal self-attention maps M_TSA (F x F per position) at the latent/4 level
+(`feature_level`) are the motion features, and
 
     L_mot = lambda_CA MSE(M_CA(x_hat_{t-1}), M_CA(x_{t-1})) + lambda_TSA MSE(M_TSA(x_hat_{t-1}), M_TSA(x_{t-1}))
 
@@ -34,8 +34,6 @@ from ..sampling import StepHook, StepState, to_clean, to_epsilon
 from .base import denoising_loss, noised, uniform_timesteps
 from .lora import LoraMethod, check_lora_options
 
-FEATURE_LEVEL = 2  # the latent/4 grid: `down_blocks.2` of ZeroScope (`spatial_scale_factor = 4` in the code)
-
 
 @dataclass
 class MotionMatcherConfig:
@@ -51,6 +49,14 @@ class MotionMatcherConfig:
     )
     temporal_attention_weight: float = field(
         default=2000.0, metadata={"help": "lambda_TSA, weight of the temporal self-attention map MSE"}
+    )
+    feature_level: int = field(
+        default=2,
+        metadata={
+            "help": "resolution level of the matched attention maps: the latent grid halved this many times "
+            "(2 = latent/4, ZeroScope's down_blocks.2 as the official code; a model without attention there uses "
+            "the nearest level that has it)"
+        },
     )
     lora_window_start: int = field(
         default=500, metadata={"help": "at inference the LoRA is on only for timesteps >= this"}
@@ -69,6 +75,8 @@ class MotionMatcherConfig:
         check_lora_options(self.lora_rank, self.lora_dropout)
         if not 1 <= self.min_timestep <= 999:
             raise ConfigError(f"min_timestep must be in [1, 999], got {self.min_timestep}")
+        if self.feature_level < 0:
+            raise ConfigError(f"feature_level must be >= 0, got {self.feature_level}")
 
 
 class LoraWindow:
@@ -89,12 +97,20 @@ class MotionMatcher(LoraMethod):
     name = "motionmatcher"
     summary = "MotionMatcher (Wu et al. 2025): a LoRA trained by matching motion features (attention maps)"
     Config = MotionMatcherConfig
-    default_learning_rate = 5e-4
+    paper_settings: ClassVar[dict] = {
+        "learning_rate": 5e-4,
+        "steps": 400,
+        "batch_size": 1,
+        "frames": 16,
+        "height": 384,
+        "width": 384,
+    }
+    paper_source = "official code (motionmatcher configs, ZeroScope): 384x384x16, lr 5e-4, 400 steps, batch 1"
     lora_groups: ClassVar[list[str]] = ["spatial_self", "temporal"]
 
     @property
     def feature_level(self) -> int:
-        return self.backbone.down_attention_level(FEATURE_LEVEL)
+        return self.backbone.down_attention_level(self.config.feature_level)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         steps = self.scheduler.config.num_train_timesteps

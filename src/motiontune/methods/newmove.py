@@ -13,12 +13,21 @@ training data, e), and `adapter` full/lora with `lora_rank` 32 (f). The LoRA var
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from ..errors import ConfigError
-from .base import Method, coarse_noise_timesteps, copy_into_parameters, denoising_loss, uniform_timesteps
+from .base import (
+    Method,
+    coarse_noise_timesteps,
+    copy_into_parameters,
+    denoising_loss,
+    uniform_picks,
+    uniform_timesteps,
+)
 from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
 SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
@@ -39,6 +48,13 @@ class NewMoveConfig:
     coarse_alpha: float = field(default=0.5, metadata={"help": "alpha of coarse-noise timestep sampling"})
     adapter: str = field(default="full", metadata={"help": "full fine-tuning or lora on the same layers"})
     lora_rank: int = field(default=32, metadata={"help": "LoRA rank when --adapter lora"})
+    regularization_share: float | None = field(
+        default=None,
+        metadata={
+            "help": "share of each batch drawn from the regularization videos (0.25 = 1 in 4); "
+            "unset: every clip drawn uniformly from targets and regularization videos together (Eq. 3 literally)"
+        },
+    )
 
     def __post_init__(self):
         if self.spatial not in SPATIAL_GROUPS:
@@ -49,13 +65,23 @@ class NewMoveConfig:
             raise ConfigError(f"adapter must be full or lora, got '{self.adapter}'")
         if not (self.temporal or self.spatial != "none" or self.train_token):
             raise ConfigError("nothing to train: enable temporal, spatial or train_token")
+        if self.regularization_share is not None and not 0 <= self.regularization_share < 1:
+            raise ConfigError(f"regularization_share must be in [0, 1), got {self.regularization_share}")
 
 
 class NewMove(Method):
     name = "newmove"
     summary = "NewMove (Materzynska et al. 2023): temporal layers + cross-attention k/v, full or LoRA"
     Config = NewMoveConfig
-    default_learning_rate = 1e-5
+    paper_settings: ClassVar[dict] = {
+        "learning_rate": 5e-6,
+        "steps": 3000,
+        "batch_size": 1,
+        "frames": 16,
+        "height": 384,
+        "width": 384,
+    }
+    paper_source = "official code (customizing_motion, ZeroScope): 384x384x16, lr 5e-6, 3000 steps, batch 1"
     _injected = False
     #: the LoRA's unique name in the model (`adapter: lora` with something to train), else None
     adapter_name: str | None = None
@@ -110,6 +136,18 @@ class NewMove(Method):
 
     def extra_modules(self) -> torch.nn.Module | None:
         return self.backbone.text_encoder.get_input_embeddings() if self.config.train_token else None
+
+    def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
+        """Each clip is a regularization video with probability `regularization_share`, else a target video
+        (uniform within each set); without a share, uniform over the union D^m ∪ D^r (Eq. 3)."""
+        share = self.config.regularization_share
+        regularization = [i for i, e in enumerate(examples) if e.source == "regularization"]
+        targets = [i for i, e in enumerate(examples) if e.source != "regularization"]
+        if share is None or not regularization or not targets:
+            return uniform_picks(examples, size, generator)
+        from_regularization = (torch.rand(size, generator=generator) < share).tolist()
+        pools = [regularization if flag else targets for flag in from_regularization]
+        return [pool[int(torch.randint(len(pool), (1,), generator=generator))] for pool in pools]
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         steps = self.scheduler.config.num_train_timesteps

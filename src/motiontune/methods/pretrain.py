@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -56,7 +57,8 @@ class Pretrain(Method):
     summary = "pre-training a base model from scratch with min-SNR weighting (world train-base)"
     internal = True
     Config = PretrainConfig
-    default_learning_rate = 1e-3
+    paper_settings: ClassVar[dict] = {"learning_rate": 1e-3}
+    paper_source = "the ShapeWorld recipe (configs/shapeworld-base.yaml)"
     uses_token = False
 
     def prepare_for_training(self) -> None:

@@ -1,0 +1,148 @@
+"""`motiontune bench curves`: how fast each motion method learns, as motion accuracy against training steps
+and seconds.
+
+Each row trains once on the task of one novel motion (as `bench shapeworld` does, at the model's recommended
+settings unless `--steps` is given), keeps a checkpoint every `--every` steps, and scores every checkpoint
+on the same prompts and seeds: motion accuracy, appearance accuracy, copy score. Seconds are the training
+loop's own clock at that step (`training_log.jsonl`), without encoding or scoring. Writes `results.json`,
+`curves.png` (accuracy against steps and against seconds) and, with `--report`, a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .bench import ROWS, bench_prompts, score_adapter, train_row
+from .bench_common import bench_model, chosen_rows, model_label, write_marked_section
+from .demo import NOVEL_MOTION
+from .errors import ConfigError
+
+CURVE_ROWS = (
+    "newmove",
+    "newmove, no regularization",
+    "motion inversion, debias object",
+    "motionmatcher, feature loss",
+    "motiondirector baseline",
+)
+
+
+def row_curve(
+    name: str,
+    workdir: Path,
+    model: str,
+    steps: int | None,
+    every: int,
+    prompts: int,
+    seeds: int,
+    sampling: int,
+    motion: str = NOVEL_MOTION,
+    progress: bool = False,
+) -> list[dict]:
+    """Train row `name` with a checkpoint every `every` steps, then score each checkpoint; one dict per point
+    (step 0 is the base model with the row's generation settings)."""
+    result, references, generation = train_row(
+        ROWS[name], workdir, model, steps, motion=motion, checkpoint_every=every, progress=progress
+    )
+    log = [json.loads(line) for line in (result.adapter.parent / "training_log.jsonl").read_text().splitlines()]
+    clips = bench_prompts(prompts, motion)
+    checkpoints = [(0, None)] + [
+        (int(folder.name.removeprefix("step-")), folder / "adapter.safetensors")
+        for folder in sorted((result.adapter.parent / "checkpoints").glob("step-*"))
+    ]
+    points = []
+    for step, adapter in checkpoints:
+        started = time.perf_counter()
+        _, scores = score_adapter(model, adapter, clips, seeds, sampling, generation, references, motion)
+        point = {
+            "row": name,
+            "step": step,
+            "seconds": round(log[step - 1]["seconds"], 1) if step else 0.0,
+            "loss": log[step - 1]["loss"] if step else None,
+            "motion_accuracy": scores["motion"],
+            "appearance_accuracy": scores["appearance"],
+            "copy_score": scores["copy"],
+        }
+        points.append(point)
+        if progress:
+            print(f"  step {step}: motion {scores['motion']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return points
+
+
+def bench_curves(
+    output: Path,
+    model: str | None = None,
+    rows: list[str] | None = None,
+    steps: int | None = None,
+    every: int = 25,
+    prompts: int = 8,
+    seeds: int = 2,
+    sampling: int = 25,
+    motion: str = NOVEL_MOTION,
+    report: Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Learning curves of `rows` (default: every motion method) on `motion`; writes `output/results.json`,
+    `output/curves.png` and the report section."""
+    if every < 1:
+        raise ConfigError(f"--every must be at least 1, got {every}")
+    rows = chosen_rows(rows, CURVE_ROWS)
+    output = Path(output)
+    model = bench_model(model, output)
+    points = []
+    for index, name in enumerate(rows):
+        if progress:
+            print(f"[{index + 1}/{len(rows)}] {name}", flush=True)
+        points += row_curve(
+            name, output / f"row-{index}", model, steps, every, prompts, seeds, sampling, motion, progress
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(points, indent=2))
+    plot_curves(points, output / "curves.png", motion)
+    if report is not None:
+        budget = f" --steps {steps}" if steps is not None else ""
+        command = (
+            f"motiontune bench curves --motion {motion}{budget} --every {every} --prompts {prompts} --seeds {seeds}"
+        )
+        body = f"`{command}` on {model_label(model)} (plot: `curves.png` in the output folder):\n\n"
+        write_marked_section(report, BEGIN, END, body + markdown_table(points), "Learning curves")
+    return points
+
+
+def plot_curves(points: list[dict], path: Path, motion: str) -> Path:
+    """Motion accuracy against steps (left) and training seconds (right), one line per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name in dict.fromkeys(point["row"] for point in points):
+        row = [point for point in points if point["row"] == name]
+        accuracy = [point["motion_accuracy"] for point in row]
+        axes[0].plot([point["step"] for point in row], accuracy, marker="o", label=name)
+        axes[1].plot([point["seconds"] for point in row], accuracy, marker="o", label=name)
+    axes[0].set_xlabel("training steps")
+    axes[1].set_xlabel("training seconds (2 CPU cores)")
+    axes[0].set_ylabel(f"motion accuracy ({motion})")
+    axes[0].set_ylim(-0.02, 1.02)
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    axes[1].legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def markdown_table(points: list[dict]) -> str:
+    header = "| row | step | train s | motion acc. | appearance acc. | copy |\n| --- | --- | --- | --- | --- | --- |\n"
+    return header + "".join(
+        f"| {p['row']} | {p['step']} | {p['seconds']} | {p['motion_accuracy']:.2f} | "
+        f"{p['appearance_accuracy']:.2f} | {p['copy_score']:.2f} |\n"
+        for p in points
+    )
+
+
+BEGIN, END = "<!-- bench-curves:begin -->", "<!-- bench-curves:end -->"

@@ -1,0 +1,47 @@
+"""`motiontune bench curves`: a checkpoint scored every N steps, the plot, the table and the report section."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from motiontune.bench_curves import BEGIN, END, bench_curves
+from motiontune.cli import main
+from motiontune.errors import ConfigError
+
+
+def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path):
+    report = tmp_path / "report.md"
+    report.write_text(f"# Title\n\n{BEGIN}\nprevious table\n{END}\n")
+    points = bench_curves(
+        tmp_path / "work",
+        str(tiny_model_dir),
+        ["motiondirector baseline"],
+        steps=2,
+        every=1,
+        prompts=1,
+        seeds=1,
+        sampling=2,
+        motion="orbit",
+        report=report,
+        progress=False,
+    )
+    assert [p["step"] for p in points] == [0, 1, 2]  # the base model, then each checkpoint
+    assert points[0]["seconds"] == 0.0 and 0 < points[1]["seconds"] <= points[2]["seconds"]
+    for point in points:
+        assert 0 <= point["motion_accuracy"] <= 1 and 0 <= point["appearance_accuracy"] <= 1
+    assert json.loads((tmp_path / "work" / "results.json").read_text()) == points
+    with Image.open(tmp_path / "work" / "curves.png") as plot:
+        assert plot.width > 500 and plot.height > 200
+    text = report.read_text()
+    assert "previous table" not in text and "| motiondirector baseline | 2 |" in text and "--motion orbit --steps 2" in text
+
+
+def test_curve_options_are_checked(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown bench row"):
+        bench_curves(tmp_path, "unused", ["base model"], progress=False)
+    assert main(["bench", "curves", "--motion", "left", "--output", str(tmp_path / "x")]) == 2
+    assert "--motion must be one of zigzag, orbit, bounce, diagonal, got 'left'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
