@@ -36,7 +36,8 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path)
     with Image.open(tmp_path / "work" / "curves.png") as plot:
         assert plot.width > 500 and plot.height > 200
     text = report.read_text()
-    assert "previous table" not in text and "| motiondirector baseline | 2 |" in text and "--motion orbit --steps 2" in text
+    assert "previous table" not in text and "| motiondirector baseline | 2 |" in text
+    assert "--motion orbit --steps 2" in text
 
 
 def test_curve_options_are_checked(tmp_path, capsys):
