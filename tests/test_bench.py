@@ -41,3 +41,55 @@ def test_prompts_avoid_the_references_look_and_rows_are_checked(tmp_path):
         assert clip.colour not in REFERENCE_LOOK["colours"] and clip.motion == "zigzag"
     with pytest.raises(ConfigError, match="unknown bench row"):
         bench_shapeworld(tmp_path, "unused", ["newmove, spatial kv"], progress=False)
+
+
+def test_wilson_interval_by_hand():
+    from motiontune.bench_common import wilson_interval
+
+    low, high = wilson_interval(8, 16)  # p = 0.5, n = 16: centre 0.5, half 1.96 sqrt(1/64 + 0.96/1024) / 1.24
+    assert low == pytest.approx(0.28, abs=0.005) and high == pytest.approx(0.72, abs=0.005)
+    assert wilson_interval(0, 16)[0] == 0.0 and wilson_interval(16, 16)[1] == 1.0
+    assert wilson_interval(0, 16)[1] == pytest.approx(0.194, abs=0.002)
+
+
+def test_summary_pools_training_seeds_per_row_and_motion():
+    from motiontune.bench import markdown_table, summarise
+
+    def run(row, motion, seed, accuracy):
+        return {
+            "row": row,
+            "motion": motion,
+            "training_seed": seed,
+            "videos": 16,
+            "motion_accuracy": accuracy,
+            "appearance_accuracy": 1.0,
+            "copy_score": 0.0,
+            "steps": 100,
+            "train_seconds": 50.0 + seed,
+            "peak_memory_mb": 500.0,
+            "adapter_mb": 3.3,
+        }
+
+    results = [run("newmove", "zigzag", 0, 1.0), run("newmove", "zigzag", 1, 0.5), run("newmove", "orbit", 0, 0.25)]
+    summary = summarise(results)
+    assert [(s["row"], s["motion"], s["training_seeds"], s["videos"]) for s in summary] == [
+        ("newmove", "zigzag", 2, 32),
+        ("newmove", "orbit", 1, 16),
+    ]
+    assert summary[0]["motion_accuracy"] == 0.75 and summary[0]["train_seconds"] == 50.5
+    assert summary[0]["motion_accuracy_interval"][0] < 0.75 < summary[0]["motion_accuracy_interval"][1]
+    assert "| newmove | zigzag | 2 x 16 | 0.75 [" in markdown_table(results)
+
+
+def test_bench_reuses_finished_rows_and_checks_its_options(tiny_model_dir, tmp_path, monkeypatch):
+    import subprocess
+
+    options = dict(steps=1, prompts=1, seeds=1, sampling=2, progress=False)
+    first = bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("orbit",), **options)
+    assert first[0]["motion"] == "orbit" and first[0]["training_seed"] == 0
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished row was run again"))
+    assert bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("orbit",), **options) == first
+    with pytest.raises(ConfigError, match="--motions must be novel motions"):
+        bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("left",), **options)
+    with pytest.raises(ConfigError, match="--training-seeds must be at least 1"):
+        bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], training_seeds=0, **options)

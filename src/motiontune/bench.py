@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench_common import bench_model, chosen_rows, model_label, run_rows, write_marked_section
+from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
 from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
-from .shapeworld import COLOURS, SHAPES, Clip
+from .errors import ConfigError
+from .shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
 
 
 @dataclass(frozen=True)
@@ -128,19 +129,31 @@ def train_row(
 
 
 def run_row(
-    name: str, workdir: Path, model: str | None, steps: int | None, prompts: int, seeds: int, sampling: int
+    name: str,
+    workdir: Path,
+    model: str | None,
+    steps: int | None,
+    prompts: int,
+    seeds: int,
+    sampling: int,
+    motion: str = NOVEL_MOTION,
+    training_seed: int = 0,
 ) -> dict:
-    """Train and score one row in this process; returns its measurements."""
+    """Train (with `training_seed`, which also draws the task's clips) and score one row on the task of
+    `motion` in this process; returns its measurements."""
     from .utils import peak_memory_mb
 
     started = time.perf_counter()
-    result, references, generation = train_row(ROWS[name], workdir, model, steps)
+    result, references, generation = train_row(ROWS[name], workdir, model, steps, motion=motion, seed=training_seed)
     train_seconds = time.perf_counter() - started
-    backbone, scores = score_adapter(
-        model, result.adapter if result else None, bench_prompts(prompts), seeds, sampling, generation, references
-    )
+    clips = bench_prompts(prompts, motion)
+    adapter = result.adapter if result else None
+    backbone, scores = score_adapter(model, adapter, clips, seeds, sampling, generation, references, motion)
     return {
         "row": name,
+        "motion": motion,
+        "training_seed": training_seed,
+        "videos": prompts * seeds,
         "motion_accuracy": scores["motion"],
         "appearance_accuracy": scores["appearance"],
         "copy_score": scores["copy"],
@@ -191,27 +204,64 @@ def bench_shapeworld(
     sampling: int = 25,
     report: Path | None = None,
     progress: bool = True,
+    motions: tuple[str, ...] = (NOVEL_MOTION,),
+    training_seeds: int = 1,
 ) -> list[dict]:
-    """Run each row in a fresh process and write `output/results.json` (and a markdown table to `report`)."""
+    """Run each row on each of `motions` with training seeds 0..training_seeds-1, each in a fresh process, and
+    write `output/results.json` (and a markdown table to `report`)."""
+    if training_seeds < 1:
+        raise ConfigError(f"--training-seeds must be at least 1, got {training_seeds}")
+    unknown = [m for m in motions if m not in NOVEL_MOTIONS]
+    if unknown or not motions:
+        raise ConfigError(f"--motions must be novel motions ({', '.join(NOVEL_MOTIONS)}), got {', '.join(motions)}")
     rows = chosen_rows(rows, ROWS)
     output = Path(output)
     model = bench_model(model, output)
     options = {"--prompts": prompts, "--seeds": seeds, "--sampling-steps": sampling, "--model": model}
     if steps is not None:
         options["--steps"] = steps
-    results = run_rows("shapeworld", rows, output, options, progress)
+    variants = [{"--motion": m, "--training-seed": s} for m in motions for s in range(training_seeds)]
+    results = run_rows("shapeworld", rows, output, options, progress, variants)
     if report is not None:
-        write_report_section(report, results, steps, prompts, seeds, model)
+        write_report_section(report, results, steps, prompts, seeds, model, motions, training_seeds)
     return results
 
 
+def summarise(results: list[dict]) -> list[dict]:
+    """One entry per (row, motion): accuracies and copy pooled over its training seeds, with 95% Wilson
+    intervals over all its videos, and the mean training seconds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for result in results:
+        groups.setdefault((result["row"], result["motion"]), []).append(result)
+    summary = []
+    for (row, motion), runs in groups.items():
+        videos = sum(r["videos"] for r in runs)
+        entry = {"row": row, "motion": motion, "training_seeds": len(runs), "videos": videos}
+        for key in ("motion_accuracy", "appearance_accuracy", "copy_score"):
+            hits = sum(r[key] * r["videos"] for r in runs)
+            entry[key] = hits / videos
+            entry[f"{key}_interval"] = wilson_interval(hits, videos)
+        for key in ("steps", "train_seconds", "peak_memory_mb", "adapter_mb"):
+            entry[key] = round(sum(r[key] for r in runs) / len(runs), 1 if key != "adapter_mb" else 2)
+        summary.append(entry)
+    return summary
+
+
 def markdown_table(results: list[dict]) -> str:
-    header = "| row | motion acc. | appearance acc. | copy | steps | train s | peak MB | adapter MB |\n"
-    header += "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    """Rows x motions, each figure with its 95% interval (pooled over training seeds and videos)."""
+
+    def figure(entry: dict, key: str) -> str:
+        low, high = entry[f"{key}_interval"]
+        return f"{entry[key]:.2f} [{low:.2f}, {high:.2f}]"
+
+    header = "| row | motion | seeds x videos | motion acc. | appearance acc. | copy | steps | train s | peak MB "
+    header += "| adapter MB |\n"
+    header += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     return header + "".join(
-        f"| {r['row']} | {r['motion_accuracy']:.2f} | {r['appearance_accuracy']:.2f} | {r['copy_score']:.2f} | "
-        f"{r['steps']} | {r['train_seconds']} | {r['peak_memory_mb']} | {r['adapter_mb']} |\n"
-        for r in results
+        f"| {e['row']} | {e['motion']} | {e['training_seeds']} x {e['videos'] // e['training_seeds']} | "
+        f"{figure(e, 'motion_accuracy')} | {figure(e, 'appearance_accuracy')} | {figure(e, 'copy_score')} | "
+        f"{e['steps']} | {e['train_seconds']} | {e['peak_memory_mb']} | {e['adapter_mb']} |\n"
+        for e in summarise(results)
     )
 
 
@@ -219,10 +269,18 @@ BEGIN, END = "<!-- bench-shapeworld:begin -->", "<!-- bench-shapeworld:end -->"
 
 
 def write_report_section(
-    report: Path, results: list[dict], steps: int | None, prompts: int, seeds: int, model: str
+    report: Path,
+    results: list[dict],
+    steps: int | None,
+    prompts: int,
+    seeds: int,
+    model: str,
+    motions: tuple[str, ...] = (NOVEL_MOTION,),
+    training_seeds: int = 1,
 ) -> None:
     """Replace the bench section of `report` (between markers) with the new table, atomically."""
     budget = f" --steps {steps}" if steps is not None else ""
     command = f"motiontune bench shapeworld{budget} --prompts {prompts} --seeds {seeds}"
-    body = f"`{command}` on {model_label(model)}:\n\n{markdown_table(results)}"
-    write_marked_section(report, BEGIN, END, body, "Bench")
+    command += f" --motions {','.join(motions)} --training-seeds {training_seeds}"
+    body = f"`{command}` on {model_label(model)} (95% Wilson intervals over all videos of a cell):\n\n"
+    write_marked_section(report, BEGIN, END, body + markdown_table(results), "Bench")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ConfigError
+from .utils import atomic_write_text
 
 
 def chosen_rows(rows: list[str] | None, known: Iterable[str]) -> list[str]:
@@ -43,31 +44,58 @@ def model_label(model: str) -> str:
     return "the shipped model" if Path(model).resolve() == shipped else f"`{model}`"
 
 
-def run_rows(bench: str, rows: list[str], output: Path, options: dict[str, object], progress: bool) -> list[dict]:
-    """Run each row as `motiontune bench <bench> --row NAME --output output/row-<i> <options>` in a fresh
-    process (so its peak memory is its own), collect the JSON line each prints, write `output/results.json`."""
+def run_rows(
+    bench: str,
+    rows: list[str],
+    output: Path,
+    options: dict[str, object],
+    progress: bool,
+    variants: list[dict[str, object]] | None = None,
+) -> list[dict]:
+    """Run each row (once per variant: extra options such as a motion and a training seed) as
+    `motiontune bench <bench> --row NAME --output output/row-<i> <options>` in a fresh process (so its peak
+    memory is its own), collect the JSON line each prints, write `output/results.json`.
+
+    Each finished row also leaves `row-<i>/result.json` with its command; a rerun with the same command
+    reuses it, so an interrupted bench continues where it stopped."""
+    jobs = [(name, variant) for name in rows for variant in (variants or [{}])]
     results = []
-    for index, name in enumerate(rows):
+    for index, (name, variant) in enumerate(jobs):
+        folder = output / f"row-{index}"
+        command = [sys.executable, "-m", "motiontune.cli", "bench", bench, "--row", name, "--output", str(folder)]
+        command += [str(part) for flag, value in {**options, **variant}.items() for part in (flag, value)]
+        saved = folder / "result.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("command") == command[1:]:
+            results.append(json.loads(saved.read_text())["result"])
+            continue
         if progress:
-            print(f"[{index + 1}/{len(rows)}] {name}", flush=True)
-        command = [sys.executable, "-m", "motiontune.cli", "bench", bench, "--row", name]
-        command += ["--output", str(output / f"row-{index}")]
-        command += [str(part) for flag, value in options.items() for part in (flag, value)]
+            detail = " ".join(f"{flag} {value}" for flag, value in variant.items())
+            print(f"[{index + 1}/{len(jobs)}] {name} {detail}".rstrip(), flush=True)
         finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if finished.returncode != 0:
             last = (finished.stderr.strip().splitlines() or ["no output"])[-1]
             raise ConfigError(f"bench row '{name}' failed: {last}")
-        results.append(json.loads(finished.stdout.strip().splitlines()[-1]))
+        result = json.loads(finished.stdout.strip().splitlines()[-1])
+        atomic_write_text(saved, json.dumps({"command": command[1:], "result": result}))
+        results.append(result)
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
+def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z = 1.96) of a proportion `successes / total`."""
+    if total == 0:
+        return (0.0, 1.0)
+    share = successes / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * ((share * (1 - share) / total + z * z / (4 * total * total)) ** 0.5) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def write_marked_section(report: Path, begin: str, end: str, body: str, heading: str) -> None:
     """Replace what stands between the `begin` and `end` markers of `report` with `body`, or append the
     section under `## heading` when the markers are not there yet; atomic write."""
-    from .utils import atomic_write_text
-
     report = Path(report)
     section = f"{begin}\n{body}{end}"
     text = report.read_text() if report.exists() else ""

@@ -327,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     shapeworld_bench.add_argument(
         "--steps", type=_positive_int, default=None, help="training steps per row (default: the model's recommendation)"
     )
+    shapeworld_bench.add_argument(
+        "--motions", default="zigzag", help="comma list of novel motions to learn: zigzag, orbit, bounce, diagonal"
+    )
+    shapeworld_bench.add_argument(
+        "--training-seeds", type=_positive_int, default=1, help="training runs per row and motion (seeds 0..N-1)"
+    )
+    shapeworld_bench.add_argument("--motion", default="zigzag", help=argparse.SUPPRESS)
+    shapeworld_bench.add_argument("--training-seed", type=int, default=0, help=argparse.SUPPRESS)
     shapeworld_bench.add_argument("--prompts", type=_positive_int, default=8, help="prompts per row")
     shapeworld_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     shapeworld_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
@@ -664,7 +672,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from .bench import markdown_table as tables
         from .bench import run_row
 
-        extra = {}
+        if args.row is not None:
+            extra = {"motion": args.motion, "training_seed": args.training_seed}
+        else:
+            extra = {"motions": tuple(args.motions.split(",")), "training_seeds": args.training_seeds}
     sizes = (args.steps, args.prompts, args.seeds, args.sampling_steps)
     if args.row is not None:
         print(json.dumps(run_row(args.row, args.output, args.model, *sizes, **extra)))
