@@ -64,6 +64,7 @@ def test_summary_pools_training_seeds_per_row_and_motion():
             "motion_accuracy": accuracy,
             "appearance_accuracy": 1.0,
             "copy_score": 0.0,
+            "known_kept": 1.0,
             "steps": 100,
             "train_seconds": 50.0 + seed,
             "peak_memory_mb": 500.0,

@@ -10,13 +10,17 @@ copy score (colour or shape taken from the references instead of the prompt).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
 from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 from .errors import ConfigError
 from .shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
+
+KNOWN_DIRECTIONS = ("left", "right", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ ROWS: dict[str, Row] = {
     "motionmatcher, pixel loss": Row("motionmatcher", {"loss": "pixel"}, **ONE_VIDEO, generation=FROM_REFERENCE),
     "motiondirector baseline": Row("motiondirector", **ONE_VIDEO, generation=FROM_REFERENCE),
 }
+
+
+def known_prompts(count: int) -> list[Clip]:
+    """The appearances of `bench_prompts`, each moving in a known direction (left, right, up, down in turn)."""
+    return [replace(clip, motion=KNOWN_DIRECTIONS[i % 4]) for i, clip in enumerate(bench_prompts(count))]
 
 
 def bench_prompts(count: int, motion: str = NOVEL_MOTION) -> list[Clip]:
@@ -148,7 +157,7 @@ def run_row(
     train_seconds = time.perf_counter() - started
     clips = bench_prompts(prompts, motion)
     adapter = result.adapter if result else None
-    backbone, scores = score_adapter(model, adapter, clips, seeds, sampling, generation, references, motion)
+    backbone, scores = score_adapter(model, adapter, clips, seeds, sampling, generation, references, motion, True)
     return {
         "row": name,
         "motion": motion,
@@ -157,6 +166,7 @@ def run_row(
         "motion_accuracy": scores["motion"],
         "appearance_accuracy": scores["appearance"],
         "copy_score": scores["copy"],
+        "known_kept": scores["known_kept"],
         "steps": result.steps if result else 0,
         "train_seconds": round(train_seconds, 1) if result else 0.0,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
@@ -173,9 +183,12 @@ def score_adapter(
     generation: dict,
     references: list[Clip],
     motion: str = NOVEL_MOTION,
+    retention: bool = False,
 ):
     """Generate every prompt of `clips` at seeds 0..seeds-1 (one batch per seed) with `adapter` (or none) on a
-    freshly loaded model and score the videos with `task_scores`; returns the backbone and the scores."""
+    freshly loaded model and score the videos with `task_scores`. With `retention`, also prompt the same
+    appearances with known directions (no token) and add `known_kept`, the share that still moves as asked
+    (what regularization should preserve). Returns the backbone and the scores."""
     from . import api
     from .evaluation import evaluate_video
     from .generation import GenerationConfig, generate_latents
@@ -184,14 +197,22 @@ def score_adapter(
 
     backbone = api.open_backbone(model)
     adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
-    predicted, prompts = [], []
-    for seed in range(seeds):
-        settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False, **generation)
-        latents = generate_latents(backbone, [clip.caption(TOKEN) for clip in clips], adapters, settings)
-        for video, clip in zip(backbone.decode_latents(latents), clips, strict=True):
-            predicted.append(evaluate_video(frames_to_uint8(video), clip))
-            prompts.append(clip)
-    return backbone, task_scores(predicted, prompts, references, motion)
+
+    def evaluated(prompts: list[Clip], check: bool) -> list[dict]:
+        results = []
+        for seed in range(seeds):
+            settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False, **generation)
+            captions = [clip.caption(TOKEN) for clip in prompts]
+            latents = generate_latents(backbone, captions, adapters, settings, check_prompts=check)
+            for video, clip in zip(backbone.decode_latents(latents), prompts, strict=True):
+                results.append(evaluate_video(frames_to_uint8(video), clip))
+        return results
+
+    scores = task_scores(evaluated(clips, True), clips * seeds, references, motion)
+    if retention:
+        known = known_prompts(len(clips))
+        scores["known_kept"] = float(np.mean([r["correct"]["motion"] for r in evaluated(known, False)]))
+    return backbone, scores
 
 
 def bench_shapeworld(
@@ -237,7 +258,7 @@ def summarise(results: list[dict]) -> list[dict]:
     for (row, motion), runs in groups.items():
         videos = sum(r["videos"] for r in runs)
         entry = {"row": row, "motion": motion, "training_seeds": len(runs), "videos": videos}
-        for key in ("motion_accuracy", "appearance_accuracy", "copy_score"):
+        for key in ("motion_accuracy", "appearance_accuracy", "copy_score", "known_kept"):
             hits = sum(r[key] * r["videos"] for r in runs)
             entry[key] = hits / videos
             entry[f"{key}_interval"] = wilson_interval(hits, videos)
@@ -254,12 +275,13 @@ def markdown_table(results: list[dict]) -> str:
         low, high = entry[f"{key}_interval"]
         return f"{entry[key]:.2f} [{low:.2f}, {high:.2f}]"
 
-    header = "| row | motion | seeds x videos | motion acc. | appearance acc. | copy | steps | train s | peak MB "
-    header += "| adapter MB |\n"
-    header += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    header = "| row | motion | seeds x videos | motion acc. | appearance acc. | copy | known motions kept | steps "
+    header += "| train s | peak MB | adapter MB |\n"
+    header += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     return header + "".join(
         f"| {e['row']} | {e['motion']} | {e['training_seeds']} x {e['videos'] // e['training_seeds']} | "
         f"{figure(e, 'motion_accuracy')} | {figure(e, 'appearance_accuracy')} | {figure(e, 'copy_score')} | "
+        f"{figure(e, 'known_kept')} | "
         f"{e['steps']} | {e['train_seconds']} | {e['peak_memory_mb']} | {e['adapter_mb']} |\n"
         for e in summarise(results)
     )

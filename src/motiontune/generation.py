@@ -70,11 +70,15 @@ def generate_latents(
     methods: Sequence[Method] = (),
     settings: GenerationConfig | None = None,
     hooks: Sequence[StepHook] = (),
+    check_prompts: bool = True,
 ) -> torch.Tensor:
-    """Sample latents `(B, C, F, h, w)` for `prompts` with every adapter's inference hooks active."""
+    """Sample latents `(B, C, F, h, w)` for `prompts` with every adapter's inference hooks active.
+
+    Each prompt must carry each adapter's token unless `check_prompts` is off (to measure what an adapter
+    does to prompts that do not ask for it)."""
     settings = settings or GenerationConfig()
     for method in methods:
-        for prompt in prompts:
+        for prompt in prompts if check_prompts else ():
             method.check_prompt(prompt)
         method.prepare_inference(settings)
     with torch.no_grad():
