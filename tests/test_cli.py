@@ -602,7 +602,11 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, motion_data, traine
     assert expected.keys() == actual.keys()
     for key, tensor in expected.items():
         assert torch.equal(actual[key], tensor), key
-    assert (resumed / "training_log.jsonl").read_text() == (straight / "training_log.jsonl").read_text()
+
+    def steps_and_losses(run: Path) -> list[tuple[int, float]]:  # seconds differ from run to run
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "training_log.jsonl").read_text().splitlines())]
+
+    assert steps_and_losses(resumed) == steps_and_losses(straight)
     assert adapter_metadata(resumed / "adapter.safetensors")["training"]["steps"] == 2
 
 
