@@ -18,7 +18,7 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path)
     points = bench_curves(
         tmp_path / "work",
         str(tiny_model_dir),
-        ["motiondirector baseline"],
+        ["motiondirector, 4 videos"],
         steps=2,
         every=1,
         prompts=1,
@@ -36,7 +36,7 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path)
     with Image.open(tmp_path / "work" / "curves.png") as plot:
         assert plot.width > 500 and plot.height > 200
     text = report.read_text()
-    assert "previous table" not in text and "| motiondirector baseline | 2 |" in text
+    assert "previous table" not in text and "| motiondirector, 4 videos | 2 |" in text
     assert "--motion orbit --steps 2" in text
 
 

@@ -150,3 +150,16 @@ def test_generate_uses_the_models_sampling_settings(recommending_model, tmp_path
     assert count_frames(paths["mp4"]) == 4  # the model's native frames
     assert (used[0].steps, used[0].guidance_scale) == (3, 5.0)  # the model's recommended sampling
     assert (used[1].steps, used[1].guidance_scale) == (2, 5.0)
+
+
+def test_the_shipped_models_recommendations_are_valid_for_every_method():
+    shipped = api.default_model_dir()
+    defaults = ModelDefaults.read(shipped)
+    assert defaults.native == {"frames": 8, "height": 32, "width": 32}
+    offered = {name for name, cls in METHODS.items() if not cls.internal}
+    assert set(defaults.training) == offered  # a value for every method `train` offers
+    for name, values in defaults.training.items():
+        required = {"class_word": "dog"} if name == "motionbooth" else {}  # the subject's word comes from the user
+        METHODS[name].config_from_dict({**required, **values["options"]})  # raises on an unknown or bad option
+        settings = training_settings(name, METHODS[name].paper_settings, defaults, {})
+        assert all(settings[key].source.startswith("model") for key in ("steps", "learning_rate", "frames")), name

@@ -42,6 +42,9 @@ class Row:
 
 
 ONE_VIDEO = {"one_video": True, "regularized": False}
+#: NewMove's own choices (cross-attention K/V, frozen token, targets and regularization videos drawn alike)
+#: in place of the shipped model's recommended options
+PAPER_NEWMOVE = {"spatial": "kv", "train_token": False, "regularization_share": 0.5}
 FROM_REFERENCE = {"noise_prior": 0.5}
 ROWS: dict[str, Row] = {
     "base model": Row("none"),
@@ -67,7 +70,21 @@ ROWS: dict[str, Row] = {
     "motionmatcher, feature loss": Row("motionmatcher", {"loss": "feature"}, **ONE_VIDEO, generation=FROM_REFERENCE),
     "motionmatcher, pixel loss": Row("motionmatcher", {"loss": "pixel"}, **ONE_VIDEO, generation=FROM_REFERENCE),
     "motiondirector baseline": Row("motiondirector", **ONE_VIDEO, generation=FROM_REFERENCE),
+    "newmove, paper options": Row("newmove", PAPER_NEWMOVE),
+    "newmove, paper options, no regularization": Row("newmove", PAPER_NEWMOVE, regularized=False),
+    "motion inversion, 4 videos": Row("motion-inversion", regularized=False),
+    "motionmatcher, 4 videos": Row("motionmatcher", regularized=False),
+    "motiondirector, 4 videos": Row("motiondirector", regularized=False),
 }
+#: `motiontune train --data CLIPS` with no tuning flag: every motion method on the 4 reference clips at the
+#: model's recommended settings (NewMove with and without the regularization videos)
+DEFAULT_ROWS = (
+    "newmove",
+    "newmove, no regularization",
+    "motion inversion, 4 videos",
+    "motionmatcher, 4 videos",
+    "motiondirector, 4 videos",
+)
 
 
 def known_prompts(count: int) -> list[Clip]:

@@ -14,18 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from .bench import ROWS, bench_prompts, score_adapter, train_row
+from .bench import DEFAULT_ROWS, ROWS, bench_prompts, score_adapter, train_row
 from .bench_common import bench_model, chosen_rows, model_label, write_marked_section
 from .demo import NOVEL_MOTION
 from .errors import ConfigError
-
-CURVE_ROWS = (
-    "newmove",
-    "newmove, no regularization",
-    "motion inversion, debias object",
-    "motionmatcher, feature loss",
-    "motiondirector baseline",
-)
 
 
 def row_curve(
@@ -48,7 +40,7 @@ def row_curve(
     log = [json.loads(line) for line in (result.adapter.parent / "training_log.jsonl").read_text().splitlines()]
     clips = bench_prompts(prompts, motion)
     checkpoints = [(0, None)] + [
-        (int(folder.name.removeprefix("step-")), folder / "adapter.safetensors")
+        (int(folder.name.removeprefix("step-")), _adapter_of(folder))
         for folder in sorted((result.adapter.parent / "checkpoints").glob("step-*"))
     ]
     points = []
@@ -70,6 +62,12 @@ def row_curve(
     return points
 
 
+def _adapter_of(checkpoint: Path) -> Path:
+    """What a run would save at this checkpoint: the weight average when it keeps one, else the weights."""
+    average = checkpoint / "ema.safetensors"
+    return average if average.exists() else checkpoint / "adapter.safetensors"
+
+
 def bench_curves(
     output: Path,
     model: str | None = None,
@@ -87,7 +85,7 @@ def bench_curves(
     `output/curves.png` and the report section."""
     if every < 1:
         raise ConfigError(f"--every must be at least 1, got {every}")
-    rows = chosen_rows(rows, CURVE_ROWS)
+    rows = chosen_rows(rows, DEFAULT_ROWS)
     output = Path(output)
     model = bench_model(model, output)
     points = []
