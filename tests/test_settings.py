@@ -77,6 +77,7 @@ def test_a_folder_without_the_file_gets_the_papers_settings(tiny_model_dir):
         (json.dumps({"training": {"newmove": {"learning_rate": "fast"}}}), "'learning_rate' must be a number"),
         (json.dumps({"training": {"newmove": {"lr": 1}}}), "unknown key(s) lr"),
         (json.dumps({"generation": {"guidance_scale": -1}}), "'guidance_scale' must be positive"),
+        (json.dumps({"generation": {"debias": "half"}}), "'debias' must be one of none, object, hybrid, camera"),
         (json.dumps({"native": {"frames": True}}), "'frames' must be a number"),
     ],
 )

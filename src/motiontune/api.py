@@ -292,7 +292,7 @@ def generate(
     seed: int = 0,
     reference: PathLike | None = None,
     noise_prior: float = 0.0,
-    debias: str = "object",
+    debias: str | None = None,
     fps: int = 8,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -308,8 +308,8 @@ def generate(
     """Generate one video for `prompt` with any number of adapters; returns the MP4, GIF and PNG paths.
 
     Frames and size default to those the (first) adapter was trained at, else the model folder's native
-    size (`motiontune.json`), else 16 frames at the UNet's configured sample size. Sampling steps and
-    guidance scale default to the model folder's recommendation, else 50 and 9.0.
+    size (`motiontune.json`), else 16 frames at the UNet's configured sample size. Sampling steps, guidance
+    scale and Motion Inversion's `debias` default to the model folder's recommendation, else 50, 9.0, object.
 
     MotionBooth controls (`motiontune.control`): `script` is an official JSON control script whose
     prompt, boxes and camera speed are used unless `prompt`, `boxes` (subject words -> keyframe boxes
@@ -330,7 +330,8 @@ def generate(
     backbone = open_backbone(model, device)
     methods = load_adapters(adapters, backbone)
     defaults = ModelDefaults.read(backbone.path)
-    given = {"steps": Setting(steps, "argument"), "guidance_scale": Setting(guidance_scale, "argument")}
+    given = {"steps": steps, "guidance_scale": guidance_scale, "debias": debias}
+    given = {key: Setting(value, "argument") for key, value in given.items()}
     sampling = generation_settings(defaults, given)
     trained = next((m["training"] for m in metadata if "training" in m), None)
     if trained:
@@ -353,7 +354,7 @@ def generate(
         sampler=sampler,
         reference=Path(reference) if reference is not None else None,
         noise_prior=noise_prior,
-        debias=debias,
+        debias=sampling["debias"].value,
         progress=progress,
         fps=fps,
     )

@@ -203,17 +203,20 @@ def score_adapter(
     retention: bool = False,
 ):
     """Generate every prompt of `clips` at seeds 0..seeds-1 (one batch per seed) with `adapter` (or none) on a
-    freshly loaded model and score the videos with `task_scores`. With `retention`, also prompt the same
+    freshly loaded model (Motion Inversion's debiasing as the model recommends unless `generation` says) and
+    score the videos with `task_scores`. With `retention`, also prompt the same
     appearances with known directions (no token) and add `known_kept`, the share that still moves as asked
     (what regularization should preserve). Returns the backbone and the scores."""
     from . import api
     from .evaluation import evaluate_video
     from .generation import GenerationConfig, generate_latents
     from .methods import load_adapter
+    from .settings import ModelDefaults, generation_settings
     from .video import frames_to_uint8
 
     backbone = api.open_backbone(model)
     adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
+    generation = {"debias": generation_settings(ModelDefaults.read(backbone.path), {})["debias"].value, **generation}
 
     def evaluated(prompts: list[Clip], check: bool) -> list[dict]:
         results = []

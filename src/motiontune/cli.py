@@ -243,10 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "--debias",
-        default="object",
+        default=None,
         choices=["none", "object", "hybrid", "camera"],
         help="Motion Inversion adapters: object/hybrid use the value embedding's frame difference, "
-        "camera drops it, none keeps it as trained",
+        f"camera drops it, none keeps it as trained {FITTED_SAMPLING.format('object')}",
     )
     generate.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the MP4/GIF")
     generate.add_argument("--output", type=Path, default=Path("output.mp4"), help="output MP4 path")

@@ -76,8 +76,8 @@ def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
 DEMO_ROWS = {
     "base": "base model",
     "newmove": "newmove",
-    "motion-inversion": "motion inversion, debias object",
-    "motionmatcher": "motionmatcher, feature loss",
+    "motion-inversion": "motion inversion, 4 videos",
+    "motionmatcher": "motionmatcher, 4 videos",
 }
 SUBJECT_TOKEN = "pll"
 COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0.35), camera=(0.25, 0.0))
@@ -235,9 +235,10 @@ def _report(training, scores, composed, steps, shipped, model, sheet, reference_
         "",
         model_line,
         f"Reference clips: 4 {NOVEL_MOTION} clips of red/green circles/triangles captioned `... doing {TOKEN} ...`",
-        "(NewMove learns from all 4; Motion Inversion and MotionMatcher from the first, and start sampling from",
-        "its DDIM inversion with noise prior 0.5); prompts ask for blue/yellow squares; copy score = share of",
-        "videos whose object takes the references' colour or shape instead of the prompt's.",
+        "(every method learns from all 4 at the model's recommended settings, as `motiontune train --data CLIPS`",
+        "with no tuning flag; NewMove with 4 regularization clips of known motions); prompts ask for blue/yellow",
+        "squares; copy score = share of videos whose object takes the references' colour or shape instead of the",
+        "prompt's.",
         "",
         "| model | motion accuracy | appearance accuracy | copy score | steps | train s | adapter MB |",
         "| --- | --- | --- | --- | --- | --- | --- |",

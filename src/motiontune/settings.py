@@ -6,7 +6,7 @@ is what a ZeroScope-class folder without that file gets). A model folder declare
 and its recommendations like this (every key optional):
 
     {"native": {"frames": 8, "height": 32, "width": 32},
-     "generation": {"steps": 25, "guidance_scale": 7.5},
+     "generation": {"steps": 25, "guidance_scale": 7.5, "debias": "none"},
      "training": {"newmove": {"steps": 100, "learning_rate": 1e-3, "batch_size": 8,
                               "options": {"spatial": "kv"}}}}
 
@@ -35,11 +35,12 @@ TRAINING_KEYS = (
     "height",
     "width",
 )
-GENERATION_KEYS = ("steps", "guidance_scale", "noise_prior")
+GENERATION_KEYS = ("steps", "guidance_scale", "debias")
 INTEGER_KEYS = {"steps", "batch_size", "gradient_accumulation", "frames", "height", "width"}
 #: what a model folder without native size and a method without its own setting fall back to (ModelScope's size)
 FALLBACK = {"frames": 16, "height": 256, "width": 256, "steps": 400, "batch_size": 1, "gradient_accumulation": 1}
-GENERATION_FALLBACK = {"steps": 50, "guidance_scale": 9.0, "noise_prior": 0.0}
+GENERATION_FALLBACK = {"steps": 50, "guidance_scale": 9.0, "debias": "object"}
+DEBIAS_MODES = ("none", "object", "hybrid", "camera")
 SOURCES = ("command line", "config file", "argument", "model", "method default", "fallback")
 
 
@@ -61,11 +62,17 @@ def _check_number(where: str, key: str, value: Any) -> Any:
     if key == "ema_decay":
         if not 0 <= value < 1:
             raise ConfigError(f"{where}: 'ema_decay' must be in [0, 1), got {value!r}")
-    elif not value > 0 and not (key == "noise_prior" and value == 0):
+    elif not value > 0:
         raise ConfigError(f"{where}: '{key}' must be positive, got {value!r}")
-    if key == "noise_prior" and value > 1:
-        raise ConfigError(f"{where}: 'noise_prior' must be in [0, 1], got {value!r}")
     return float(value)
+
+
+def _check_generation(where: str, key: str, value: Any) -> Any:
+    if key == "debias":
+        if value not in DEBIAS_MODES:
+            raise ConfigError(f"{where}: 'debias' must be one of {', '.join(DEBIAS_MODES)}, got {value!r}")
+        return value
+    return _check_number(where, key, value)
 
 
 def _mapping(where: str, value: Any, allowed: tuple[str, ...] | None) -> dict:
@@ -101,7 +108,7 @@ class ModelDefaults:
         native = _mapping(f"{path}: native", data.get("native", {}), NATIVE_KEYS)
         native = {key: _check_number(f"{path}: native", key, value) for key, value in native.items()}
         generation = _mapping(f"{path}: generation", data.get("generation", {}), GENERATION_KEYS)
-        generation = {key: _check_number(f"{path}: generation", key, v) for key, v in generation.items()}
+        generation = {key: _check_generation(f"{path}: generation", key, v) for key, v in generation.items()}
         training = {}
         for method, values in _mapping(f"{path}: training", data.get("training", {}), None).items():
             where = f"{path}: training.{method}"
@@ -160,7 +167,7 @@ def option_settings(method_name: str, model: ModelDefaults, given: dict[str, Set
 
 
 def generation_settings(model: ModelDefaults, given: dict[str, Setting]) -> dict[str, Setting]:
-    """Sampling steps, guidance scale and noise prior for `model`."""
+    """Sampling steps, guidance scale and Motion Inversion's debiasing mode for `model`."""
     layers = [(model.label, model.generation), ("fallback", GENERATION_FALLBACK)]
     return resolve(GENERATION_KEYS, given, layers)
 
