@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -53,15 +54,16 @@ def run_rows(
     variants: list[dict[str, object]] | None = None,
 ) -> list[dict]:
     """Run each row (once per variant: extra options such as a motion and a training seed) as
-    `motiontune bench <bench> --row NAME --output output/row-<i> <options>` in a fresh process (so its peak
+    `motiontune bench <bench> --row NAME --output output/<row and variant> <options>` in a fresh process (so its peak
     memory is its own), collect the JSON line each prints, write `output/results.json`.
 
-    Each finished row also leaves `row-<i>/result.json` with its command; a rerun with the same command
-    reuses it, so an interrupted bench continues where it stopped."""
+    Each finished row also leaves `result.json` in its folder (named after the row and variant) with its
+    command; a rerun with the same command reuses it, so an interrupted or extended bench (more seeds or
+    motions) continues where it stopped."""
     jobs = [(name, variant) for name in rows for variant in (variants or [{}])]
     results = []
     for index, (name, variant) in enumerate(jobs):
-        folder = output / f"row-{index}"
+        folder = output / _slug(name, variant)
         command = [sys.executable, "-m", "motiontune.cli", "bench", bench, "--row", name, "--output", str(folder)]
         command += [str(part) for flag, value in {**options, **variant}.items() for part in (flag, value)]
         saved = folder / "result.json"
@@ -81,6 +83,12 @@ def run_rows(
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _slug(name: str, variant: dict[str, object]) -> str:
+    """A folder name for one row and variant, e.g. `newmove-no-regularization--motion-orbit--training-seed-1`."""
+    parts = [name, *(f"{flag.strip('-')} {value}" for flag, value in variant.items())]
+    return "--".join(re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") for part in parts)
 
 
 def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple[float, float]:
