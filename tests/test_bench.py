@@ -94,3 +94,15 @@ def test_bench_reuses_finished_rows_and_checks_its_options(tiny_model_dir, tmp_p
         bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("left",), **options)
     with pytest.raises(ConfigError, match="--training-seeds must be at least 1"):
         bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], training_seeds=0, **options)
+
+
+def test_the_shipped_models_defaults_teach_motion_inversion_the_zigzag(tmp_path):
+    """A direction that fails if learning breaks: with no tuning flag (the shipped model's recommendations)
+    Motion Inversion learns the zigzag the base model never makes, and keeps the prompts' appearance."""
+    from motiontune.bench import run_row
+
+    trained = run_row("motion inversion, 4 videos", tmp_path / "trained", None, None, 4, 1, 25)
+    base = run_row("base model", tmp_path / "base", None, None, 4, 1, 25)
+    assert trained["steps"] == 100  # the model's recommendation, not a bench setting
+    assert base["motion_accuracy"] == 0.0
+    assert trained["motion_accuracy"] >= 0.75 and trained["appearance_accuracy"] >= 0.75

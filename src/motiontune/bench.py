@@ -10,6 +10,7 @@ copy score (colour or shape taken from the references instead of the prompt).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,6 +47,9 @@ ONE_VIDEO = {"one_video": True, "regularized": False}
 #: in place of the shipped model's recommended options
 PAPER_NEWMOVE = {"spatial": "kv", "train_token": False, "regularization_share": 0.5}
 FROM_REFERENCE = {"noise_prior": 0.5}
+OBJECT = {"debias": "object"}
+#: MotionDirector's temporal LoRA trained with NewMove's plain loss and coarse-noise timesteps
+TEMPORAL_LORA = {"adapter": "lora", "spatial": "none", "train_token": False}
 ROWS: dict[str, Row] = {
     "base model": Row("none"),
     "base model, from inverted reference": Row("none", one_video=True, generation=FROM_REFERENCE),
@@ -75,6 +79,11 @@ ROWS: dict[str, Row] = {
     "motion inversion, 4 videos": Row("motion-inversion", regularized=False),
     "motionmatcher, 4 videos": Row("motionmatcher", regularized=False),
     "motiondirector, 4 videos": Row("motiondirector", regularized=False),
+    "motion inversion, 4 videos, debias object": Row("motion-inversion", regularized=False, generation=OBJECT),
+    "newmove, temporal lora": Row("newmove", TEMPORAL_LORA, regularized=False, learning_rate=5e-3),
+    "newmove, temporal lora, token trained": Row(
+        "newmove", {**TEMPORAL_LORA, "train_token": True}, regularized=False, learning_rate=5e-3
+    ),
 }
 #: `motiontune train --data CLIPS` with no tuning flag: every motion method on the 4 reference clips at the
 #: model's recommended settings (NewMove with and without the regularization videos)
@@ -184,6 +193,7 @@ def run_row(
         "appearance_accuracy": scores["appearance"],
         "copy_score": scores["copy"],
         "known_kept": scores["known_kept"],
+        "produced": scores["produced"],
         "steps": result.steps if result else 0,
         "train_seconds": round(train_seconds, 1) if result else 0.0,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
@@ -204,9 +214,9 @@ def score_adapter(
 ):
     """Generate every prompt of `clips` at seeds 0..seeds-1 (one batch per seed) with `adapter` (or none) on a
     freshly loaded model (Motion Inversion's debiasing as the model recommends unless `generation` says) and
-    score the videos with `task_scores`. With `retention`, also prompt the same
-    appearances with known directions (no token) and add `known_kept`, the share that still moves as asked
-    (what regularization should preserve). Returns the backbone and the scores."""
+    score the videos with `task_scores`, adding `produced` (how many videos did which motion). With
+    `retention`, also prompt the same appearances with known directions (no token) and add `known_kept`, the
+    share that still moves as asked (what regularization should preserve). Returns the backbone and scores."""
     from . import api
     from .evaluation import evaluate_video
     from .generation import GenerationConfig, generate_latents
@@ -228,7 +238,9 @@ def score_adapter(
                 results.append(evaluate_video(frames_to_uint8(video), clip))
         return results
 
-    scores = task_scores(evaluated(clips, True), clips * seeds, references, motion)
+    predicted = evaluated(clips, True)
+    scores = task_scores(predicted, clips * seeds, references, motion)
+    scores["produced"] = dict(Counter(str(p["motion"]) for p in predicted).most_common())
     if retention:
         known = known_prompts(len(clips))
         scores["known_kept"] = float(np.mean([r["correct"]["motion"] for r in evaluated(known, False)]))
