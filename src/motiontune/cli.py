@@ -138,6 +138,13 @@ def _add_motion_controls(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_video_counts(parser: argparse.ArgumentParser, prompts: int, per: str) -> None:
+    """A bench's `--prompts`, `--seeds` and `--sampling-steps`: how many videos it scores and how."""
+    parser.add_argument("--prompts", type=_positive_int, default=prompts, help=f"prompts per {per}")
+    parser.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
+    parser.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="motiontune",
@@ -335,9 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shapeworld_bench.add_argument("--motion", default="zigzag", help=argparse.SUPPRESS)
     shapeworld_bench.add_argument("--training-seed", type=int, default=0, help=argparse.SUPPRESS)
-    shapeworld_bench.add_argument("--prompts", type=_positive_int, default=8, help="prompts per row")
-    shapeworld_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
-    shapeworld_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+    _add_video_counts(shapeworld_bench, prompts=8, per="row")
     shapeworld_bench.add_argument("--output", type=Path, default=Path("bench-shapeworld"), help="work folder")
     shapeworld_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
     shapeworld_bench.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -357,9 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_positive_int, default=None, help="training steps per row (default: the model's recommendation)"
     )
     curves_bench.add_argument("--every", type=_positive_int, default=25, help="score a checkpoint every N steps")
-    curves_bench.add_argument("--prompts", type=_positive_int, default=8, help="prompts per checkpoint")
-    curves_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
-    curves_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+    _add_video_counts(curves_bench, prompts=8, per="checkpoint")
     curves_bench.add_argument("--output", type=Path, default=Path("bench-curves"), help="work folder")
     curves_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
     curves_bench.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -385,9 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     motionbooth_bench.add_argument(
         "--lr", type=float, default=MOTIONBOOTH_BENCH_LEARNING_RATE, help="MotionBooth learning rate (full UNet)"
     )
-    motionbooth_bench.add_argument("--prompts", type=_positive_int, default=12, help="prompts per row")
-    motionbooth_bench.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
-    motionbooth_bench.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
+    _add_video_counts(motionbooth_bench, prompts=12, per="row")
     motionbooth_bench.add_argument(
         "--output", type=Path, default=Path("bench-motionbooth"), help="work folder (results.json goes here)"
     )
