@@ -146,6 +146,8 @@ def _add_video_counts(parser: argparse.ArgumentParser, prompts: int, per: str) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods.motion_inversion import DEBIAS_MODES
+
     parser = argparse.ArgumentParser(
         prog="motiontune",
         description="Teach text-to-video diffusion models new motions and subjects, and steer them at inference.",
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--debias",
         default=None,
-        choices=["none", "object", "hybrid", "camera"],
+        choices=list(DEBIAS_MODES),
         help="Motion Inversion adapters: object/hybrid use the value embedding's frame difference, "
         f"camera drops it, none keeps it as trained {FITTED_SAMPLING.format('object')}",
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .methods.motion_inversion import DEBIAS_MODES
 
 MODEL_FILE = "motiontune.json"
 NATIVE_KEYS = ("frames", "height", "width")
@@ -40,13 +41,12 @@ INTEGER_KEYS = {"steps", "batch_size", "gradient_accumulation", "frames", "heigh
 #: what a model folder without native size and a method without its own setting fall back to (ModelScope's size)
 FALLBACK = {"frames": 16, "height": 256, "width": 256, "steps": 400, "batch_size": 1, "gradient_accumulation": 1}
 GENERATION_FALLBACK = {"steps": 50, "guidance_scale": 9.0, "debias": "object"}
-DEBIAS_MODES = ("none", "object", "hybrid", "camera")
-SOURCES = ("command line", "config file", "argument", "model", "method default", "fallback")
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One resolved value and where it came from (one of `SOURCES`, the model's naming its file)."""
+    """One resolved value and where it came from: "command line", "config file", "argument", "model (FILE)",
+    "method default" or "fallback"."""
 
     value: Any
     source: str
@@ -69,7 +69,7 @@ def _check_number(where: str, key: str, value: Any) -> Any:
 
 def _check_generation(where: str, key: str, value: Any) -> Any:
     if key == "debias":
-        if value not in DEBIAS_MODES:
+        if value not in DEBIAS_MODES:  # Motion Inversion's own list
             raise ConfigError(f"{where}: 'debias' must be one of {', '.join(DEBIAS_MODES)}, got {value!r}")
         return value
     return _check_number(where, key, value)
