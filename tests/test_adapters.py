@@ -157,3 +157,35 @@ def test_a_full_weight_adapter_given_after_a_lora_still_loads(tiny_model_dir, tm
     assert not torch.allclose(
         composed.predict_noise(latents, torch.tensor(500), text), alone.predict_noise(latents, torch.tensor(500), text)
     )
+
+
+@pytest.mark.parametrize("method_name", ["motiondirector", "motionmatcher"])
+def test_lora_methods_train_the_token_when_asked_and_round_trip_it(
+    method_name, backbone, tiny_model_dir, motion_data, tmp_path
+):
+    examples = prepare_examples(
+        backbone, VideoDataset(find_video_items(motion_data), 4, 32, 32), "target", progress=False
+    )
+    weight = backbone.text_encoder.get_input_embeddings().weight
+    before = weight.detach().clone()
+    options = {"train_token": True, "lora_rank": 4, **({"min_timestep": 200} if method_name == "motionmatcher" else {})}
+    method = create_method(method_name, backbone, options, token="sks")
+    config = TrainConfig(tmp_path / "out", steps=2, learning_rate=1e-1, checkpoint_every=0, progress=False)
+    path = train(method, examples, config)
+    changed = (weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == backbone.token_ids("sks")  # only the token's rows trained
+    tensors, metadata = read_adapter(path)
+    assert torch.equal(tensors["text_encoder.token_embeddings"], weight.detach()[changed])
+    assert metadata["targets"]["token_ids"] == changed
+    fresh = open_backbone(tiny_model_dir, "cpu")
+    loaded = load_adapter(path, fresh)
+    assert torch.equal(fresh.text_encoder.get_input_embeddings().weight[changed], weight.detach()[changed])
+    with pytest.raises(InputError, match="does not contain the adapter's token 'sks'"):
+        loaded.check_prompt("a red square moving right")
+
+
+def test_a_lora_method_without_token_training_needs_no_token(backbone):
+    method = create_method("motiondirector", backbone, {"lora_rank": 4})
+    method.check_prompt("a red square moving right")
+    with pytest.raises(ConfigError, match="needs a token"):
+        create_method("motiondirector", backbone, {"lora_rank": 4, "train_token": True})

@@ -263,6 +263,21 @@ def test_adapter_round_trip_stores_only_the_trained_group(tiny_model_dir, backbo
     assert all(torch.equal(trained[name], restored[name]) for name in trained)
 
 
+def test_token_training_trains_and_stores_only_the_tokens_rows(tiny_model_dir, backbone, subject_images, tmp_path):
+    examples = _subject_examples(backbone, subject_images)
+    weight = backbone.text_encoder.get_input_embeddings().weight
+    before = weight.detach().clone()
+    options = {**OPTIONS, "trained_parameters": "cross_kv", "train_token": True}
+    method = create_method("motionbooth", backbone, options, token="sks")
+    config = TrainConfig(tmp_path / "out", steps=2, learning_rate=1e-1, checkpoint_every=0, progress=False)
+    adapter = train(method, examples, config)
+    changed = (weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == backbone.token_ids("sks")
+    fresh = open_backbone(tiny_model_dir, "cpu")
+    load_adapter(adapter, fresh)
+    assert torch.equal(fresh.text_encoder.get_input_embeddings().weight, weight.detach())
+
+
 def test_bad_options_are_rejected(backbone):
     with pytest.raises(ConfigError, match="class word"):
         create_method("motionbooth", backbone, {}, token="sks")

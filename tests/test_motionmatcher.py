@@ -250,6 +250,19 @@ def test_options_are_checked(backbone):
         create_method("motionmatcher", backbone, {"feature_level": -1})
     with pytest.raises(ConfigError, match="unknown motiondirector option"):
         create_method("motiondirector", backbone, {"loss": "pixel"})
+    with pytest.raises(ConfigError, match="timestep_sampling must be coarse or uniform, got 'late'"):
+        create_method("motiondirector", backbone, {"timestep_sampling": "late"})
+
+
+def test_motiondirector_draws_uniform_timesteps_or_newmoves_coarse_ones(backbone):
+    def share_above_half(options):
+        method = create_method("motiondirector", backbone, {"lora_rank": 4, **options})
+        timesteps = method.sample_timesteps(20_000, torch.Generator().manual_seed(0))
+        return (timesteps >= 500).float().mean().item()
+
+    assert share_above_half({}) == pytest.approx(0.5, abs=0.02)
+    # p(t) ∝ 1 - 0.5 cos(pi t / T): the upper half holds (1/2 + 1/(2 pi)) / 1 of the mass, about 0.659
+    assert share_above_half({"timestep_sampling": "coarse"}) == pytest.approx(0.5 + 0.5 / math.pi, abs=0.02)
 
 
 def test_pixel_loss_trains_the_same_lora(backbone):

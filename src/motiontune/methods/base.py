@@ -45,6 +45,18 @@ def coarse_noise_timesteps(
     return torch.multinomial(weights, batch, replacement=True, generator=generator)
 
 
+TIMESTEP_SAMPLINGS = ("coarse", "uniform")
+
+
+def drawn_timesteps(
+    batch: int, generator: torch.Generator, sampling: str, num_train_timesteps: int = 1000, alpha: float = 0.5
+) -> torch.Tensor:
+    """Training timesteps drawn `coarse` (NewMove's p(t) ∝ 1 - alpha cos(pi t / T)) or `uniform` (DDPM)."""
+    if sampling == "coarse":
+        return coarse_noise_timesteps(batch, generator, num_train_timesteps, alpha)
+    return uniform_timesteps(batch, generator, num_train_timesteps)
+
+
 def uniform_picks(examples: Sequence, size: int, generator: torch.Generator) -> list[int]:
     """Indices drawn uniformly from all examples (the literal union D^m ∪ D^r of NewMove Eq. 3)."""
     return torch.randint(len(examples), (size,), generator=generator).tolist()
@@ -82,6 +94,57 @@ def denoising_loss(backbone: Backbone, scheduler, batch: dict, timesteps: torch.
     return F.mse_loss(prediction.float(), target.float())
 
 
+TOKEN_KEY = "text_encoder.token_embeddings"
+
+
+class TrainedToken:
+    """The token's rows of the text encoder's input embedding, trained next to a method's own parameters
+    (textual inversion, Gal et al. 2022: v* = argmin_v L(x, c(v)); every other row's gradient is zeroed).
+
+    Its file key is `text_encoder.token_embeddings`: one row per token id of the token.
+    """
+
+    def __init__(self, backbone: Backbone, token: str):
+        self.backbone = backbone
+        self.token = token
+        self._hooked = False
+
+    @property
+    def embedding(self) -> torch.nn.Module:
+        return self.backbone.text_encoder.get_input_embeddings()
+
+    def ids(self) -> list[int]:
+        return self.backbone.token_ids(self.token)
+
+    def parameter_group(self, learning_rate: float) -> dict:
+        """The optimizer group of the embedding (no weight decay); the token's rows are made to train."""
+        weight = self.embedding.weight
+        weight.requires_grad_(True)
+        if not self._hooked:
+            rows = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+            rows[self.ids()] = 1
+            weight.register_hook(lambda grad: grad * rows)
+            self._hooked = True
+        return {"params": [weight], "lr": learning_rate, "weight_decay": 0.0}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {TOKEN_KEY: self.embedding.weight[self.ids()].detach().clone()}
+
+    def load(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Copy the file's token rows into the embedding; a file without them leaves it as it is."""
+        if TOKEN_KEY not in tensors:
+            return
+        weight = self.embedding.weight
+        ids = self.ids()
+        if tensors[TOKEN_KEY].shape != (len(ids), weight.shape[1]):
+            raise ConfigError(
+                f"{source}: tensor '{TOKEN_KEY}' has shape {tuple(tensors[TOKEN_KEY].shape)}, the token "
+                f"'{self.token}' needs {(len(ids), weight.shape[1])} (trained with another token or text encoder?)"
+            )
+        with torch.no_grad():
+            weight[ids] = tensors[TOKEN_KEY].to(weight.dtype)
+
+
 class Method:
     """Base class: subclasses set `name`, `summary`, `Config` (a dataclass of hyper-parameters) and override hooks."""
 
@@ -107,8 +170,19 @@ class Method:
         self.token = token
         self.source = f"{self.name} adapter"
         self.scheduler = training_scheduler(backbone)
-        if self.uses_token and not token:
+        if self.needs_token and not token:
             raise ConfigError(f"method '{self.name}' needs a token (e.g. --token sks)")
+        self.trained_token = TrainedToken(backbone, token) if self.trains_token else None
+
+    @property
+    def trains_token(self) -> bool:
+        """Whether the token's text embedding trains too: the config's `train_token` option, where it has one."""
+        return bool(getattr(self.config, "train_token", False))
+
+    @property
+    def needs_token(self) -> bool:
+        """Prompts and target captions must hold the token: the method binds to it, or trains its embedding."""
+        return self.uses_token or self.trains_token
 
     @classmethod
     def config_from_dict(cls, values: dict) -> Any:
@@ -130,12 +204,23 @@ class Method:
         raise NotImplementedError
 
     def parameter_groups(self, learning_rate: float) -> list[dict]:
-        """Optimizer parameter groups; override for per-group settings."""
-        return [{"params": self.trainable_parameters(), "lr": learning_rate}]
+        """Optimizer parameter groups (the trained token's embedding in a group of its own); override for
+        per-group settings."""
+        groups = [{"params": self.trainable_parameters(), "lr": learning_rate}]
+        if self.trained_token is not None:
+            groups.append(self.trained_token.parameter_group(learning_rate))
+        return groups
 
     def extra_modules(self) -> torch.nn.Module | None:
         """Trainable modules that live outside the backbone (embeddings), for the training wrapper."""
-        return None
+        return self.trained_token.embedding if self.trained_token is not None else None
+
+    def conditioned(self, batch: dict) -> dict:
+        """The batch with its captions encoded anew when the token trains (so the gradient reaches the token's
+        embedding); else as it is, with the text encoded once before training."""
+        if self.trained_token is None:
+            return batch
+        return {**batch, "text": self.backbone.encode_prompt(batch["captions"])}
 
     def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
         """Indices of the examples in the batch of `micro_step` (counted from 0 over the whole run)."""
@@ -146,17 +231,17 @@ class Method:
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
-        return denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
+        return denoising_loss(self.backbone, self.scheduler, self.conditioned(batch), timesteps, generator)
 
     def check_caption(self, caption: str, source: str, where: str) -> None:
         """Reject training captions that cannot teach the method (e.g. a target without the token)."""
-        if self.uses_token and source == "target" and self.token not in caption.split():
+        if self.needs_token and source == "target" and self.token not in caption.split():
             raise InputError(f"{where}: caption {caption!r} does not contain the token '{self.token}'")
 
     # --- inference ----------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> None:
         """Reject prompts that cannot trigger what the adapter learned."""
-        if self.uses_token and self.token not in prompt.split():
+        if self.needs_token and self.token not in prompt.split():
             raise InputError(f"{self.source}: prompt {prompt!r} does not contain the adapter's token '{self.token}'")
 
     def prepare_inference(self, settings: Any) -> None:

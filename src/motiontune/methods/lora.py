@@ -122,7 +122,9 @@ def load_lora_tensors(unet: torch.nn.Module, name: str, tensors: dict[str, torch
 class LoraMethod(Method):
     """A method whose adapter is one LoRA over the backbone's `lora_groups` linears.
 
-    The config needs `lora_rank` and `lora_dropout`.
+    The config needs `lora_rank` and `lora_dropout`; with `train_token` (an option of the model's defaults, not
+    of the papers, which prompt with plain words) the token's text embedding trains too and is saved with the
+    LoRA.
     """
 
     lora_groups: ClassVar[list[str]]
@@ -159,13 +161,20 @@ class LoraMethod(Method):
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         self._inject()
-        return lora_tensors(self.backbone.unet, self.adapter_name)
+        tensors = lora_tensors(self.backbone.unet, self.adapter_name)
+        return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         self._inject()
         load_lora_tensors(self.backbone.unet, self.adapter_name, tensors, source)
+        if self.trained_token is not None:
+            self.trained_token.load(tensors, source)
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()
-        metadata["targets"] = {"groups": self.lora_groups, "lora_target": self.backbone.lora_target(self.lora_groups)}
+        metadata["targets"] = {
+            "groups": self.lora_groups,
+            "lora_target": self.backbone.lora_target(self.lora_groups),
+            "token_ids": self.trained_token.ids() if self.trained_token else [],
+        }
         return metadata

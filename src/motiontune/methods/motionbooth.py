@@ -17,7 +17,8 @@ One image batch (all subject images, up to `image_batch_size`) alternates with o
 (`--batch-size` videos, default 1) over micro-steps, with 2 micro-steps per optimizer step, so each
 update gets 1/2 grad(L_sub + lambda_2 L_stca) + 1/2 grad(lambda_1 L_vid), as the official code does.
 Without videos every micro-step is an image batch. t ~ U{0..T-1}; text encoder, VAE and the token
-embedding stay frozen. Motion control at inference is training-free (`motiontune.control`).
+embedding stay frozen (the token's embedding trains with `train_token`, an option beyond the paper).
+Motion control at inference is training-free (`motiontune.control`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class MotionBoothConfig:
     video_loss_weight: float = field(default=1.0, metadata={"help": "lambda_1: weight of the video preservation loss"})
     attention_loss_weight: float = field(
         default=0.01, metadata={"help": "lambda_2: weight of the subject-token cross-attention loss (0 = off)"}
+    )
+    train_token: bool = field(
+        default=False,
+        metadata={
+            "help": "also train the token's text embedding (the paper keeps it frozen; a model's defaults may not)"
+        },
     )
     image_batch_size: int = field(default=10, metadata={"help": "subject images per image batch (capped at all)"})
     attention_level: int = field(
@@ -193,6 +200,7 @@ class MotionBooth(Method):
         return torch.stack(layers).mean(0).unflatten(-1, grid)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        batch = self.conditioned(batch)
         latents = batch["latents"]
         timesteps = self.sample_timesteps(latents.shape[0], generator)
         if "masks" not in batch:
@@ -228,10 +236,13 @@ class MotionBooth(Method):
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         unet = self.backbone.unet
         names = self.backbone.parameter_names(self._group())
-        return {f"unet.{name}": unet.get_parameter(name).detach().clone() for name in names}
+        tensors = {f"unet.{name}": unet.get_parameter(name).detach().clone() for name in names}
+        return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         copy_into_parameters(self.backbone.unet, tensors, "unet.", source)
+        if self.trained_token is not None:
+            self.trained_token.load(tensors, source)
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()

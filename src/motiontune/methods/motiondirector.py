@@ -2,7 +2,7 @@
 appearance-debiased temporal loss.
 
 A rank-32 LoRA on every temporal attention and feed-forward layer (`transformer_in` included) is
-trained with t ~ U{0, ..., 999} on
+trained with t ~ U{0, ..., 999} (`timestep_sampling: coarse`: NewMove's coarse-noise timesteps) on
 
     L = MSE(eps_hat, eps) + MSE(phi(eps_hat), phi(eps)),   phi(e) = sqrt(beta^2 + 1) e - beta e_a
 
@@ -20,7 +20,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .base import noised
+from ..errors import ConfigError
+from .base import TIMESTEP_SAMPLINGS, drawn_timesteps, noised
 from .lora import LoraMethod, check_lora_options
 
 
@@ -41,9 +42,21 @@ class MotionDirectorConfig:
     lora_rank: int = field(default=32, metadata={"help": "LoRA rank"})
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input while training"})
     debias_beta: float = field(default=1.0, metadata={"help": "beta of the appearance-debiased loss"})
+    train_token: bool = field(
+        default=False, metadata={"help": "also train the token's text embedding (prompts must then hold the token)"}
+    )
+
+    timestep_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "uniform (MotionDirector) or coarse (NewMove's p(t) ∝ 1 - 0.5 cos(pi t/T): noisy steps 3x as often)"
+        },
+    )
 
     def __post_init__(self):
         check_lora_options(self.lora_rank, self.lora_dropout)
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ConfigError(f"timestep_sampling must be coarse or uniform, got '{self.timestep_sampling}'")
 
 
 class MotionDirector(LoraMethod):
@@ -61,10 +74,14 @@ class MotionDirector(LoraMethod):
     paper_source = "official code (MotionDirector single-video config, ZeroScope): 384x384x16, lr 5e-4, 150 steps"
     lora_groups: ClassVar[list[str]] = ["temporal"]
 
+    def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        steps = self.scheduler.config.num_train_timesteps
+        return drawn_timesteps(batch, generator, self.config.timestep_sampling, steps)
+
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         latents = batch["latents"]
         timesteps = self.sample_timesteps(latents.shape[0], generator)
         noisy, _, target = noised(self.scheduler, latents, timesteps, generator)
-        prediction = self.backbone.predict_noise(noisy, timesteps.to(noisy.device), batch["text"])
+        prediction = self.backbone.predict_noise(noisy, timesteps.to(noisy.device), self.conditioned(batch)["text"])
         anchors = torch.randint(latents.shape[2], (latents.shape[0],), generator=generator)
         return appearance_debiased_loss(prediction.float(), target.float(), anchors, self.config.debias_beta)

@@ -16,7 +16,9 @@ off) runs both at t - 1 up to the end of its down blocks; its head-averaged cros
 
 with lambda_CA = lambda_TSA = 2000 (Fig. 2-4). `loss: pixel` trains the same LoRA with the plain
 denoising MSE instead (the paper's pixel-level baseline). At inference the LoRA is on only for
-t >= 500, the range it was trained on. The LoRA itself (`methods.lora`) composes with other adapters.
+t >= 500, the range it was trained on. With `train_token` the token's embedding trains through the LoRA
+model's prediction only (the frozen feature passes see the encoded captions detached). The LoRA itself
+(`methods.lora`) composes with other adapters.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class MotionMatcherConfig:
             "(2 = latent/4, ZeroScope's down_blocks.2 as the official code; a model without attention there uses "
             "the nearest level that has it)"
         },
+    )
+    train_token: bool = field(
+        default=False, metadata={"help": "also train the token's text embedding (prompts must then hold the token)"}
     )
     lora_window_start: int = field(
         default=500, metadata={"help": "at inference the LoRA is on only for timesteps >= this"}
@@ -119,8 +124,8 @@ class MotionMatcher(LoraMethod):
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
         if self.config.loss == "pixel":
-            return denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
-        latents, text = batch["latents"], batch["text"]
+            return denoising_loss(self.backbone, self.scheduler, self.conditioned(batch), timesteps, generator)
+        latents, text = batch["latents"], self.conditioned(batch)["text"]
         noisy, noise, _ = noised(self.scheduler, latents, timesteps, generator)
         timesteps = timesteps.to(latents.device)
         output = self.backbone.predict_noise(noisy, timesteps, text)
@@ -131,7 +136,7 @@ class MotionMatcher(LoraMethod):
         clean = to_clean(output.float(), noisy.float(), alpha, prediction_type)
         predicted = previous_alpha.sqrt() * clean + (1 - previous_alpha).sqrt() * eps
         target = previous_alpha.sqrt() * latents.float() + (1 - previous_alpha).sqrt() * noise.float()
-        return self.feature_loss(predicted.to(latents.dtype), target.to(latents.dtype), timesteps - 1, text)
+        return self.feature_loss(predicted.to(latents.dtype), target.to(latents.dtype), timesteps - 1, text.detach())
 
     def feature_loss(
         self, predicted: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor

@@ -3,7 +3,7 @@
 Fine-tune all temporal layers and the spatial cross-attention keys/values on a few videos of one
 motion captioned with a rare token V* (Sec. 3.2), mixed with real regularization videos
 (Eq. 3: min sum over D^m ∪ D^r of L(x, c)), with the loss of Eq. 1 under coarse-noise timestep
-sampling p(t) ∝ 1 - alpha cos(pi t / T), alpha = 0.5. The token embedding stays frozen.
+sampling p(t) ∝ 1 - alpha cos(pi t / T), alpha = 0.5. The token embedding stays frozen unless `train_token`.
 
 Every ablation of the paper's Table 2 is a switch: `spatial` none/kv/all (a), `temporal` (b),
 `train_token` (c), `timestep_sampling` uniform/coarse (d), regularization none/real (the
@@ -20,18 +20,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from .base import (
-    Method,
-    coarse_noise_timesteps,
-    copy_into_parameters,
-    denoising_loss,
-    uniform_picks,
-    uniform_timesteps,
-)
+from .base import TIMESTEP_SAMPLINGS, Method, copy_into_parameters, drawn_timesteps, uniform_picks
 from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
 SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
-TOKEN_KEY = "text_encoder.token_embeddings"
 
 
 @dataclass
@@ -59,7 +51,7 @@ class NewMoveConfig:
     def __post_init__(self):
         if self.spatial not in SPATIAL_GROUPS:
             raise ConfigError(f"spatial must be one of {', '.join(SPATIAL_GROUPS)}, got '{self.spatial}'")
-        if self.timestep_sampling not in ("coarse", "uniform"):
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
             raise ConfigError(f"timestep_sampling must be coarse or uniform, got '{self.timestep_sampling}'")
         if self.adapter not in ("full", "lora"):
             raise ConfigError(f"adapter must be full or lora, got '{self.adapter}'")
@@ -89,21 +81,9 @@ class NewMove(Method):
     def _groups(self) -> list[str]:
         return (["temporal"] if self.config.temporal else []) + SPATIAL_GROUPS[self.config.spatial]
 
-    def _token_embedding(self) -> torch.nn.Parameter:
-        return self.backbone.text_encoder.get_input_embeddings().weight
-
-    def _token_ids(self) -> list[int]:
-        return self.backbone.token_ids(self.token)
-
     # --- training -----------------------------------------------------------------------------
     def prepare_for_training(self) -> None:
         self._inject()
-        if self.config.train_token:
-            weight = self._token_embedding()
-            weight.requires_grad_(True)
-            rows = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-            rows[self._token_ids()] = 1
-            weight.register_hook(lambda grad: grad * rows)
 
     def _inject(self) -> None:
         if self._injected:
@@ -128,15 +108,6 @@ class NewMove(Method):
             return lora_parameters(lora_layers(self.backbone.unet, self.adapter_name), self.adapter_name)
         return [p for p in self.backbone.unet.parameters() if p.requires_grad]
 
-    def parameter_groups(self, learning_rate: float) -> list[dict]:
-        groups = [{"params": self.trainable_parameters(), "lr": learning_rate}]
-        if self.config.train_token:
-            groups.append({"params": [self._token_embedding()], "lr": learning_rate, "weight_decay": 0.0})
-        return groups
-
-    def extra_modules(self) -> torch.nn.Module | None:
-        return self.backbone.text_encoder.get_input_embeddings() if self.config.train_token else None
-
     def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
         """Each clip is a regularization video with probability `regularization_share`, else a target video
         (uniform within each set); without a share, uniform over the union D^m ∪ D^r (Eq. 3)."""
@@ -151,15 +122,7 @@ class NewMove(Method):
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         steps = self.scheduler.config.num_train_timesteps
-        if self.config.timestep_sampling == "coarse":
-            return coarse_noise_timesteps(batch, generator, steps, self.config.coarse_alpha)
-        return uniform_timesteps(batch, generator, steps)
-
-    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        if self.config.train_token:
-            batch = {**batch, "text": self.backbone.encode_prompt(batch["captions"])}
-        timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
-        return denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
+        return drawn_timesteps(batch, generator, self.config.timestep_sampling, steps, self.config.coarse_alpha)
 
     # --- adapter ------------------------------------------------------------------------------
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
@@ -170,9 +133,8 @@ class NewMove(Method):
         else:
             names = [name for group in self._groups() for name in self.backbone.parameter_names(group)]
             tensors = {f"unet.{name}": unet.get_parameter(name) for name in names}
-        if self.config.train_token:
-            tensors[TOKEN_KEY] = self._token_embedding()[self._token_ids()]
-        return {key: value.detach().clone() for key, value in tensors.items()}
+        tensors = {key: value.detach().clone() for key, value in tensors.items()}
+        return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         unet = self.backbone.unet
@@ -182,16 +144,14 @@ class NewMove(Method):
                 load_lora_tensors(unet, self.adapter_name, tensors, source)
         else:
             copy_into_parameters(unet, tensors, "unet.", source)
-        if TOKEN_KEY in tensors:
-            with torch.no_grad():
-                weight = self._token_embedding()
-                weight[self._token_ids()] = tensors[TOKEN_KEY].to(weight.dtype)
+        if self.trained_token is not None:
+            self.trained_token.load(tensors, source)
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()
         metadata["targets"] = {
             "groups": self._groups(),
             "lora_target": self.backbone.lora_target(self._groups()) if self.config.adapter == "lora" else None,
-            "token_ids": self._token_ids() if self.config.train_token else [],
+            "token_ids": self.trained_token.ids() if self.trained_token else [],
         }
         return metadata
