@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 RECOMMENDED = {
     "native": {"frames": 4, "height": 32, "width": 32},
-    "generation": {"steps": 3, "guidance_scale": 5.0},
+    "generation": {"steps": 3, "guidance_scale": 5.0, "shift_window": [500, 200]},
     "training": {"newmove": {"steps": 2, "learning_rate": 0.002, "batch_size": 2, "options": {"spatial": "none"}}},
 }
 
@@ -64,6 +64,7 @@ def test_a_folder_without_the_file_gets_the_papers_settings(tiny_model_dir):
             assert settings["steps"].source == "method default", name
     sampling = generation_settings(defaults, {})
     assert (sampling["steps"].value, sampling["guidance_scale"].value) == (50, 9.0)
+    assert sampling["shift_window"] == Setting((800, 600), "fallback")  # MotionBooth's official window
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,8 @@ def test_a_folder_without_the_file_gets_the_papers_settings(tiny_model_dir):
         (json.dumps({"generation": {"guidance_scale": -1}}), "'guidance_scale' must be positive"),
         (json.dumps({"generation": {"debias": "half"}}), "'debias' must be one of none, object, hybrid, camera"),
         (json.dumps({"native": {"frames": True}}), "'frames' must be a number"),
+        (json.dumps({"generation": {"shift_window": [100, 400]}}), "'shift_window' must be [START, END]"),
+        (json.dumps({"generation": {"shift_window": "400,100"}}), "'shift_window' must be [START, END]"),
     ],
 )
 def test_a_malformed_model_file_is_one_error_naming_it(content, message, tmp_path):
@@ -153,10 +156,34 @@ def test_generate_uses_the_models_sampling_settings(recommending_model, tmp_path
     assert (used[1].steps, used[1].guidance_scale) == (2, 5.0)
 
 
+def test_generate_shifts_the_camera_in_the_models_window_unless_told(recommending_model, tmp_path, monkeypatch):
+    import motiontune.control as control
+
+    windows = []
+    original = control.control_hooks
+
+    def spy(backbone, script, frames, timesteps, options, seed):
+        windows.append(options.shift_window)
+        return original(backbone, script, frames, timesteps, options, seed)
+
+    monkeypatch.setattr(control, "control_hooks", spy)
+    for window in (None, (900, 100)):
+        api.generate(
+            "a red circle",
+            tmp_path / "v.mp4",
+            model=recommending_model,
+            camera_speed=(0.25, 0.0),
+            shift_window=window,
+            progress=False,
+        )
+    assert windows == [(500, 200), (900, 100)]
+
+
 def test_the_shipped_models_recommendations_are_valid_for_every_method():
     shipped = api.default_model_dir()
     defaults = ModelDefaults.read(shipped)
     assert defaults.native == {"frames": 8, "height": 32, "width": 32}
+    assert generation_settings(defaults, {})["shift_window"].value == (400, 100)
     offered = {name for name, cls in METHODS.items() if not cls.internal}
     assert set(defaults.training) == offered  # a value for every method `train` offers
     for name, values in defaults.training.items():

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from .settings import (
     training_settings,
 )
 from .utils import default_device
+
+if TYPE_CHECKING:
+    from .generation import GeneratedVideo
 
 PathLike = str | os.PathLike
 
@@ -277,7 +281,13 @@ def training_settings_for(
     return settings, options
 
 
-def generate(
+def generate(prompt: str | None = None, output: PathLike = "output.mp4", **options) -> dict[str, Path]:
+    """Generate one video for `prompt` (`generate_video`, with the same options); returns the MP4, GIF and PNG
+    paths."""
+    return generate_video(prompt, output, **options).paths
+
+
+def generate_video(
     prompt: str | None = None,
     output: PathLike = "output.mp4",
     model: PathLike | None = None,
@@ -303,13 +313,15 @@ def generate(
     box_strength: float = 10.0,
     amplify_until: int = 700,
     keep_other_words: bool = False,
-    shift_window: tuple[int, int] = (800, 600),
-) -> dict[str, Path]:
-    """Generate one video for `prompt` with any number of adapters; returns the MP4, GIF and PNG paths.
+    shift_window: tuple[int, int] | None = None,
+) -> GeneratedVideo:
+    """Generate one video for `prompt` with any number of adapters; returns its frames as decoded and the
+    paths of the MP4, GIF and PNG written from them.
 
     Frames and size default to those the (first) adapter was trained at, else the model folder's native
     size (`motiontune.json`), else 16 frames at the UNet's configured sample size. Sampling steps, guidance
-    scale and Motion Inversion's `debias` default to the model folder's recommendation, else 50, 9.0, object.
+    scale, Motion Inversion's `debias` and the camera `shift_window` default to the model folder's
+    recommendation, else 50, 9.0, object, (800, 600).
 
     MotionBooth controls (`motiontune.control`): `script` is an official JSON control script whose
     prompt, boxes and camera speed are used unless `prompt`, `boxes` (subject words -> keyframe boxes
@@ -324,15 +336,16 @@ def generate(
     from .methods import load_adapters
 
     motion = motion_script(prompt, script, subject, boxes, camera_speed)
-    control = ControlOptions(box_strength, amplify_until, keep_other_words, tuple(shift_window))
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
     backbone = open_backbone(model, device)
     methods = load_adapters(adapters, backbone)
     defaults = ModelDefaults.read(backbone.path)
-    given = {"steps": steps, "guidance_scale": guidance_scale, "debias": debias}
+    given = {"steps": steps, "guidance_scale": guidance_scale, "debias": debias, "shift_window": shift_window}
     given = {key: Setting(value, "argument") for key, value in given.items()}
     sampling = generation_settings(defaults, given)
+    window = tuple(sampling["shift_window"].value)
+    control = ControlOptions(box_strength, amplify_until, keep_other_words, window)
     trained = next((m["training"] for m in metadata if "training" in m), None)
     if trained:
         _, trained_frames, latent_h, latent_w = trained["latent_shape"]

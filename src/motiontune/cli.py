@@ -132,9 +132,10 @@ def _add_motion_controls(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--shift-window",
-        default="800,600",
+        default=None,
         metavar="START,END",
-        help="camera shift at the steps with START >= timestep > END (800,600 = steps 10-19 of 50)",
+        help="camera shift at the steps with START >= timestep > END (default: the model's recommendation, else "
+        "MotionBooth's 800,600 = steps 10-19 of 50)",
     )
 
 
@@ -356,7 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     curves_bench.add_argument("--model", default=None, help="model folder (default: shipped, else tiny random)")
-    curves_bench.add_argument("--rows", default=None, help="semicolon-separated rows (default: every motion method)")
+    curves_bench.add_argument(
+        "--rows",
+        default=None,
+        help="semicolon-separated rows (default: every motion method, and 'motionbooth subject': MotionBooth's "
+        "subject accuracy on the subject task of bench motionbooth)",
+    )
     curves_bench.add_argument(
         "--motion", default="zigzag", help="novel motion to learn: zigzag, orbit, bounce or diagonal"
     )
@@ -368,7 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     curves_bench.add_argument("--output", type=Path, default=Path("bench-curves"), help="work folder")
     curves_bench.add_argument("--report", type=Path, default=None, help="markdown file to write the table into")
     curves_bench.add_argument("--quiet", action="store_true", help="no progress lines")
-    from .bench_motionbooth import LEARNING_RATE as MOTIONBOOTH_BENCH_LEARNING_RATE
     from .bench_motionbooth import ROWS as MOTIONBOOTH_BENCH_ROWS
 
     motionbooth_bench = bench_commands.add_parser(
@@ -386,10 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"semicolon-separated rows, of: {'; '.join(MOTIONBOOTH_BENCH_ROWS)} (default: all)",
     )
     motionbooth_bench.add_argument("--row", default=None, help=argparse.SUPPRESS)
-    motionbooth_bench.add_argument("--steps", type=_positive_int, default=150, help="MotionBooth training steps")
     motionbooth_bench.add_argument(
-        "--lr", type=float, default=MOTIONBOOTH_BENCH_LEARNING_RATE, help="MotionBooth learning rate (full UNet)"
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="MotionBooth training steps (default: the model's recommendation)",
     )
+    motionbooth_bench.add_argument(
+        "--lr", type=float, default=None, help="MotionBooth learning rate (default: the model's recommendation)"
+    )
+    motionbooth_bench.add_argument(
+        "--training-seeds", type=_positive_int, default=1, help="training runs per MotionBooth row (seeds 0..N-1)"
+    )
+    motionbooth_bench.add_argument("--training-seed", type=int, default=0, help=argparse.SUPPRESS)
     _add_video_counts(motionbooth_bench, prompts=12, per="row")
     motionbooth_bench.add_argument(
         "--output", type=Path, default=Path("bench-motionbooth"), help="work folder (results.json goes here)"
@@ -578,7 +592,7 @@ def run_generate(args: argparse.Namespace) -> int:
         box_strength=args.box_strength,
         amplify_until=args.amplify_until,
         keep_other_words=args.keep_other_words,
-        shift_window=parse_shift_window(args.shift_window),
+        shift_window=parse_shift_window(args.shift_window) if args.shift_window is not None else None,
     )
     for kind, path in outputs.items():
         print(f"{kind}: {path}")
@@ -670,6 +684,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from .bench_motionbooth import run_row
 
         extra = {"learning_rate": args.lr}
+        if args.row is not None:
+            extra["training_seed"] = args.training_seed
+        else:
+            extra["training_seeds"] = args.training_seeds
     else:
         from .bench import bench_shapeworld as bench
         from .bench import markdown_table as tables

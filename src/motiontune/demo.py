@@ -86,15 +86,13 @@ COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0
 def run_demo(output: Path, steps: int | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Teach the default model zigzag with every motion method, generate, measure and report; then learn
     a novel subject with MotionBooth and compose it with the NewMove motion, a box path and a camera pan.
-    Each method trains for `steps`, or what the model recommends for it (`motiontune.json`)."""
-    from . import api
+    Each method trains for `steps`, or what the model recommends for it (`motiontune.json`). Every score is
+    taken on the frames as generated (the MP4/GIF files are written from them)."""
     from .bench import ROWS, train_row
-    from .evaluation import evaluate_video
     from .video import write_contact_sheet
 
     output = Path(output)
     model, shipped = default_or_tiny_model(output)
-    frames, size, sampling_steps = 8, 32, 25
     rows, labels, scores, training = [], [], {}, {}
     for name, row_name in DEMO_ROWS.items():
         if progress and name != "base":
@@ -103,31 +101,16 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
         result, references, generation = train_row(ROWS[row_name], output, model, steps, device, progress)
         if result is not None:
             training[name] = (result, time.perf_counter() - started)
-        predicted = []
-        for index, clip in enumerate(PROMPTS):
-            prompt = clip.caption(TOKEN)
-            paths = api.generate(
-                prompt,
-                output / "videos" / f"{name}_{index}.mp4",
-                model=model,
-                adapters=[result.adapter] if result else [],
-                frames=frames,
-                height=size,
-                width=size,
-                steps=sampling_steps,
-                seed=index,
-                device=device,
-                progress=progress,
-                **generation,
-            )
-            video = _read_gif(paths["gif"])
-            predicted.append(evaluate_video(video, clip))
-            rows.append(video)
-            labels.append(f"{name}: {prompt}")
+        videos, predicted = _generate_prompts(
+            output, name, model, result.adapter if result else None, generation, device
+        )
+        rows += videos
+        labels += [f"{name}: {clip.caption(TOKEN)}" for clip in PROMPTS]
         scores[name] = task_scores(predicted, PROMPTS, references)
     composed = _compose(output, model, training["newmove"][0].adapter, steps, device, progress, training)
-    rows += composed["videos"]
-    labels += [f"composed: {composed['prompt']}"] * len(composed["videos"])
+    for label in ("composed", "base"):
+        rows += composed[label]["videos"]
+        labels += [f"{label}: {composed['prompt']}"] * len(composed[label]["videos"])
     sheet = write_contact_sheet(rows, output / "contact_sheet.png", labels=labels)
     reference_rows = [_read_mp4(p) for p in sorted((output / "reference").glob("*.mp4"))]
     reference_sheet = write_contact_sheet(reference_rows, output / "reference_sheet.png")
@@ -137,19 +120,55 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
     return output / "report.md"
 
 
+def _generate_prompts(
+    output: Path, name: str, model, adapter: Path | None, generation: dict, device
+) -> tuple[list[np.ndarray], list[dict]]:
+    """All `PROMPTS` in one batch (seed 0) with `adapter` (or none) at the model's sampling settings; writes
+    `videos/<name>_<i>.mp4` (+ GIF, PNG) and returns the frames and their evaluations."""
+    from . import api
+    from .evaluation import evaluate_video
+    from .generation import GenerationConfig, generate_latents
+    from .methods import load_adapter
+    from .settings import ModelDefaults, Setting, generation_settings
+    from .video import frames_to_uint8, save_outputs
+
+    backbone = api.open_backbone(model, device)
+    adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
+    given = {key: Setting(value, "demo") for key, value in generation.items() if key == "debias"}
+    sampling = generation_settings(ModelDefaults.read(backbone.path), given)
+    options = {key: value for key, value in generation.items() if key != "debias"}
+    settings = GenerationConfig(
+        8,
+        32,
+        32,
+        sampling["steps"].value,
+        sampling["guidance_scale"].value,
+        seed=0,
+        progress=False,
+        debias=sampling["debias"].value,
+        **options,
+    )
+    captions = [clip.caption(TOKEN) for clip in PROMPTS]
+    latents = generate_latents(backbone, captions, adapters, settings)
+    videos = [frames_to_uint8(video) for video in backbone.decode_latents(latents)]
+    for index, (video, caption) in enumerate(zip(videos, captions, strict=True)):
+        save_outputs(video, output / "videos" / f"{name}_{index}.mp4", label=caption)
+    return videos, [evaluate_video(video, clip) for video, clip in zip(videos, PROMPTS, strict=True)]
+
+
 def _compose(
     output: Path, model, motion_adapter: Path, steps: int | None, device, progress: bool, training: dict
 ) -> dict:
     """MotionBooth learns a blue star from 5 masked stills (token `pll`); one generate call then combines
     it with the NewMove zigzag adapter, boxes along a zigzag in the upper half of the frame (box edit) and
     a camera pan to the right (latent shift). The boxes move with the scene, so the object should end in
-    the boxes of the same zigzag filmed by the panning camera."""
+    the boxes of the same zigzag filmed by the panning camera. The base model gets the same prompt with no
+    adapter and no control, for comparison; a still camera's pan error is the requested pan's length."""
     from dataclasses import replace
 
     from . import api
     from .bench_motionbooth import subject_images
     from .control import SubjectPath
-    from .evaluation import box_iou, boxes, evaluate_video, pan_error, segment
     from .shapeworld import render, write_subject_images
 
     if progress:
@@ -177,43 +196,40 @@ def _compose(
     requested = render(replace(COMPOSED, camera=(0.0, 0.0)), 8, 32).boxes
     filmed = render(COMPOSED, 8, 32).boxes
     path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
-    videos, results, errors, overlaps = [], [], [], []
-    for seed in range(2):
-        paths = api.generate(
-            prompt,
-            output / "videos" / f"composed_{seed}.mp4",
-            model=model,
-            adapters=[subject.adapter, motion_adapter],
-            boxes=[path],
-            camera_speed=COMPOSED.camera,
-            frames=8,
-            height=32,
-            width=32,
-            steps=25,
-            seed=seed,
-            device=device,
-            progress=progress,
-        )
-        video = _read_gif(paths["gif"])
-        videos.append(video)
-        results.append(evaluate_video(video, COMPOSED))
-        errors.append(pan_error(video, COMPOSED.camera))
-        overlaps.append(box_iou(boxes(segment(video)), filmed).mean())
+    controlled = {"adapters": [subject.adapter, motion_adapter], "boxes": [path], "camera_speed": COMPOSED.camera}
+    composed = {"prompt": prompt, "still_pan_error": float(np.linalg.norm(COMPOSED.camera))}
+    files = {"composed": "composed", "base": "composed_base"}
+    for label, options in (("composed", controlled), ("base", {})):
+        videos = []
+        for seed in range(2):
+            generated = api.generate_video(
+                prompt,
+                output / "videos" / f"{files[label]}_{seed}.mp4",
+                model=model,
+                frames=8,
+                height=32,
+                width=32,
+                seed=seed,
+                device=device,
+                progress=progress,
+                **options,
+            )
+            videos.append(generated.frames)
+        composed[label] = {"videos": videos, **_composition_scores(videos, filmed)}
+    return composed
+
+
+def _composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[str, float]:
+    """Subject correct (a blue star), zigzag, box IoU against the `filmed` boxes and camera pan error."""
+    from .evaluation import box_iou, boxes, evaluate_video, pan_error, segment
+
+    results = [evaluate_video(video, COMPOSED) for video in videos]
     return {
-        "prompt": prompt,
-        "videos": videos,
         "subject": float(np.mean([r["correct"]["shape"] and r["correct"]["colour"] for r in results])),
         "motion": float(np.mean([r["motion"] == NOVEL_MOTION for r in results])),
-        "pan_error": float(np.mean(errors)),
-        "box_iou": float(np.mean(overlaps)),
+        "box_iou": float(np.mean([np.nanmean(box_iou(boxes(segment(v)), filmed)) for v in videos])),
+        "pan_error": float(np.mean([pan_error(video, COMPOSED.camera) for video in videos])),
     }
-
-
-def _read_gif(path: Path) -> np.ndarray:
-    from PIL import Image, ImageSequence
-
-    with Image.open(path) as image:
-        return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
 
 
 def _read_mp4(path: Path) -> np.ndarray:
@@ -260,10 +276,14 @@ def _report(training, scores, composed, steps, shipped, model, sheet, reference_
         f"the upper half of the frame + a camera pan right by {COMPOSED.camera[0]} of the frame:",
         f"`{composed['prompt']}`, 2 seeds. Box IoU: the object's box against the requested boxes moved with the scene.",
         "",
-        "| subject correct (blue star) | zigzag | box IoU | camera pan error (fraction of frame) |",
-        "| --- | --- | --- | --- |",
-        f"| {composed['subject']:.2f} | {composed['motion']:.2f} | {composed['box_iou']:.2f} | "
-        f"{composed['pan_error']:.3f} |",
+        "| model | subject correct (blue star) | zigzag | box IoU | camera pan error (fraction of frame) |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {label} | {c['subject']:.2f} | {c['motion']:.2f} | {c['box_iou']:.2f} | {c['pan_error']:.3f} |"
+            for label, c in (("composed", composed["composed"]), ("base model, same prompt", composed["base"]))
+        ),
+        "",
+        f"A still camera's pan error is {composed['still_pan_error']:.3f} (the requested pan's length).",
         "",
         f"Training steps per method: {steps or 'as the model recommends (steps column)'}.",
         f"Reference clips: `{reference_sheet.name}`; generated videos: `{sheet.name}` and `videos/`.",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .backbones.base import Backbone
@@ -101,6 +102,15 @@ def generate_latents(
     )
 
 
+@dataclass
+class GeneratedVideo:
+    """One generated video: its frames `(F, H, W, 3)` uint8 as decoded (what the files were written from) and
+    the paths of its MP4, GIF and PNG contact sheet."""
+
+    frames: np.ndarray
+    paths: dict[str, Path]
+
+
 def generate(
     backbone: Backbone,
     prompt: str,
@@ -108,7 +118,7 @@ def generate(
     methods: Sequence[Method] = (),
     settings: GenerationConfig | None = None,
     hooks: Sequence[StepHook] = (),
-) -> dict[str, Path]:
+) -> GeneratedVideo:
     """Generate one video and write `output` (MP4) with a GIF and a PNG contact sheet beside it.
 
     `hooks` run after the adapters' own (e.g. `control.control_hooks` for boxes and camera motion).
@@ -121,4 +131,4 @@ def generate(
         raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
     latents = generate_latents(backbone, [prompt], methods, settings, hooks)
     frames = frames_to_uint8(backbone.decode_latents(latents)[0])
-    return save_outputs(frames, output, fps=settings.fps, label=prompt)
+    return GeneratedVideo(frames, save_outputs(frames, output, fps=settings.fps, label=prompt))

@@ -6,7 +6,7 @@ is what a ZeroScope-class folder without that file gets). A model folder declare
 and its recommendations like this (every key optional):
 
     {"native": {"frames": 8, "height": 32, "width": 32},
-     "generation": {"steps": 25, "guidance_scale": 7.5, "debias": "none"},
+     "generation": {"steps": 25, "guidance_scale": 7.5, "debias": "none", "shift_window": [400, 100]},
      "training": {"newmove": {"steps": 100, "learning_rate": 1e-3, "batch_size": 8,
                               "options": {"spatial": "kv"}}}}
 
@@ -36,11 +36,12 @@ TRAINING_KEYS = (
     "height",
     "width",
 )
-GENERATION_KEYS = ("steps", "guidance_scale", "debias")
+GENERATION_KEYS = ("steps", "guidance_scale", "debias", "shift_window")
 INTEGER_KEYS = {"steps", "batch_size", "gradient_accumulation", "frames", "height", "width"}
 #: what a model folder without native size and a method without its own setting fall back to (ModelScope's size)
 FALLBACK = {"frames": 16, "height": 256, "width": 256, "steps": 400, "batch_size": 1, "gradient_accumulation": 1}
-GENERATION_FALLBACK = {"steps": 50, "guidance_scale": 9.0, "debias": "object"}
+#: MotionBooth's official camera-shift window (800 >= t > 600) among them
+GENERATION_FALLBACK = {"steps": 50, "guidance_scale": 9.0, "debias": "object", "shift_window": (800, 600)}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ def _check_generation(where: str, key: str, value: Any) -> Any:
         if value not in DEBIAS_MODES:  # Motion Inversion's own list
             raise ConfigError(f"{where}: 'debias' must be one of {', '.join(DEBIAS_MODES)}, got {value!r}")
         return value
+    if key == "shift_window":
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or not 1000 >= value[0] > value[1] >= 0
+        ):
+            raise ConfigError(f"{where}: 'shift_window' must be [START, END] timesteps with START > END, got {value!r}")
+        return tuple(value)
     return _check_number(where, key, value)
 
 
@@ -167,7 +177,8 @@ def option_settings(method_name: str, model: ModelDefaults, given: dict[str, Set
 
 
 def generation_settings(model: ModelDefaults, given: dict[str, Setting]) -> dict[str, Setting]:
-    """Sampling steps, guidance scale and Motion Inversion's debiasing mode for `model`."""
+    """Sampling steps, guidance scale, Motion Inversion's debiasing mode and MotionBooth's camera-shift window
+    for `model`."""
     layers = [(model.label, model.generation), ("fallback", GENERATION_FALLBACK)]
     return resolve(GENERATION_KEYS, given, layers)
 
