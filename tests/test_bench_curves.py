@@ -18,7 +18,7 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path)
     points = bench_curves(
         tmp_path / "work",
         str(tiny_model_dir),
-        ["motiondirector, 4 videos"],
+        ["motiondirector, 4 videos", "motionbooth subject"],
         steps=2,
         every=1,
         prompts=1,
@@ -28,15 +28,20 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path)
         report=report,
         progress=False,
     )
-    assert [p["step"] for p in points] == [0, 1, 2]  # the base model, then each checkpoint
-    assert points[0]["seconds"] == 0.0 and 0 < points[1]["seconds"] <= points[2]["seconds"]
-    for point in points:
+    motion = [p for p in points if p["row"] == "motiondirector, 4 videos"]
+    subject = [p for p in points if p["row"] == "motionbooth subject"]
+    for curve in (motion, subject):
+        assert [p["step"] for p in curve] == [0, 1, 2]  # the base model, then each checkpoint
+        assert curve[0]["seconds"] == 0.0 and 0 < curve[1]["seconds"] <= curve[2]["seconds"]
+    for point in motion:
         assert 0 <= point["motion_accuracy"] <= 1 and 0 <= point["appearance_accuracy"] <= 1
+    assert all(0 <= point["subject_accuracy"] <= 1 for point in subject)
     assert json.loads((tmp_path / "work" / "results.json").read_text()) == points
     with Image.open(tmp_path / "work" / "curves.png") as plot:
         assert plot.width > 500 and plot.height > 200
     text = report.read_text()
     assert "previous table" not in text and "| motiondirector, 4 videos | 2 |" in text
+    assert "| motionbooth subject | 2 |" in text and "| subject acc. |" in text
     assert "--motion orbit --steps 2" in text
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from motiontune.bench_common import wilson_interval
 from motiontune.bench_motionbooth import (
     BEGIN,
     CLASS_WORD,
@@ -21,6 +22,7 @@ from motiontune.bench_motionbooth import (
     subject_caption,
     subject_images,
     subject_prompts,
+    summarise,
     write_report_section,
 )
 from motiontune.cli import main
@@ -41,7 +43,7 @@ def test_smoke_subject_row_runs_in_a_fresh_process_and_replaces_its_report_secti
     for key in ("shape_accuracy", "colour_accuracy", "motion_accuracy", "background_accuracy", "background_leakage"):
         assert row[key] in (0.0, 1.0)  # one video: each score is a yes or a no
     assert row["train_seconds"] > 0 and 0 < row["adapter_mb"] < 20 and row["peak_memory_mb"] > 100
-    assert row["seconds_per_video"] > 0
+    assert row["seconds_per_video"] > 0 and row["training_seed"] == 0 and row["videos"] == 1
     assert json.loads((tmp_path / "work" / "results.json").read_text()) == results
     text = report.read_text()
     assert "old table" not in text and "| subject, motionbooth |" in text and "| background leakage |" in text
@@ -88,17 +90,45 @@ def test_requests_ask_for_what_each_claim_needs():
     assert {c.camera for c in camera_requests(5)} == set(PANS.values())
 
 
-def test_report_section_is_appended_to_a_new_file_with_dashes_for_what_was_not_measured(tmp_path):
+def test_report_section_is_appended_to_a_new_file_with_intervals_and_dashes_for_what_was_not_measured(tmp_path):
+    scores = {
+        "subject_accuracy": [0.0, 1.0],
+        "shape_accuracy": [0.0, 1.0],
+        "colour_accuracy": [1.0, 1.0],
+        "motion_accuracy": [1.0, 1.0],
+        "background_accuracy": [1.0, 0.0],
+        "background_leakage": [0.0, 0.0],
+    }
     results = [
-        {"row": "subject, base model", "task": "subject", "train_seconds": None, "adapter_mb": None,
-         "shape_accuracy": 0.25, "colour_accuracy": 0.5, "motion_accuracy": 1.0, "background_accuracy": 0.75,
-         "background_leakage": 0.125, "seconds_per_video": 0.4, "peak_memory_mb": 900.5},
+        {"row": "subject, base model", "task": "subject", "training_seed": 0, "train_seconds": None,
+         "adapter_mb": None, "videos": 2, "per_video": scores, "seconds_per_video": 0.4, "peak_memory_mb": 900.5,
+         **{key: sum(values) / 2 for key, values in scores.items()}},
     ]  # fmt: skip
-    write_report_section(tmp_path / "new.md", results, 150, 12, 2, 25, "model-dir")
+    write_report_section(tmp_path / "new.md", results, None, 12, 2, 25, "model-dir")
     text = (tmp_path / "new.md").read_text()
-    assert text.startswith(f"## MotionBooth bench\n\n{BEGIN}\n`motiontune bench motionbooth --steps 150")
-    assert "| subject, base model | 0.25 | 0.50 | 1.00 | 0.75 | 0.12 | - | - | 0.4 | 900.5 |" in text
+    assert text.startswith(
+        f"## MotionBooth bench\n\n{BEGIN}\n`motiontune bench motionbooth --training-seeds 1 --prompts"
+    )
+    low, high = wilson_interval(1, 2)
+    interval = f"0.50 [{low:.2f}, {high:.2f}]"
+    assert f"| subject, base model | 1 x 2 | {interval} | {interval} | 1.00 [" in text
+    assert "| - | - | 0.4 | 900.5 |" in text
     assert text.rstrip().endswith(END)
+
+
+def test_rows_pool_their_training_seeds_with_intervals():
+    def run(seed, shapes, ious):
+        return {"row": "r", "task": "subject", "training_seed": seed, "videos": len(shapes),
+                "train_seconds": 10.0 + seed, "adapter_mb": 1.0, "seconds_per_video": 0.5, "peak_memory_mb": 100.0,
+                "per_video": {"shape_accuracy": shapes, "box_iou": ious}}  # fmt: skip
+
+    (entry,) = summarise([run(0, [1.0, 0.0], [0.2, 0.4]), run(1, [1.0, 1.0], [0.6, 0.8])])
+    assert entry["training_seeds"] == 2 and entry["videos"] == 4
+    assert entry["shape_accuracy"] == 0.75 and entry["shape_accuracy_interval"] == wilson_interval(3, 4)
+    assert entry["box_iou"] == pytest.approx(0.5)
+    half = 1.96 * np.std([0.2, 0.4, 0.6, 0.8], ddof=1) / 2
+    assert entry["box_iou_interval"] == pytest.approx((0.5 - half, 0.5 + half))
+    assert entry["train_seconds"] == 10.5
 
 
 def test_reports_name_the_shipped_model_as_such_and_any_other_by_its_folder(tmp_path):

@@ -79,6 +79,10 @@ ROWS: dict[str, Row] = {
     "motion inversion, 4 videos": Row("motion-inversion", regularized=False),
     "motionmatcher, 4 videos": Row("motionmatcher", regularized=False),
     "motiondirector, 4 videos": Row("motiondirector", regularized=False),
+    "motionmatcher, 4 videos, pixel loss": Row("motionmatcher", {"loss": "pixel"}, regularized=False),
+    "motiondirector, 4 videos, paper options": Row(
+        "motiondirector", {"train_token": False, "lora_dropout": 0.1, "timestep_sampling": "uniform"}, regularized=False
+    ),
     "motion inversion, 4 videos, debias object": Row("motion-inversion", regularized=False, generation=OBJECT),
     "newmove, temporal lora": Row("newmove", TEMPORAL_LORA, regularized=False, learning_rate=5e-3),
     "newmove, temporal lora, token trained": Row(

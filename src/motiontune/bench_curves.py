@@ -3,7 +3,9 @@ and seconds.
 
 Each row trains once on the task of one novel motion (as `bench shapeworld` does, at the model's recommended
 settings unless `--steps` is given), keeps a checkpoint every `--every` steps, and scores every checkpoint
-on the same prompts and seeds: motion accuracy, appearance accuracy, copy score. Seconds are the training
+on the same prompts and seeds: motion accuracy, appearance accuracy, copy score. The row `motionbooth
+subject` trains MotionBooth on `bench motionbooth`'s subject task instead and scores subject accuracy (the
+learned blue star with shape and colour right, on the bench's subject prompts). Seconds are the training
 loop's own clock at that step (`training_log.jsonl`), without encoding or scoring. Writes `results.json`,
 `curves.png` (accuracy against steps and against seconds) and, with `--report`, a markdown table.
 """
@@ -18,6 +20,9 @@ from .bench import DEFAULT_ROWS, ROWS, bench_prompts, score_adapter, train_row
 from .bench_common import bench_model, chosen_rows, model_label, write_marked_section
 from .demo import NOVEL_MOTION
 from .errors import ConfigError
+
+SUBJECT_ROW = "motionbooth subject"
+CURVE_ROWS = (*DEFAULT_ROWS, SUBJECT_ROW)
 
 
 def row_curve(
@@ -34,6 +39,8 @@ def row_curve(
 ) -> list[dict]:
     """Train row `name` with a checkpoint every `every` steps, then score each checkpoint; one dict per point
     (step 0 is the base model with the row's generation settings)."""
+    if name == SUBJECT_ROW:
+        return subject_curve(workdir, model, steps, every, prompts, seeds, sampling, progress)
     result, references, generation = train_row(
         ROWS[name], workdir, model, steps, motion=motion, checkpoint_every=every, progress=progress
     )
@@ -62,6 +69,42 @@ def row_curve(
     return points
 
 
+def subject_curve(
+    workdir: Path, model: str, steps: int | None, every: int, prompts: int, seeds: int, sampling: int, progress: bool
+) -> list[dict]:
+    """MotionBooth's subject task (`bench motionbooth`) with a checkpoint every `every` steps; each point's
+    `subject_accuracy` is the share of videos showing the learned subject (shape and colour right)."""
+    from . import api
+    from .bench_motionbooth import ROWS as SUBJECT_ROWS
+    from .bench_motionbooth import measure, train_subject
+    from .methods import load_adapter
+
+    row = SUBJECT_ROWS["subject, motionbooth"]
+    result = train_subject(workdir, model, row, steps, None, checkpoint_every=every)
+    log = [json.loads(line) for line in (result.adapter.parent / "training_log.jsonl").read_text().splitlines()]
+    checkpoints = [(0, None)] + [
+        (int(folder.name.removeprefix("step-")), _adapter_of(folder))
+        for folder in sorted((result.adapter.parent / "checkpoints").glob("step-*"))
+    ]
+    points = []
+    for step, adapter in checkpoints:
+        backbone = api.open_backbone(model)
+        methods = [load_adapter(adapter, backbone)] if adapter is not None else []
+        measured, _ = measure(backbone, row, methods, prompts, seeds, sampling)
+        point = {
+            "row": SUBJECT_ROW,
+            "step": step,
+            "seconds": round(log[step - 1]["seconds"], 1) if step else 0.0,
+            "loss": log[step - 1]["loss"] if step else None,
+            **{key: sum(m[key] for m in measured) / len(measured) for key in ("subject_accuracy", "motion_accuracy")},
+            "background_leakage": sum(m["background_leakage"] for m in measured) / len(measured),
+        }
+        points.append(point)
+        if progress:
+            print(f"  step {step}: subject {point['subject_accuracy']:.2f}", flush=True)
+    return points
+
+
 def _adapter_of(checkpoint: Path) -> Path:
     """What a run would save at this checkpoint: the weight average when it keeps one, else the weights."""
     average = checkpoint / "ema.safetensors"
@@ -81,11 +124,11 @@ def bench_curves(
     report: Path | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Learning curves of `rows` (default: every motion method) on `motion`; writes `output/results.json`,
-    `output/curves.png` and the report section."""
+    """Learning curves of `rows` (default: every motion method on `motion`, and MotionBooth's subject); writes
+    `output/results.json`, `output/curves.png` and the report section."""
     if every < 1:
         raise ConfigError(f"--every must be at least 1, got {every}")
-    rows = chosen_rows(rows, DEFAULT_ROWS)
+    rows = chosen_rows(rows, CURVE_ROWS) if rows else list(CURVE_ROWS)
     output = Path(output)
     model = bench_model(model, output)
     points = []
@@ -118,12 +161,13 @@ def plot_curves(points: list[dict], path: Path, motion: str) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for name in dict.fromkeys(point["row"] for point in points):
         row = [point for point in points if point["row"] == name]
-        accuracy = [point["motion_accuracy"] for point in row]
-        axes[0].plot([point["step"] for point in row], accuracy, marker="o", label=name)
-        axes[1].plot([point["seconds"] for point in row], accuracy, marker="o", label=name)
+        accuracy = [point[_curve_key(point)] for point in row]
+        label = f"{name} (subject accuracy)" if name == SUBJECT_ROW else name
+        axes[0].plot([point["step"] for point in row], accuracy, marker="o", label=label)
+        axes[1].plot([point["seconds"] for point in row], accuracy, marker="o", label=label)
     axes[0].set_xlabel("training steps")
     axes[1].set_xlabel("training seconds (2 CPU cores)")
-    axes[0].set_ylabel(f"motion accuracy ({motion})")
+    axes[0].set_ylabel(f"motion accuracy ({motion}); subject accuracy")
     axes[0].set_ylim(-0.02, 1.02)
     for axis in axes:
         axis.grid(alpha=0.3)
@@ -134,11 +178,22 @@ def plot_curves(points: list[dict], path: Path, motion: str) -> Path:
     return path
 
 
+def _curve_key(point: dict) -> str:
+    """What a point's curve plots: subject accuracy for MotionBooth's subject, motion accuracy otherwise."""
+    return "subject_accuracy" if point["row"] == SUBJECT_ROW else "motion_accuracy"
+
+
 def markdown_table(points: list[dict]) -> str:
-    header = "| row | step | train s | motion acc. | appearance acc. | copy |\n| --- | --- | --- | --- | --- | --- |\n"
+    """One line per point; "-" where a score does not apply to the row."""
+
+    def cell(point: dict, key: str) -> str:
+        return f"{point[key]:.2f}" if key in point else "-"
+
+    header = "| row | step | train s | motion acc. | subject acc. | appearance acc. | copy |\n"
+    header += "| --- | --- | --- | --- | --- | --- | --- |\n"
     return header + "".join(
-        f"| {p['row']} | {p['step']} | {p['seconds']} | {p['motion_accuracy']:.2f} | "
-        f"{p['appearance_accuracy']:.2f} | {p['copy_score']:.2f} |\n"
+        f"| {p['row']} | {p['step']} | {p['seconds']} | {cell(p, 'motion_accuracy')} | {cell(p, 'subject_accuracy')} | "
+        f"{cell(p, 'appearance_accuracy')} | {cell(p, 'copy_score')} |\n"
         for p in points
     )
 

@@ -5,9 +5,11 @@ Rows (each trained and scored in a fresh process, so its peak memory is its own)
 * **subject**: MotionBooth learns a novel subject, a blue star, from 5 stills with exact masks, all on a
   gray background (token `sks`, class word `star`), with video preservation on known-motion clips. Prompts
   ask for it on other backgrounds with known motions ("a sks star moving left on a black background").
-  Scores: shape, colour, motion and background accuracy, and background leakage (share of videos whose
-  background reads gray, the training images', instead of the prompt's), with and without the subject
-  region loss (Eq. 2), against the untrained base model.
+  Scores: subject accuracy (shape and colour both right), shape, colour, motion and background accuracy,
+  and background leakage (share of videos whose background reads gray, the training images', instead of
+  the prompt's), with each of MotionBooth's three
+  losses left out in turn (the subject region loss of Eq. 2 replaced by the plain MSE, the subject-token
+  attention loss of Eq. 4, the video preservation loss of Eq. 3), against the untrained base model.
 * **boxes**: the base model (no training) asked for an object along a box path (left to right, top to
   bottom, diagonal), with and without the box edit (Eq. 6-7). Scores: IoU of the segmented object's box
   with the requested box, per frame, and the share of frames with IoU >= 0.5. The edit runs with the
@@ -26,13 +28,15 @@ word like "shape" is not in the vocabulary and would be spelled letter by letter
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .bench_common import bench_model, chosen_rows, model_label, run_rows, write_marked_section
+from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
+from .errors import ConfigError
 from .shapeworld import COLOURS, MOTION_PHRASES, Clip
 
 TOKEN = "sks"
@@ -44,7 +48,15 @@ SUBJECT_MOTIONS = ("left", "right", "up", "down")
 PROMPT_BACKGROUNDS = ("white", "black", "textured")
 PANS = {"left": (-0.25, 0.0), "right": (0.25, 0.0), "up": (0.0, -0.25), "down": (0.0, 0.25), "diagonal": (0.25, 0.25)}
 FRAMES, SIZE, GUIDANCE_SCALE = 8, 32, 7.5
-LEARNING_RATE = 1e-4
+#: per-video yes/no scores (their share gets a Wilson interval); the other scores are means over videos
+PROPORTIONS = (
+    "subject_accuracy",
+    "shape_accuracy",
+    "colour_accuracy",
+    "motion_accuracy",
+    "background_accuracy",
+    "background_leakage",
+)
 
 BEGIN, END = "<!-- bench-motionbooth:begin -->", "<!-- bench-motionbooth:end -->"
 
@@ -65,6 +77,8 @@ ROWS: dict[str, Row] = {
     "subject, base model": Row("subject"),
     "subject, motionbooth": Row("subject", training={}),
     "subject, motionbooth without region loss": Row("subject", training={"masked_loss": False}),
+    "subject, motionbooth without attention loss": Row("subject", training={"attention_loss_weight": 0.0}),
+    "subject, motionbooth without video preservation": Row("subject", training={"video_loss_weight": 0.0}),
     "boxes, base model": Row("boxes"),
     "boxes, box edit": Row("boxes", control=True),
     "boxes, box edit keeping other words": Row("boxes", control=True, control_options={"keep_other_words": True}),
@@ -140,9 +154,18 @@ def regularization_clips() -> list[Clip]:
 # ----------------------------------------------------------------------------------------- one row
 
 
-def train_subject(workdir: Path, model: str | None, row: Row, steps: int, learning_rate: float):
-    """Write the subject stills and preservation clips under `workdir` and train MotionBooth on them (the
-    attention loss at MotionBooth's default level, or the nearest level with cross-attention)."""
+def train_subject(
+    workdir: Path,
+    model: str | None,
+    row: Row,
+    steps: int | None,
+    learning_rate: float | None,
+    seed: int = 0,
+    checkpoint_every: int = 0,
+):
+    """Write the subject stills and preservation clips under `workdir` and train MotionBooth on them with
+    training seed `seed` (steps, learning rate and options the model recommends where not given; the attention
+    loss at MotionBooth's default level, or the nearest level with cross-attention)."""
     from . import api
     from .shapeworld import write_dataset, write_subject_images
 
@@ -160,7 +183,9 @@ def train_subject(workdir: Path, model: str | None, row: Row, steps: int, learni
         height=SIZE,
         width=SIZE,
         learning_rate=learning_rate,
-        checkpoint_every=0,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=10_000 if checkpoint_every else 2,
+        seed=seed,
         overwrite=True,
         progress=False,
         method_options={"class_word": CLASS_WORD, **(row.training or {})},
@@ -191,6 +216,7 @@ def _scores(row: Row, clip: Clip, video: np.ndarray, requested: np.ndarray | Non
     if row.task == "subject":
         result = evaluate_video(video, clip)
         scores = {f"{name}_accuracy": float(result["correct"][name]) for name in ("shape", "colour", "motion")}
+        scores["subject_accuracy"] = float(result["correct"]["shape"] and result["correct"]["colour"])
         scores["background_accuracy"] = float(result["correct"]["background"])
         scores["background_leakage"] = float(result["background"] == TRAINING_BACKGROUND)
         return scores
@@ -205,32 +231,49 @@ def run_row(
     name: str,
     workdir: Path,
     model: str | None,
-    steps: int,
+    steps: int | None,
     prompts: int,
     seeds: int,
     sampling: int,
-    learning_rate: float = LEARNING_RATE,
+    learning_rate: float | None = None,
+    training_seed: int = 0,
 ) -> dict:
-    """Train (subject rows with training) and score one row in this process; returns its measurements."""
+    """Train (subject rows with training, with `training_seed`) and score one row in this process; returns its
+    measurements: the mean of each score and, under `per_video`, every video's."""
     from . import api
-    from .generation import GenerationConfig, generate_latents
     from .methods import load_adapter
-    from .shapeworld import render
     from .utils import peak_memory_mb
-    from .video import frames_to_uint8
 
     chosen_rows([name], ROWS)
     row = ROWS[name]
     workdir = Path(workdir)
     backbone = api.open_backbone(model)
-    result: dict = {"row": name, "task": row.task, "train_seconds": None, "adapter_mb": None}
+    result: dict = {"row": name, "task": row.task, "training_seed": training_seed, "train_seconds": None}
+    result["adapter_mb"] = None
     methods = []
     if row.training is not None:
         started = time.perf_counter()
-        trained = train_subject(workdir, model, row, steps, learning_rate)
+        trained = train_subject(workdir, model, row, steps, learning_rate, training_seed)
         result["train_seconds"] = round(time.perf_counter() - started, 1)
         result["adapter_mb"] = round(trained.adapter_megabytes, 2)
         methods = [load_adapter(trained.adapter, backbone)]
+    measured, sampling_seconds = measure(backbone, row, methods, prompts, seeds, sampling)
+    for key in measured[0]:
+        result[key] = round(float(np.mean([m[key] for m in measured])), 4)
+    result["videos"] = len(measured)
+    result["per_video"] = {key: [round(m[key], 4) for m in measured] for key in measured[0]}
+    result["seconds_per_video"] = round(sampling_seconds / len(measured), 2)
+    result["peak_memory_mb"] = round(peak_memory_mb(backbone.device), 1)
+    return result
+
+
+def measure(backbone, row: Row, methods: list, prompts: int, seeds: int, sampling: int) -> tuple[list[dict], float]:
+    """Generate the row's `prompts` requests at seeds 0..seeds-1 with `methods` (adapters) and the row's control;
+    returns each video's scores and the seconds spent sampling."""
+    from .generation import GenerationConfig, generate_latents
+    from .shapeworld import render
+    from .video import frames_to_uint8
+
     requests = {"subject": subject_prompts, "boxes": box_requests, "camera": camera_requests}[row.task](prompts)
     measured: list[dict[str, float]] = []
     sampling_seconds = 0.0
@@ -245,11 +288,7 @@ def run_row(
             video = frames_to_uint8(backbone.decode_latents(latents)[0])
             sampling_seconds += time.perf_counter() - started
             measured.append(_scores(row, clip, video, requested))
-    for key in measured[0]:
-        result[key] = round(float(np.mean([m[key] for m in measured])), 4)
-    result["seconds_per_video"] = round(sampling_seconds / len(measured), 2)
-    result["peak_memory_mb"] = round(peak_memory_mb(backbone.device), 1)
-    return result
+    return measured, sampling_seconds
 
 
 # ----------------------------------------------------------------------------------------- all rows
@@ -259,72 +298,134 @@ def bench_motionbooth(
     output: Path,
     model: str | None = None,
     rows: list[str] | None = None,
-    steps: int = 150,
+    steps: int | None = None,
     prompts: int = 12,
     seeds: int = 2,
     sampling: int = 25,
-    learning_rate: float = LEARNING_RATE,
+    learning_rate: float | None = None,
     report: Path | None = None,
     progress: bool = True,
+    training_seeds: int = 1,
 ) -> list[dict]:
-    """Run each row in a fresh process and write `output/results.json` (and the tables into `report`)."""
+    """Run each row in a fresh process (rows that train once per training seed 0..training_seeds-1) and write
+    `output/results.json` (and the tables into `report`). Steps and learning rate: the model's recommendation
+    for MotionBooth unless given."""
+    if training_seeds < 1:
+        raise ConfigError(f"--training-seeds must be at least 1, got {training_seeds}")
     rows = chosen_rows(rows, ROWS)
     output = Path(output)
     model = bench_model(model, output)
-    options = {
-        "--steps": steps,
+    options: dict[str, object] = {
         "--prompts": prompts,
         "--seeds": seeds,
         "--sampling-steps": sampling,
-        "--lr": learning_rate,
         "--model": model,
     }
-    results = run_rows("motionbooth", rows, output, options, progress)
+    options.update({flag: value for flag, value in (("--steps", steps), ("--lr", learning_rate)) if value is not None})
+    trained = [name for name in rows if ROWS[name].training is not None]
+    variants = [{"--training-seed": seed} for seed in range(training_seeds)]
+    results = run_rows("motionbooth", trained, output, options, progress, variants) if trained else []
+    untrained = [name for name in rows if ROWS[name].training is None]
+    results += run_rows("motionbooth", untrained, output, options, progress) if untrained else []
+    results.sort(key=lambda result: rows.index(result["row"]))
+    (output / "results.json").write_text(json.dumps(results, indent=2))
     if report is not None:
-        write_report_section(Path(report), results, steps, prompts, seeds, sampling, model)
+        write_report_section(Path(report), results, steps, prompts, seeds, sampling, model, learning_rate)
     return results
+
+
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """The normal 95% interval of a mean, mean +- z sd / sqrt(n) (the sample sd; a single value: itself)."""
+    array = np.asarray(values, float)
+    if len(array) < 2:
+        return (float(array.mean()), float(array.mean()))
+    half = z * array.std(ddof=1) / np.sqrt(len(array))
+    return (float(array.mean() - half), float(array.mean() + half))
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One entry per row, pooled over its training seeds: each score's mean over all videos with its 95%
+    interval (Wilson for the yes/no scores of `PROPORTIONS`, normal for means), the other columns averaged."""
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(result["row"], []).append(result)
+    summary = []
+    for name, runs in groups.items():
+        entry = {"row": name, "task": runs[0]["task"], "training_seeds": len(runs)}
+        entry["videos"] = sum(run["videos"] for run in runs)
+        for key in runs[0]["per_video"]:
+            values = [value for run in runs for value in run["per_video"][key]]
+            entry[key] = float(np.mean(values))
+            interval = wilson_interval(sum(values), len(values)) if key in PROPORTIONS else mean_interval(values)
+            entry[f"{key}_interval"] = interval
+        for key in ("train_seconds", "adapter_mb", "seconds_per_video", "peak_memory_mb"):
+            known = [run[key] for run in runs if run.get(key) is not None]
+            entry[key] = round(float(np.mean(known)), 2) if known else None
+        summary.append(entry)
+    return summary
 
 
 TABLES = {
     "subject": (
+        ("subject acc. (shape and colour)", "subject_accuracy", ".2f"),
         ("shape acc.", "shape_accuracy", ".2f"),
         ("colour acc.", "colour_accuracy", ".2f"),
         ("motion acc.", "motion_accuracy", ".2f"),
         ("background acc.", "background_accuracy", ".2f"),
         ("background leakage", "background_leakage", ".2f"),
-        ("train s", "train_seconds", ""),
-        ("adapter MB", "adapter_mb", ""),
     ),
     "boxes": (("box IoU", "box_iou", ".2f"), ("frames with IoU >= 0.5", "box_hit_rate", ".2f")),
     "camera": (("pan error", "pan_error", ".3f"), ("error / requested pan", "relative_pan_error", ".2f")),
 }
-COMMON_COLUMNS = (("s / video", "seconds_per_video", ""), ("peak MB", "peak_memory_mb", ""))
+COMMON_COLUMNS = (
+    ("train s", "train_seconds", ""),
+    ("adapter MB", "adapter_mb", ""),
+    ("s / video", "seconds_per_video", ""),
+    ("peak MB", "peak_memory_mb", ""),
+)
 
 
 def markdown_tables(results: list[dict]) -> str:
-    """One markdown table per task present in `results`, rows in the order given ("-": not measured)."""
+    """One markdown table per task present in `results`, rows in the order given, each score with its 95%
+    interval pooled over training seeds and videos ("-": not measured)."""
+    summary = summarise(results)
     tables = []
-    for task, columns in TABLES.items():
-        rows = [r for r in results if r["task"] == task]
-        if not rows:
+    for task, scores in TABLES.items():
+        entries = [e for e in summary if e["task"] == task]
+        if not entries:
             continue
-        columns = columns + COMMON_COLUMNS
-        lines = ["| row | " + " | ".join(title for title, _, _ in columns) + " |"]
-        lines.append("| --- " * (len(columns) + 1) + "|")
-        for r in rows:
-            cells = ["-" if r.get(key) is None else format(r[key], spec) for _, key, spec in columns]
-            lines.append("| " + " | ".join([r["row"], *cells]) + " |")
+        titles = ["row", "seeds x videos", *(title for title, _, _ in scores + COMMON_COLUMNS)]
+        lines = ["| " + " | ".join(titles) + " |", "| --- " * len(titles) + "|"]
+        for e in entries:
+            cells = [e["row"], f"{e['training_seeds']} x {e['videos'] // e['training_seeds']}"]
+            for _, key, spec in scores:
+                low, high = e[f"{key}_interval"]
+                cells.append(f"{e[key]:{spec}} [{low:{spec}}, {high:{spec}}]")
+            cells += ["-" if e.get(key) is None else format(e[key], spec) for _, key, spec in COMMON_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
         tables.append("\n".join(lines) + "\n")
     return "\n".join(tables)
 
 
 def write_report_section(
-    report: Path, results: list[dict], steps: int, prompts: int, seeds: int, sampling: int, model: str
+    report: Path,
+    results: list[dict],
+    steps: int | None,
+    prompts: int,
+    seeds: int,
+    sampling: int,
+    model: str,
+    learning_rate: float | None = None,
 ) -> None:
     """Replace the section between the bench markers of `report` with the new tables, atomically."""
-    command = f"motiontune bench motionbooth --steps {steps} --prompts {prompts} --seeds {seeds}"
+    training_seeds = max(r.get("training_seed", 0) for r in results) + 1
+    tuning = "".join(f" {flag} {value}" for flag, value in (("--steps", steps), ("--lr", learning_rate)) if value)
+    command = (
+        f"motiontune bench motionbooth{tuning} --training-seeds {training_seeds} --prompts {prompts} --seeds {seeds}"
+    )
     body = (
-        f"`{command} --sampling-steps {sampling}` on {model_label(model)}. Subject rows: a {SUBJECT_COLOUR} "
+        f"`{command} --sampling-steps {sampling}` on {model_label(model)} (MotionBooth at the model's recommended "
+        f"settings unless the command gives them; 95% intervals in brackets). Subject rows: a {SUBJECT_COLOUR} "
         f"{CLASS_WORD} learned from {len(SUBJECT_STARTS)} masked stills on {TRAINING_BACKGROUND} (token `{TOKEN}`, "
         f"class word `{CLASS_WORD}`), prompted on {', '.join(PROMPT_BACKGROUNDS)} backgrounds with known motions; "
         f"leakage = share of videos whose background reads {TRAINING_BACKGROUND}. Box rows: IoU of the object's "
