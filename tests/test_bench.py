@@ -90,6 +90,9 @@ def test_bench_reuses_finished_rows_and_checks_its_options(tiny_model_dir, tmp_p
     assert first[0]["motion"] == "orbit" and first[0]["training_seed"] == 0
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished row was run again"))
     assert bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("orbit",), **options) == first
+    monkeypatch.chdir(tmp_path.parent)  # the same work folder named relatively is the same run
+    relative = bench_shapeworld(tmp_path.name, str(tiny_model_dir), ["base model"], motions=("orbit",), **options)
+    assert relative == first
     with pytest.raises(ConfigError, match="--motions must be novel motions"):
         bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("left",), **options)
     with pytest.raises(ConfigError, match="--training-seeds must be at least 1"):

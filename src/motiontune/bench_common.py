@@ -67,7 +67,7 @@ def run_rows(
         command = [sys.executable, "-m", "motiontune.cli", "bench", bench, "--row", name, "--output", str(folder)]
         command += [str(part) for flag, value in {**options, **variant}.items() for part in (flag, value)]
         saved = folder / "result.json"
-        if saved.is_file() and json.loads(saved.read_text()).get("command") == command[1:]:
+        if saved.is_file() and _same_run(json.loads(saved.read_text()).get("command"), command[1:]):
             results.append(json.loads(saved.read_text())["result"])
             continue
         if progress:
@@ -83,6 +83,17 @@ def run_rows(
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _same_run(saved: list[str] | None, command: list[str]) -> bool:
+    """Whether a saved row command is `command`, whatever the output folder was called (relative or absolute:
+    the saved result sits in the folder either way)."""
+
+    def without_output(parts: list[str]) -> list[str]:
+        index = parts.index("--output") if "--output" in parts else len(parts)
+        return parts[:index] + parts[index + 2 :]
+
+    return saved is not None and without_output(saved) == without_output(command)
 
 
 def _slug(name: str, variant: dict[str, object]) -> str:
