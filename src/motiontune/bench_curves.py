@@ -44,28 +44,21 @@ def row_curve(
     result, references, generation = train_row(
         ROWS[name], workdir, model, steps, motion=motion, checkpoint_every=every, progress=progress
     )
-    log = [json.loads(line) for line in (result.adapter.parent / "training_log.jsonl").read_text().splitlines()]
     clips = bench_prompts(prompts, motion)
-    checkpoints = [(0, None)] + [
-        (int(folder.name.removeprefix("step-")), _adapter_of(folder))
-        for folder in sorted((result.adapter.parent / "checkpoints").glob("step-*"))
-    ]
     points = []
-    for step, adapter in checkpoints:
+    for point, adapter in _checkpoints(result.adapter.parent, name):
         started = time.perf_counter()
         _, scores = score_adapter(model, adapter, clips, seeds, sampling, generation, references, motion)
         point = {
-            "row": name,
-            "step": step,
-            "seconds": round(log[step - 1]["seconds"], 1) if step else 0.0,
-            "loss": log[step - 1]["loss"] if step else None,
+            **point,
             "motion_accuracy": scores["motion"],
             "appearance_accuracy": scores["appearance"],
             "copy_score": scores["copy"],
         }
         points.append(point)
         if progress:
-            print(f"  step {step}: motion {scores['motion']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
+            seconds = time.perf_counter() - started
+            print(f"  step {point['step']}: motion {scores['motion']:.2f} ({seconds:.0f} s)", flush=True)
     return points
 
 
@@ -81,28 +74,42 @@ def subject_curve(
 
     row = SUBJECT_ROWS["subject, motionbooth"]
     result = train_subject(workdir, model, row, steps, None, checkpoint_every=every)
-    log = [json.loads(line) for line in (result.adapter.parent / "training_log.jsonl").read_text().splitlines()]
-    checkpoints = [(0, None)] + [
-        (int(folder.name.removeprefix("step-")), _adapter_of(folder))
-        for folder in sorted((result.adapter.parent / "checkpoints").glob("step-*"))
-    ]
     points = []
-    for step, adapter in checkpoints:
+    for point, adapter in _checkpoints(result.adapter.parent, SUBJECT_ROW):
         backbone = api.open_backbone(model)
         methods = [load_adapter(adapter, backbone)] if adapter is not None else []
         measured, _ = measure(backbone, row, methods, prompts, seeds, sampling)
         point = {
-            "row": SUBJECT_ROW,
-            "step": step,
-            "seconds": round(log[step - 1]["seconds"], 1) if step else 0.0,
-            "loss": log[step - 1]["loss"] if step else None,
+            **point,
             **{key: sum(m[key] for m in measured) / len(measured) for key in ("subject_accuracy", "motion_accuracy")},
             "background_leakage": sum(m["background_leakage"] for m in measured) / len(measured),
         }
         points.append(point)
         if progress:
-            print(f"  step {step}: subject {point['subject_accuracy']:.2f}", flush=True)
+            print(f"  step {point['step']}: subject {point['subject_accuracy']:.2f}", flush=True)
     return points
+
+
+def _checkpoints(run: Path, row: str) -> list[tuple[dict, Path | None]]:
+    """Step 0 (no adapter) and each checkpoint of the training run in `run`, each with the start of its point:
+    row, step, and the training log's seconds and loss at that step."""
+    log = [json.loads(line) for line in (run / "training_log.jsonl").read_text().splitlines()]
+    steps = [(0, None)] + [
+        (int(folder.name.removeprefix("step-")), _adapter_of(folder))
+        for folder in sorted((run / "checkpoints").glob("step-*"))
+    ]
+    return [
+        (
+            {
+                "row": row,
+                "step": step,
+                "seconds": round(log[step - 1]["seconds"], 1) if step else 0.0,
+                "loss": log[step - 1]["loss"] if step else None,
+            },
+            adapter,
+        )
+        for step, adapter in steps
+    ]
 
 
 def _adapter_of(checkpoint: Path) -> Path:

@@ -129,24 +129,17 @@ def _generate_prompts(
     from .evaluation import evaluate_video
     from .generation import GenerationConfig, generate_latents
     from .methods import load_adapter
-    from .settings import ModelDefaults, Setting, generation_settings
+    from .settings import ModelDefaults, generation_settings
     from .video import frames_to_uint8, save_outputs
 
     backbone = api.open_backbone(model, device)
     adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
-    given = {key: Setting(value, "demo") for key, value in generation.items() if key == "debias"}
-    sampling = generation_settings(ModelDefaults.read(backbone.path), given)
-    options = {key: value for key, value in generation.items() if key != "debias"}
+    sampling = {
+        key: setting.value for key, setting in generation_settings(ModelDefaults.read(backbone.path), {}).items()
+    }
+    options = {"debias": sampling["debias"], **generation}  # the row's own debias mode, if it has one
     settings = GenerationConfig(
-        8,
-        32,
-        32,
-        sampling["steps"].value,
-        sampling["guidance_scale"].value,
-        seed=0,
-        progress=False,
-        debias=sampling["debias"].value,
-        **options,
+        8, 32, 32, sampling["steps"], sampling["guidance_scale"], seed=0, progress=False, **options
     )
     captions = [clip.caption(TOKEN) for clip in PROMPTS]
     latents = generate_latents(backbone, captions, adapters, settings)

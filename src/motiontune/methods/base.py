@@ -48,6 +48,12 @@ def coarse_noise_timesteps(
 TIMESTEP_SAMPLINGS = ("coarse", "uniform")
 
 
+def check_timestep_sampling(sampling: str) -> None:
+    """A config's `timestep_sampling` is one of `TIMESTEP_SAMPLINGS`, else a ConfigError."""
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ConfigError(f"timestep_sampling must be coarse or uniform, got '{sampling}'")
+
+
 def drawn_timesteps(
     batch: int, generator: torch.Generator, sampling: str, num_train_timesteps: int = 1000, alpha: float = 0.5
 ) -> torch.Tensor:

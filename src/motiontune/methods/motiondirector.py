@@ -20,8 +20,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .base import TIMESTEP_SAMPLINGS, drawn_timesteps, noised
+from .base import check_timestep_sampling, drawn_timesteps, noised
 from .lora import LoraMethod, check_lora_options
 
 
@@ -45,7 +44,6 @@ class MotionDirectorConfig:
     train_token: bool = field(
         default=False, metadata={"help": "also train the token's text embedding (prompts must then hold the token)"}
     )
-
     timestep_sampling: str = field(
         default="uniform",
         metadata={
@@ -55,8 +53,7 @@ class MotionDirectorConfig:
 
     def __post_init__(self):
         check_lora_options(self.lora_rank, self.lora_dropout)
-        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
-            raise ConfigError(f"timestep_sampling must be coarse or uniform, got '{self.timestep_sampling}'")
+        check_timestep_sampling(self.timestep_sampling)
 
 
 class MotionDirector(LoraMethod):

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from .base import TIMESTEP_SAMPLINGS, Method, copy_into_parameters, drawn_timesteps, uniform_picks
+from .base import Method, check_timestep_sampling, copy_into_parameters, drawn_timesteps, uniform_picks
 from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
 SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
@@ -51,8 +51,7 @@ class NewMoveConfig:
     def __post_init__(self):
         if self.spatial not in SPATIAL_GROUPS:
             raise ConfigError(f"spatial must be one of {', '.join(SPATIAL_GROUPS)}, got '{self.spatial}'")
-        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
-            raise ConfigError(f"timestep_sampling must be coarse or uniform, got '{self.timestep_sampling}'")
+        check_timestep_sampling(self.timestep_sampling)
         if self.adapter not in ("full", "lora"):
             raise ConfigError(f"adapter must be full or lora, got '{self.adapter}'")
         if not (self.temporal or self.spatial != "none" or self.train_token):
