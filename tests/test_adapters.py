@@ -89,9 +89,9 @@ def test_incompatible_adapters_are_rejected(backbone, tmp_path):
 
 def test_save_is_atomic(tmp_path):
     target = tmp_path / "adapter.safetensors"
-    save_adapter(target, {"x": torch.ones(2)}, {"method": "newmove"})
+    save_adapter(target, {"x": torch.ones(2)}, {"method": "newmove", "backbone": "unet3d"})
     with pytest.raises(Exception):  # noqa: B017 - any failure must leave the old file intact
-        save_adapter(target, {"x": object()}, {"method": "newmove"})
+        save_adapter(target, {"x": object()}, {"method": "newmove", "backbone": "unet3d"})
     assert torch.equal(read_adapter(target)[0]["x"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from motiontune.data import VideoDataset, VideoItem, check_items, find_video_items
 from motiontune.errors import ConfigError, InputError
-from motiontune.video import write_video
+from motiontune.video import read_video, write_video
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
 REFERENCE_CAPTIONS = {
@@ -95,11 +96,50 @@ def test_metadata_jsonl(tmp_path: Path, clip_bytes: dict[str, bytes]) -> None:
     expected = [VideoItem(tmp_path / "one.mp4", "first clip"), VideoItem(tmp_path / "two.gif", "second clip")]
     assert find_video_items(tmp_path) == expected
 
-    # A metadata file elsewhere: paths are relative to the metadata file's own folder.
+    # A metadata file elsewhere: paths are relative to the metadata file's own folder, and must stay inside
+    # it unless the user opts in.
     other = tmp_path / "lists" / "train.jsonl"
     other.parent.mkdir()
     other.write_text(json.dumps({"video_path": "../one.mp4", "caption": "first clip"}) + "\n")
-    assert find_video_items(other) == [VideoItem(tmp_path / "lists" / ".." / "one.mp4", "first clip")]
+    with pytest.raises(InputError, match=r"lies outside the dataset folder .*--allow-outside-data") as error:
+        find_video_items(other)
+    assert_one_line_naming(error.value, f"{other}:1")
+    assert find_video_items(other, allow_outside=True) == [
+        VideoItem(tmp_path / "lists" / ".." / "one.mp4", "first clip")
+    ]
+
+
+@pytest.mark.parametrize("row", ["../../../../etc/passwd", "/dev/zero", "sub/../../one.mp4"])
+def test_metadata_rows_outside_the_folder_are_refused(tmp_path: Path, clip_bytes: dict[str, bytes], row: str) -> None:
+    (tmp_path / "one.mp4").write_bytes(clip_bytes["mp4"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.csv").write_text(f"video_path,caption\n{row},a clip\n")
+    with pytest.raises(InputError, match="outside the dataset folder") as error:
+        find_video_items(data)
+    assert_one_line_naming(error.value, "metadata.csv:2")
+
+
+def test_special_files_are_refused_before_opening(tmp_path: Path, clip_bytes: dict[str, bytes]) -> None:
+    """A FIFO would block the reader forever: refused by type in metadata rows, as a single video and in reads."""
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "metadata.csv").write_text("video_path,caption\npipe.mp4,a clip\n")
+    with pytest.raises(InputError, match="not a regular file") as error:
+        find_video_items(tmp_path)
+    assert_one_line_naming(error.value, "metadata.csv:2")
+    with pytest.raises(InputError, match="not a regular file"):
+        find_video_items(tmp_path / "pipe.mp4")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_video(tmp_path / "pipe.mp4", 2, 16, 16)
+    with pytest.raises(InputError, match="not a regular file"):
+        find_video_items(Path("/dev/null"))
+
+
+def test_tiny_frames_are_refused(tmp_path: Path) -> None:
+    path = write_video(np.zeros((8, 1, 1, 3), np.uint8), tmp_path / "dot.gif")
+    with pytest.raises(InputError, match="1x1 pixels, too small to train on") as error:
+        check_items([VideoItem(path, "a dot")], 4)
+    assert_one_line_naming(error.value, "dot.gif")
 
 
 def test_reference_folder_via_captions_csv() -> None:

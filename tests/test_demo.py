@@ -25,4 +25,8 @@ def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):
     with Image.open(tmp_path / "contact_sheet.png") as sheet:
         assert sheet.width > 8 * 32 and sheet.height > 20 * 32
     assert len(list((tmp_path / "reference").glob("*.mp4"))) == 4
-    assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet"]) == 2  # a finished demo stays
+    assert "holds a finished demo (report.md); pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == report
+    assert main(["demo", "--output", str(tmp_path), "--steps", "2", "--quiet", "--overwrite"]) == 0

@@ -175,6 +175,7 @@ def test_generate_shifts_the_camera_in_the_models_window_unless_told(recommendin
             camera_speed=(0.25, 0.0),
             shift_window=window,
             progress=False,
+            overwrite=True,
         )
     assert windows == [(500, 200), (900, 100)]
 

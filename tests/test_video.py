@@ -239,6 +239,48 @@ def test_corrupt_video_data(tmp_path: Path) -> None:
     assert_one_line_naming(info.value, path)
 
 
+@pytest.mark.parametrize("keep", [1 / 3, 2 / 3])
+def test_truncated_video_is_refused(tmp_path: Path, keep: float) -> None:
+    """A file cut short must not train on the frames that survive (multi-threaded decoding used to hide it)."""
+    rng = np.random.default_rng(0)
+    path = write_video(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), tmp_path / "full.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: round(path.stat().st_size * keep)])
+    with pytest.raises(InputError, match=r"truncated|cannot decode") as info:
+        count_frames(cut)
+    assert_one_line_naming(info.value, cut)
+
+
+def test_variable_frame_rate_and_transparency_are_reported(tmp_path: Path, caplog) -> None:
+    from fractions import Fraction
+
+    vfr = tmp_path / "vfr.mp4"
+    with av.open(str(vfr), "w") as container:
+        stream = container.add_stream("libx264", rate=1000)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        time = 0
+        for index in range(8):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index * 30, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = time, Fraction(1, 1000)
+            time += 40 if index % 2 else 200
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    frames = [Image.fromarray(np.full((32, 32, 3), i * 30, np.uint8)).convert("P") for i in range(4)]
+    transparent = tmp_path / "alpha.gif"
+    frames[0].save(transparent, save_all=True, append_images=frames[1:], transparency=0, duration=100)
+    steady = write_video(moving_square(), tmp_path / "steady.mp4")
+    with caplog.at_level("WARNING", logger="motiontune"):
+        assert count_frames(vfr) == 8
+        assert count_frames(transparent) == 4
+        assert count_frames(steady) == 12
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(str(vfr) in line and "variable frame rate (frame intervals 40-200 ms)" in line for line in lines)
+    assert any(str(transparent) in line and "transparency dropped" in line for line in lines)
+    assert not any(str(steady) in line for line in lines), lines
+
+
 def test_empty_files_and_folders(tmp_path: Path) -> None:
     empty = tmp_path / "empty.mp4"
     empty.touch()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import torch
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_model_dir
 from .data import check_items, find_video_items
-from .errors import ConfigError
+from .errors import ConfigError, warn
 from .settings import (
     FALLBACK,
     NATIVE_KEYS,
@@ -31,7 +32,13 @@ from .settings import (
     option_settings,
     training_settings,
 )
-from .utils import default_device
+from .utils import (
+    atomic_write_text,
+    check_output_files,
+    check_regular_file,
+    check_writable_folder,
+    default_device,
+)
 
 if TYPE_CHECKING:
     from .generation import GeneratedVideo
@@ -99,30 +106,107 @@ def _loss_summary(log_path: Path) -> tuple[float, float]:
     return sum(losses[:window]) / window, sum(losses[-window:]) / window
 
 
+RUN_FILE = "run.json"
+#: Settings a resumed run may change: the step target (a longer run continues where the shorter one stopped).
+RESUMABLE_CHANGES = ("steps",)
+
+
+def _data_fingerprint(files: list[tuple[str, Path, str]]) -> str:
+    """sha256 over each training file's source, content and caption: resuming on other data is refused."""
+    digest = hashlib.sha256()
+    for source, path, caption in files:
+        digest.update(f"{source}\0{caption}\0".encode())
+        if path.is_file():
+            with path.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        else:
+            digest.update(str(path.resolve()).encode())
+    return digest.hexdigest()
+
+
 def _check_resumable(output: Path, current: dict) -> None:
-    """Refuse to resume from a checkpoint trained with another method, token or hyper-parameters."""
-    from .adapters import read_metadata
-    from .training import latest_checkpoint
-
-    checkpoint = latest_checkpoint(output)
-    if checkpoint is None:
+    """Refuse to resume a finished run, or one whose recorded settings (method, options, data, model, seed,
+    learning rate, size, ...) differ from the current ones, naming each difference."""
+    if (output / "adapter.safetensors").exists():
+        raise ConfigError(
+            f"{output}: the run is finished (adapter.safetensors is written), there is nothing to resume; "
+            "pass --overwrite to train it again, or give a new --output"
+        )
+    saved_file = output / RUN_FILE
+    if not saved_file.is_file():
         return
-    saved = read_metadata(checkpoint / "adapter.safetensors")
-
-    def options(metadata: dict) -> dict:
-        return {"method": metadata.get("method"), "token": metadata.get("token"), **metadata.get("hyperparameters", {})}
-
-    before, now = options(saved), options(current)
-    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in now if before.get(key) != now.get(key)]
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"{saved_file}: damaged run settings; pass --overwrite to start over") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{saved_file}: damaged run settings; pass --overwrite to start over")
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE_CHANGES or saved.get(key) == current.get(key):
+            continue
+        if key == "hyperparameters":
+            before, now = saved.get(key) or {}, current.get(key) or {}
+            changed += [
+                f"{name} {before.get(name)!r} -> {now.get(name)!r}"
+                for name in sorted(set(before) | set(now))
+                if before.get(name) != now.get(name)
+            ]
+        elif key in ("data", "model"):
+            changed.append(f"{key} changed")
+        else:
+            changed.append(f"{key} {saved.get(key)!r} -> {current.get(key)!r}")
     if changed:
         raise ConfigError(
-            f"{checkpoint}: cannot resume with other options ({', '.join(changed)}); "
-            "use the same options or a new --output"
+            f"{saved_file}: cannot resume with other settings ({', '.join(changed)}); use the same settings, "
+            "or --overwrite / a new --output"
         )
 
 
 def _holds_a_run(output: Path) -> bool:
-    return (output / "adapter.safetensors").exists() or (output / "checkpoints").is_dir()
+    return any((output / name).exists() for name in ("adapter.safetensors", "checkpoints", RUN_FILE))
+
+
+def _remove_previous_run(output: Path) -> None:
+    """`--overwrite`: remove what an earlier motiontune run wrote in `output` (adapter, log, run settings,
+    checkpoint and validation folders of its own naming), nothing else; the latent cache stays (its entries
+    are keyed by content)."""
+    from .training import checkpoint_folders, remove_staging_folders
+
+    for name in ("adapter.safetensors", "training_log.jsonl", RUN_FILE):
+        (output / name).unlink(missing_ok=True)
+    checkpoints = output / "checkpoints"
+    for folder in checkpoint_folders(output):
+        shutil.rmtree(folder)
+    remove_staging_folders(output)
+    validation = output / "validation"
+    for file in validation.glob("step-[0-9]*-[0-9]*.*"):
+        if file.suffix in (".mp4", ".gif", ".png"):
+            file.unlink()
+    for folder in (checkpoints, validation):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _clean_failed_run(output: Path, created: bool) -> None:
+    """After a run failed before its first checkpoint, leave nothing half-written: the output folder if this
+    run created it, else the log and settings it wrote. A run with a checkpoint stays, to resume."""
+    from .training import completed_checkpoints
+
+    if completed_checkpoints(output):
+        return
+    if created:
+        shutil.rmtree(output, ignore_errors=True)
+        return
+    for name in ("training_log.jsonl", RUN_FILE):
+        (output / name).unlink(missing_ok=True)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+    )
 
 
 def train(
@@ -157,13 +241,17 @@ def train(
     progress: bool = True,
     method_options: dict | None = None,
     sources: dict[str, str] | None = None,
+    allow_outside_data: bool = False,
 ) -> TrainResult:
     """Train `method` on the captioned videos in `data` and write `output/adapter.safetensors`.
 
     For a subject method (motionbooth), `data` holds the subject's images with masks instead
     (`subject_data.find_subject_images`), captioned by the method (e.g. "a sks dog"; give the class
     word in `method_options={"class_word": "dog"}`). Every input is checked (videos readable and long
-    enough, captions carry the token, options known) before anything is written to `output`.
+    enough, inside the dataset folder unless `allow_outside_data`, captions carry the token, options known,
+    `output` writable) before anything is written to `output`. `resume` continues an unfinished run with the
+    same settings (`run.json`); `overwrite` replaces what an earlier run wrote. A run that fails before its
+    first checkpoint leaves nothing behind.
 
     Steps, learning rate, batch size, accumulation, weight average, frames and size left as None (and method
     options not given) come from the model folder's `motiontune.json`, else the method's paper setting
@@ -217,40 +305,77 @@ def train(
         progress=progress,
         frames=frames,
     )
+    output = Path(output)
+    check_writable_folder(output, "--output")
+    cache = Path(cache_dir) if cache_dir is not None else output / "cache"
+    check_writable_folder(cache, "--cache-dir")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: give one")
+    if not resume and not overwrite and _holds_a_run(output):
+        raise ConfigError(
+            f"{output}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
+        )
     images = find_subject_images(data) if subject_images else []
-    sources = {} if subject_images else {"target": find_video_items(data)}
+    sources = {} if subject_images else {"target": find_video_items(data, allow_outside_data)}
     if reg_data is not None:
-        sources["regularization"] = find_video_items(reg_data)
+        sources["regularization"] = find_video_items(reg_data, allow_outside_data)
     for items in sources.values():
         check_items(items, frames, sampling)
     backbone = open_backbone(model, device)
     if height % backbone.vae_scale_factor or width % backbone.vae_scale_factor:
         raise ConfigError(f"--height/--width must be multiples of {backbone.vae_scale_factor}, got {height}x{width}")
     trainer = create_method(method, backbone, {key: option.value for key, option in options.items()}, token=token)
-    if resume:
-        _check_resumable(Path(output), trainer.adapter_metadata())
-    elif not overwrite and _holds_a_run(Path(output)):
-        raise ConfigError(
-            f"{output}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
-        )
     for source, items in sources.items():
         for item in items:
             trainer.check_caption(item.caption, source, str(item.path))
+    long = [item for items in sources.values() for item in items if backbone.prompt_overflow(item.caption)]
+    if long:
+        dropped = backbone.prompt_overflow(long[0].caption)
+        warn(
+            f"{long[0].path}: caption is longer than the text encoder reads and is cut "
+            f"({len(long)} caption(s) in all; {dropped} tokens dropped from this one)",
+            once=True,
+        )
     for prompt in config.validation_prompts:
         trainer.check_prompt(prompt)
+    files = [(source, Path(item.path), item.caption) for source, items in sources.items() for item in items]
+    files += [("subject", image.path, trainer.subject_caption()) for image in images]
+    described = trainer.adapter_metadata()
+    run_settings = {
+        **{key: described[key] for key in ("method", "token", "hyperparameters")},
+        **{key: setting.value for key, setting in settings.items()},
+        "sampling": sampling,
+        "seed": seed,
+        "max_grad_norm": max_grad_norm,
+        "mixed_precision": mixed_precision,
+        "model": backbone.fingerprint(),
+        "data": _data_fingerprint(files),
+    }
+    if resume:
+        _check_resumable(output, run_settings)
+    elif overwrite:
+        _remove_previous_run(output)
 
-    cache = Path(cache_dir) if cache_dir is not None else Path(output) / "cache"
-    examples = []
-    if subject_images:
-        examples += prepare_subject_examples(backbone, images, trainer.subject_caption(), height, width, progress)
-    for source, items in sources.items():
-        dataset = VideoDataset(items, frames, height, width, sampling)
-        examples += prepare_examples(backbone, dataset, source, cache, progress)
-    if overwrite and not resume:
-        shutil.rmtree(Path(output) / "checkpoints", ignore_errors=True)
-    started = time.perf_counter()
-    adapter = run_training(trainer, examples, config)
-    seconds = time.perf_counter() - started
+    created = not output.exists()
+    try:
+        examples = []
+        if subject_images:
+            examples += prepare_subject_examples(backbone, images, trainer.subject_caption(), height, width, progress)
+        for source, items in sources.items():
+            dataset = VideoDataset(items, frames, height, width, sampling)
+            examples += prepare_examples(backbone, dataset, source, cache, progress)
+        atomic_write_text(output / RUN_FILE, json.dumps(run_settings, indent=2, sort_keys=True) + "\n")
+        started = time.perf_counter()
+        adapter = run_training(trainer, examples, config)
+        seconds = time.perf_counter() - started
+    except BaseException as error:
+        _clean_failed_run(output, created)
+        if _out_of_memory(error):
+            raise ConfigError(
+                f"out of memory training {steps} steps of batch size {config.batch_size} at {frames}x{height}x{width}; "
+                "lower --batch-size (and raise --gradient-accumulation), --frames or the size"
+            ) from None
+        raise
     first, last = _loss_summary(config.output_dir / "training_log.jsonl")
     every = {**settings, **{f"{method} {key}": option for key, option in options.items()}}
     return TrainResult(adapter, steps, first, last, seconds, adapter.stat().st_size / 2**20, every)
@@ -314,9 +439,12 @@ def generate_video(
     amplify_until: int = 700,
     keep_other_words: bool = False,
     shift_window: tuple[int, int] | None = None,
+    allow_other_model: bool = False,
+    overwrite: bool = False,
 ) -> GeneratedVideo:
     """Generate one video for `prompt` with any number of adapters; returns its frames as decoded and the
-    paths of the MP4, GIF and PNG written from them.
+    paths of the MP4, GIF and PNG written from them. Existing outputs are replaced only with `overwrite`; the
+    output paths, the prompt and the reference are checked before the model loads.
 
     Frames and size default to those the (first) adapter was trained at, else the model folder's native
     size (`motiontune.json`), else 16 frames at the UNet's configured sample size. Sampling steps, guidance
@@ -334,12 +462,21 @@ def generate_video(
     from .generation import GenerationConfig
     from .generation import generate as run_generation
     from .methods import load_adapters
+    from .video import output_paths
 
     motion = motion_script(prompt, script, subject, boxes, camera_speed)
+    if not motion.prompt.strip():
+        raise ConfigError("--prompt is empty" if script is None else f"{script}: the script's prompt is empty")
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
+    check_output_files(list(output_paths(output).values()), "--output", overwrite)
+    if reference is not None:
+        check_regular_file(Path(reference), "--reference video")
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
     backbone = open_backbone(model, device)
-    methods = load_adapters(adapters, backbone)
+    methods = load_adapters(adapters, backbone, allow_other_model)
     defaults = ModelDefaults.read(backbone.path)
     given = {"steps": steps, "guidance_scale": guidance_scale, "debias": debias, "shift_window": shift_window}
     given = {key: Setting(value, "argument") for key, value in given.items()}

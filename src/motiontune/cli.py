@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import math
 import sys
 from pathlib import Path
 
 import yaml
+from tqdm.auto import tqdm
 
-from .errors import ConfigError, MotiontuneError
+from .errors import LOGGER, ConfigError, MotiontuneError
+from .utils import MAX_SEED, check_regular_file
 
 FITTED = (
     "(default: the model folder's recommendation for the method in its motiontune.json, else the method's "
@@ -21,10 +25,41 @@ FITTED_SAMPLING = "(default: the model folder's recommendation in its motiontune
 MOTION_TOKEN_HELP = "rare token that stands for the learned motion or subject in prompts (V*), e.g. sks"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are ConfigErrors: one `motiontune: error:` line and exit 2, like every other error."""
+
+    def error(self, message: str) -> None:
+        raise ConfigError(f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)")
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """A float that is a number: nan and inf are refused where the option is parsed."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text}")
     return value
 
 
@@ -113,7 +148,7 @@ def _add_motion_controls(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--box-strength",
-        type=float,
+        type=_finite_float,
         default=10.0,
         help="alpha: subject tokens inside their box get + alpha * (1 - box area / frame area)",
     )
@@ -149,7 +184,7 @@ def _add_video_counts(parser: argparse.ArgumentParser, prompts: int, per: str) -
 def build_parser() -> argparse.ArgumentParser:
     from .methods.motion_inversion import DEBIAS_MODES
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="motiontune",
         description="Teach text-to-video diffusion models new motions and subjects, and steer them at inference.",
     )
@@ -172,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(masks/NAME.png, NAME_mask.png or an alpha channel)",
     )
     train.add_argument("--reg-data", type=Path, help="folder of real captioned regularization videos (NewMove Eq. 3)")
+    train.add_argument(
+        "--allow-outside-data",
+        action="store_true",
+        help="let metadata.csv/.jsonl rows name videos outside the dataset folder (refused by default)",
+    )
     train.add_argument("--token", default="sks", help=MOTION_TOKEN_HELP)
     train.add_argument("--output", type=Path, help="output folder for the adapter and checkpoints (required)")
     train.add_argument("--steps", type=_positive_int, default=None, help=f"optimizer steps {FITTED}")
@@ -181,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--height", type=_positive_int, default=None, help=f"training height in pixels {FITTED_NATIVE}")
     train.add_argument("--width", type=_positive_int, default=None, help=f"training width in pixels {FITTED_NATIVE}")
     train.add_argument("--sampling", default="uniform", help="frame sampling: uniform or stride:K")
-    train.add_argument("--lr", type=float, default=None, help=f"learning rate {FITTED}")
+    train.add_argument("--lr", type=_finite_float, default=None, help=f"learning rate {FITTED}")
     train.add_argument("--batch-size", type=_positive_int, default=None, help=f"clips per micro-batch {FITTED}")
     train.add_argument(
         "--gradient-accumulation",
@@ -189,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"micro-batches per step (2 for motionbooth's image + video batches) {FITTED}",
     )
-    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    train.add_argument("--max-grad-norm", type=_finite_float, default=1.0, help="gradient clipping (0 = off)")
     train.add_argument(
         "--ema-decay",
-        type=float,
+        type=_finite_float,
         default=None,
         help="keep an exponential moving average of the trained weights with this decay (e.g. 0.999) and save "
         f"it as the adapter; checkpoints hold it as ema.safetensors (0 = off) {FITTED}",
@@ -205,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--validation-prompt", action="append", default=None, help="prompt for validation videos (repeatable)"
     )
-    train.add_argument("--seed", type=int, default=0, help="seed of every random draw in training")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of every random draw in training")
     train.add_argument("--mixed-precision", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), no, bf16, fp16")
     train.add_argument(
         "--gradient-checkpointing",
@@ -238,16 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "--guidance-scale",
-        type=float,
+        type=_finite_float,
         default=None,
         help=f"classifier-free guidance scale {FITTED_SAMPLING.format(9.0)}",
     )
     generate.add_argument("--sampler", default="ddim", help="ddim, ddpm, dpm++, euler, euler-a or unipc")
-    generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same frames")
+    generate.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same frames")
     generate.add_argument("--reference", type=Path, default=None, help="reference video for --noise-prior")
     generate.add_argument(
         "--noise-prior",
-        type=float,
+        type=_finite_float,
         default=0.0,
         help="start from sqrt(p) * inverted reference + sqrt(1-p) * noise",
     )
@@ -260,7 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the MP4/GIF")
     generate.add_argument("--output", type=Path, default=Path("output.mp4"), help="output MP4 path")
+    generate.add_argument(
+        "--overwrite", action="store_true", help="replace the MP4, GIF and PNG if they exist (refused otherwise)"
+    )
     generate.add_argument("--quiet", action="store_true", help="no progress bars")
+    generate.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="load adapters trained on another base model than --model (their fingerprints differ)",
+    )
     _add_motion_controls(generate)
 
     demo = commands.add_parser(
@@ -273,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
     demo.add_argument("--device", default=None, help="torch device")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--overwrite", action="store_true", help="run again in a folder that holds a finished demo")
 
     world = commands.add_parser("world", help="ShapeWorld: render clips, train the base model")
     world_commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
@@ -288,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--token", default="sks", help="token that names a novel motion in captions")
     render.add_argument("--shapes", default="circle,square,triangle", help="comma-separated shapes to draw from")
     render.add_argument("--backgrounds", default="white,black,gray", help="comma-separated backgrounds")
-    render.add_argument("--seed", type=int, default=0, help="the same seed gives the same clips")
+    render.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same clips")
     render.add_argument("--output", type=Path, required=True, help="folder to write")
     base = world_commands.add_parser(
         "train-base",
@@ -320,9 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompts", type=_positive_int, default=64, help="sampled prompts")
     evaluate.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     evaluate.add_argument("--steps", type=_positive_int, default=25, help="sampling steps")
-    evaluate.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale")
+    evaluate.add_argument("--guidance-scale", type=_finite_float, default=5.0, help="classifier-free guidance scale")
     evaluate.add_argument("--sheet", type=Path, default=None, help="write a PNG contact sheet of samples here")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="load adapters trained on another base model than --model (their fingerprints differ)",
+    )
 
     bench = commands.add_parser("bench", help="measure methods and ablations on a task")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -398,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MotionBooth training steps (default: the model's recommendation)",
     )
     motionbooth_bench.add_argument(
-        "--lr", type=float, default=None, help="MotionBooth learning rate (default: the model's recommendation)"
+        "--lr", type=_finite_float, default=None, help="MotionBooth learning rate (default: the model's recommendation)"
     )
     motionbooth_bench.add_argument(
         "--training-seeds", type=_positive_int, default=1, help="training runs per MotionBooth row (seeds 0..N-1)"
@@ -422,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tiny.add_argument("output", type=Path, help="folder to create")
-    tiny.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    tiny.add_argument("--seed", type=_seed, default=0, help="initialisation seed")
     return parser
 
 
@@ -433,8 +487,7 @@ def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
     config_path = getattr(args, "config", None)
     if config_path is None:
         return args
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: config file does not exist")
+    check_regular_file(config_path, "config file")
     try:
         values = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -476,7 +529,7 @@ def _coerce_one(action: argparse.Action, value, where: str):
         raise ConfigError(f"{where} must be a single value, got {value!r}")
     if action.type is None:
         return str(value)
-    if action.type in (int, _positive_int) and isinstance(value, float):
+    if action.type in (int, _positive_int, _seed) and isinstance(value, float):
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     try:
         return action.type(str(value))
@@ -549,6 +602,7 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         method_options=_method_options(args, args.method),
         sources=_sources(args),
+        allow_outside_data=args.allow_outside_data,
     )
     print(result.summary())
     return 0
@@ -593,6 +647,8 @@ def run_generate(args: argparse.Namespace) -> int:
         amplify_until=args.amplify_until,
         keep_other_words=args.keep_other_words,
         shift_window=parse_shift_window(args.shift_window) if args.shift_window is not None else None,
+        overwrite=args.overwrite,
+        allow_other_model=args.allow_other_model,
     )
     for kind, path in outputs.items():
         print(f"{kind}: {path}")
@@ -602,7 +658,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
-    demo(args.output, steps=args.steps, device=args.device, progress=not args.quiet)
+    demo(args.output, steps=args.steps, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     return 0
 
 
@@ -643,6 +699,7 @@ def run_world(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             sheet=args.sheet,
             adapters=args.adapter,
+            allow_other_model=args.allow_other_model,
         )
         print(json.dumps(summary, indent=2))
         return 0
@@ -714,6 +771,19 @@ def run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+class WarningLines(logging.Handler):
+    """motiontune's warnings as `motiontune: warning: ...` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(f"motiontune: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _one_line_warnings() -> None:
+    if not any(isinstance(handler, WarningLines) for handler in LOGGER.handlers):
+        LOGGER.addHandler(WarningLines())
+        LOGGER.propagate = False
+
+
 def _quiet_libraries() -> None:
     """Keep diffusers/transformers load chatter out of the terminal; our own progress bars remain."""
     import diffusers
@@ -737,6 +807,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _quiet_libraries()
+    _one_line_warnings()
     parser = build_parser()
     try:
         args = _apply_yaml(parser, argv)

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from .attention import AttentionController, BoxEdit, SubjectBox, box_span
 from .backbones.base import Backbone
 from .errors import ConfigError, InputError
 from .sampling import StepHook, StepState, make_scheduler
+from .utils import check_regular_file
 
 Box = tuple[float, float, float, float]
 
@@ -87,8 +89,8 @@ class ControlOptions:
             raise ConfigError(
                 f"--shift-window START,END must have START > END (timesteps count down), got {start},{end}"
             )
-        if self.box_strength < 0:
-            raise ConfigError(f"--box-strength must be non-negative, got {self.box_strength}")
+        if not (math.isfinite(self.box_strength) and self.box_strength >= 0):
+            raise ConfigError(f"--box-strength must be a finite number >= 0, got {self.box_strength}")
 
     def box_edit(self, subjects: list[SubjectBox], prompt_length: int, background: list[int] | None = None) -> BoxEdit:
         """The box edit these options ask for, amplifying (`BoxControl` switches that per step)."""
@@ -176,15 +178,16 @@ def _fill_placeholder(text: str, subject: str | None, where: str, what: str) -> 
 def read_script(path: str | os.PathLike) -> MotionScript:
     """Read and check an official MotionBooth control script (placeholders kept; see `with_subject`)."""
     where = str(path)
+    check_regular_file(Path(path), "script file")
     try:
         with open(path) as handle:
             content = json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{where}: script file does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{where}: cannot read script ({error})") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{where}: invalid JSON ({error})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to be a control script") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{where}: a script is a JSON object with the fields {', '.join(SCRIPT_FIELDS)}")
     unknown = [key for key in content if key not in SCRIPT_FIELDS]

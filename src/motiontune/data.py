@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from motiontune.errors import InputError
-from motiontune.video import count_frames, parse_sampling, read_video, sample_indices
+from motiontune.video import parse_sampling, probe_video, read_video, sample_indices
 
 __all__ = [
     "METADATA_FILENAMES",
@@ -21,6 +22,7 @@ __all__ = [
     "VideoDataset",
     "VideoItem",
     "check_items",
+    "check_video_source",
     "find_video_items",
 ]
 
@@ -29,6 +31,8 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif")
 #: Metadata files looked up inside a dataset folder, in order of preference.
 METADATA_FILENAMES = ("metadata.csv", "metadata.jsonl", "captions.csv")
 _REQUIRED_FIELDS = ("video_path", "caption")
+#: Smallest frame side a training video may have: below it, resizing to the training size invents the frames.
+MIN_VIDEO_SIDE = 16
 _NO_VIDEOS = "no videos found (expected name.mp4 + name.txt pairs or metadata.csv/.jsonl)"
 
 
@@ -53,8 +57,29 @@ def _read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read file ({_one_line(exc.strerror or exc)})") from exc
 
 
-def _make_item(meta: Path, line: int, video: object, caption: object) -> VideoItem:
-    """Validate one metadata row (``video`` relative to the metadata file's folder)."""
+def _inside(folder: Path, path: Path) -> bool:
+    """Whether `path`, read lexically (no symlinks followed), lies inside `folder`."""
+    folder, path = (Path(os.path.normpath(os.path.abspath(p))) for p in (folder, path))
+    return path == folder or folder in path.parents
+
+
+def check_video_source(path: Path, where: str | Path | None = None) -> None:
+    """A video path must be a regular file or a folder of frames: a FIFO, socket or device would block or
+    stream forever, so it is refused by type before anything opens it."""
+    where = where or path
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{where}: video file not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read {path} ({_one_line(exc.strerror or exc)})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(f"{where}: {path} is not a regular file (a FIFO, socket or device); give a video file")
+
+
+def _make_item(meta: Path, line: int, video: object, caption: object, allow_outside: bool) -> VideoItem:
+    """Validate one metadata row (``video`` relative to the metadata file's folder, and inside it unless
+    ``allow_outside``)."""
     where = f"{meta}:{line}"
     if not isinstance(video, str) or not video.strip():
         raise InputError(f"{where}: empty or invalid 'video_path' value {_one_line(repr(video))}")
@@ -63,12 +88,16 @@ def _make_item(meta: Path, line: int, video: object, caption: object) -> VideoIt
     if not caption.strip():
         raise InputError(f"{where}: empty caption for {video.strip()}")
     video_path = meta.parent / video.strip()
-    if not video_path.exists():
-        raise InputError(f"{where}: video file not found: {video_path}")
+    if not allow_outside and not _inside(meta.parent, video_path):
+        raise InputError(
+            f"{where}: video_path {video.strip()!r} lies outside the dataset folder {meta.parent} "
+            "(pass --allow-outside-data to train on it)"
+        )
+    check_video_source(video_path, where)
     return VideoItem(path=video_path, caption=caption.strip())
 
 
-def _items_from_csv(meta: Path) -> list[VideoItem]:
+def _items_from_csv(meta: Path, allow_outside: bool) -> list[VideoItem]:
     text = _read_text(meta)
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
@@ -83,13 +112,13 @@ def _items_from_csv(meta: Path) -> list[VideoItem]:
             absent = [f for f in _REQUIRED_FIELDS if row.get(f) is None]
             if absent:
                 raise InputError(f"{meta}:{reader.line_num}: missing value(s) for {', '.join(absent)}")
-            items.append(_make_item(meta, reader.line_num, row["video_path"], row["caption"]))
+            items.append(_make_item(meta, reader.line_num, row["video_path"], row["caption"], allow_outside))
     except csv.Error as exc:
         raise InputError(f"{meta}:{reader.line_num}: malformed CSV ({_one_line(exc)})") from exc
     return items
 
 
-def _items_from_jsonl(meta: Path) -> list[VideoItem]:
+def _items_from_jsonl(meta: Path, allow_outside: bool) -> list[VideoItem]:
     items = []
     for number, line in enumerate(_read_text(meta).splitlines(), start=1):
         if not line.strip():
@@ -103,12 +132,13 @@ def _items_from_jsonl(meta: Path) -> list[VideoItem]:
         absent = [f for f in _REQUIRED_FIELDS if f not in record]
         if absent:
             raise InputError(f"{meta}:{number}: missing field(s) {', '.join(absent)}")
-        items.append(_make_item(meta, number, record["video_path"], record["caption"]))
+        items.append(_make_item(meta, number, record["video_path"], record["caption"], allow_outside))
     return items
 
 
-def _items_from_metadata(meta: Path) -> list[VideoItem]:
-    items = _items_from_jsonl(meta) if meta.suffix.lower() == ".jsonl" else _items_from_csv(meta)
+def _items_from_metadata(meta: Path, allow_outside: bool = False) -> list[VideoItem]:
+    read = _items_from_jsonl if meta.suffix.lower() == ".jsonl" else _items_from_csv
+    items = read(meta, allow_outside)
     if not items:
         raise InputError(f"{meta}: {_NO_VIDEOS}")
     return items
@@ -148,39 +178,49 @@ def _single_video_item(video: Path) -> VideoItem:
     raise InputError(f"{video}: no caption (add {caption_file.name} or a row in the folder's captions.csv)")
 
 
-def find_video_items(root: str | os.PathLike[str]) -> list[VideoItem]:
+def find_video_items(root: str | os.PathLike[str], allow_outside: bool = False) -> list[VideoItem]:
     """List the captioned videos of a dataset, sorted by path.
 
     ``root`` is a folder of ``name.<ext>`` + ``name.txt`` pairs, a folder holding ``metadata.csv``,
     ``metadata.jsonl`` or ``captions.csv`` (fields ``video_path,caption``, paths relative to the folder),
     the path of such a .csv / .jsonl file, or one video file (captioned by ``name.txt`` beside it or by
-    its row in its folder's metadata). Raises InputError (one line naming the file) on any problem.
+    its row in its folder's metadata). Metadata rows must name videos inside the metadata file's folder
+    unless ``allow_outside``. Raises InputError (one line naming the file) on any problem.
     """
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or folder")
-    if root.is_file() and root.suffix.lower() in VIDEO_EXTENSIONS:
+    if not (root.is_file() or root.is_dir()):
+        raise InputError(f"{root}: not a regular file or folder (a FIFO, socket or device)")
+    if root.suffix.lower() in VIDEO_EXTENSIONS and not root.is_dir():
+        check_video_source(root)
         return [_single_video_item(root)]
     if root.is_file():
         if root.suffix.lower() not in (".csv", ".jsonl"):
             raise InputError(f"{root}: expected a dataset folder or a metadata .csv/.jsonl file")
-        items = _items_from_metadata(root)
+        items = _items_from_metadata(root, allow_outside)
     else:
         present = [root / name for name in METADATA_FILENAMES if (root / name).is_file()]
         if len(present) > 1 and present[1].name == "metadata.jsonl":
             raise InputError(f"{root}: both metadata.csv and metadata.jsonl found, keep only one")
-        items = _items_from_metadata(present[0]) if present else _items_from_pairs(root)
+        items = _items_from_metadata(present[0], allow_outside) if present else _items_from_pairs(root)
     return sorted(items, key=lambda item: (str(item.path), item.caption))
 
 
 def check_items(items: list[VideoItem], num_frames: int, sampling: str = "uniform") -> None:
-    """Open every video once and raise the first InputError / ConfigError (e.g. too few frames), so a
-    training run can fail before it writes anything."""
+    """Open every video once and raise the first InputError / ConfigError (too few frames, frames smaller
+    than `MIN_VIDEO_SIDE`), so a training run can fail before it writes anything."""
     if not items:
         raise InputError("empty dataset: no videos to train on")
     parse_sampling(sampling)
     for item in items:
-        sample_indices(count_frames(item.path), num_frames, sampling, item.path)
+        frames, height, width = probe_video(item.path)
+        if frames and min(height, width) < MIN_VIDEO_SIDE:
+            raise InputError(
+                f"{item.path}: frames are {width}x{height} pixels, too small to train on "
+                f"(at least {MIN_VIDEO_SIDE} on each side)"
+            )
+        sample_indices(frames, num_frames, sampling, item.path)
 
 
 class VideoDataset(Dataset):

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
 from .shapeworld import Clip, sample_clips, write_dataset
+from .utils import atomic_write_text, check_writable_folder
 
 TOKEN = "sks"
 SUBJECT_LOOK = ("colour", "shape")  # what NewMove's copy score is about: the subject, not the background
@@ -83,15 +85,21 @@ SUBJECT_TOKEN = "pll"
 COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0.35), camera=(0.25, 0.0))
 
 
-def run_demo(output: Path, steps: int | None = None, device: str | None = None, progress: bool = True) -> Path:
+def run_demo(
+    output: Path, steps: int | None = None, device: str | None = None, progress: bool = True, overwrite: bool = False
+) -> Path:
     """Teach the default model zigzag with every motion method, generate, measure and report; then learn
     a novel subject with MotionBooth and compose it with the NewMove motion, a box path and a camera pan.
     Each method trains for `steps`, or what the model recommends for it (`motiontune.json`). Every score is
-    taken on the frames as generated (the MP4/GIF files are written from them)."""
+    taken on the frames as generated (the MP4/GIF files are written from them). A folder that holds a finished
+    demo (its report.md) is redone only with `overwrite`."""
     from .bench import ROWS, train_row
     from .video import write_contact_sheet
 
     output = Path(output)
+    check_writable_folder(output, "--output")
+    if (output / "report.md").exists() and not overwrite:
+        raise ConfigError(f"{output}: holds a finished demo (report.md); pass --overwrite to run it again")
     model, shipped = default_or_tiny_model(output)
     rows, labels, scores, training = [], [], {}, {}
     for name, row_name in DEMO_ROWS.items():
@@ -115,7 +123,7 @@ def run_demo(output: Path, steps: int | None = None, device: str | None = None, 
     reference_rows = [_read_mp4(p) for p in sorted((output / "reference").glob("*.mp4"))]
     reference_sheet = write_contact_sheet(reference_rows, output / "reference_sheet.png")
     report = _report(training, scores, composed, steps, shipped, model, sheet, reference_sheet)
-    (output / "report.md").write_text(report)
+    atomic_write_text(output / "report.md", report)
     print(report)
     return output / "report.md"
 
@@ -205,6 +213,7 @@ def _compose(
                 seed=seed,
                 device=device,
                 progress=progress,
+                overwrite=True,
                 **options,
             )
             videos.append(generated.frames)

@@ -1,6 +1,11 @@
-"""User-facing errors: each carries one line that names the input and the problem."""
+"""User-facing errors and warnings: each carries one line that names the input and the problem."""
 
 from __future__ import annotations
+
+import logging
+
+LOGGER = logging.getLogger("motiontune")
+_WARNED: set[str] = set()
 
 
 class MotiontuneError(Exception):
@@ -13,3 +18,17 @@ class InputError(MotiontuneError):
 
 class ConfigError(MotiontuneError):
     """An option, a config value or an adapter's metadata is invalid or incompatible."""
+
+
+class TrainingDiverged(MotiontuneError):
+    """Training produced a non-finite loss or weights; the run stopped and kept its last good checkpoint."""
+
+
+def warn(message: str, once: bool = False) -> None:
+    """Report something the user should know but that does not stop the job, as one line (with `once`, only
+    the first time in this process: e.g. for a file that is read several times)."""
+    line = " ".join(message.split())
+    if once and line in _WARNED:
+        return
+    _WARNED.add(line)
+    LOGGER.warning(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,9 +12,13 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone
-from .errors import ConfigError
+from .errors import ConfigError, warn
 from .methods.base import Method
 from .sampling import StepHook, ddim_invert, make_scheduler, noise_prior, sample
+from .utils import check_seed
+
+#: Fastest frame rate written: GIF frame delays are whole 1/100 s, so 100 fps is their limit.
+MAX_FPS = 100
 
 
 @dataclass
@@ -39,8 +44,15 @@ class GenerationConfig:
             raise ConfigError(f"frames, height and width must be positive {scale_hint}")
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if not math.isfinite(self.guidance_scale):
+            raise ConfigError(f"--guidance-scale must be a finite number, got {self.guidance_scale}")
+        if not 0.0 <= self.noise_prior <= 1.0:  # also refuses NaN
+            raise ConfigError(f"--noise-prior must be in [0, 1], got {self.noise_prior}")
         if self.noise_prior and self.reference is None:
             raise ConfigError("--noise-prior needs --reference VIDEO to invert")
+        if not 1 <= self.fps <= MAX_FPS:
+            raise ConfigError(f"--fps must be from 1 to {MAX_FPS} (a GIF cannot show frames faster), got {self.fps}")
+        check_seed(self.seed)
 
 
 def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) -> torch.Tensor:
@@ -78,6 +90,10 @@ def generate_latents(
     Each prompt must carry each adapter's token unless `check_prompts` is off (to measure what an adapter
     does to prompts that do not ask for it)."""
     settings = settings or GenerationConfig()
+    for prompt in prompts if check_prompts else ():
+        dropped = backbone.prompt_overflow(prompt)
+        if dropped:
+            warn(f"prompt is longer than the text encoder reads: its last {dropped} tokens are dropped")
     for method in methods:
         for prompt in prompts if check_prompts else ():
             method.check_prompt(prompt)
@@ -130,5 +146,7 @@ def generate(
     if output.suffix.lower() != ".mp4":
         raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
     latents = generate_latents(backbone, [prompt], methods, settings, hooks)
+    if not torch.isfinite(latents).all():
+        raise ConfigError("sampling produced non-finite values (NaN or inf); nothing was written")
     frames = frames_to_uint8(backbone.decode_latents(latents)[0])
     return GeneratedVideo(frames, save_outputs(frames, output, fps=settings.fps, label=prompt))

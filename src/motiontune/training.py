@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,15 +21,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .adapters import atomic_save_tensors, read_adapter, save_adapter
 from .backbones.base import Backbone
 from .data import VideoDataset
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, MotiontuneError, TrainingDiverged, warn
 from .methods.base import Method, uniform_picks
-from .utils import atomic_directory, peak_memory_mb
+from .utils import atomic_directory, atomic_write_text, check_seed, peak_memory_mb
 
 
 @dataclass
@@ -79,15 +81,18 @@ class TrainConfig:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1 or (self.gradient_accumulation is not None and self.gradient_accumulation < 1):
             raise ConfigError("--batch-size and --gradient-accumulation must be at least 1")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"--lr must be positive, got {self.learning_rate}")
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"--lr must be a positive finite number, got {self.learning_rate}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ConfigError(f"--max-grad-norm must be a finite number >= 0 (0 = off), got {self.max_grad_norm}")
+        check_seed(self.seed)
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(
                 f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}, got '{self.mixed_precision}'"
             )
         if self.checkpoint_every < 0 or self.validate_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("--checkpoint-every/--validate-every must be >= 0 and --keep-checkpoints >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
+        if not 0.0 <= self.ema_decay < 1.0:  # also refuses NaN
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
@@ -114,8 +119,9 @@ def prepare_examples(
             key = f"{Path(item.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dataset.num_frames}|"
             key += f"{dataset.height}|{dataset.width}|{dataset.sampling}|{backbone.path}"
             cache_file = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
-        if cache_file is not None and cache_file.exists():
-            latents = load_file(str(cache_file))["latents"].to(backbone.device, backbone.dtype)
+        latents = _cached_latents(cache_file) if cache_file is not None and cache_file.exists() else None
+        if latents is not None:
+            latents = latents.to(backbone.device, backbone.dtype)
         else:
             pixels = dataset[index]["pixels"][None]
             latents = backbone.encode_video(pixels)[0]
@@ -125,6 +131,19 @@ def prepare_examples(
             text = backbone.encode_prompt([item.caption])[0]
         examples.append(Example(latents, item.caption, text, source, str(item.path)))
     return examples
+
+
+def _cached_latents(cache_file: Path) -> torch.Tensor | None:
+    """The latents of a cache entry, or None (with a warning) when the entry is damaged: it is then rebuilt."""
+    try:
+        latents = load_file(str(cache_file))["latents"]
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        warn(f"{cache_file}: damaged latent cache entry ({' '.join(str(error).split())}); encoding the video again")
+        return None
+    if latents.ndim != 4 or not latents.is_floating_point() or not torch.isfinite(latents).all():
+        warn(f"{cache_file}: damaged latent cache entry (shape {tuple(latents.shape)}); encoding the video again")
+        return None
+    return latents
 
 
 class _TrainingModule(torch.nn.Module):
@@ -231,9 +250,27 @@ class WeightAverage:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted((output_dir / "checkpoints").glob("step-*"))
-    complete = [c for c in checkpoints if (c / "state.json").exists()]
+    """The newest checkpoint folder that finished writing (it holds `state.json`), or None."""
+    complete = completed_checkpoints(output_dir)
     return complete[-1] if complete else None
+
+
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The checkpoint folders motiontune wrote (`step-NNNNNN`), oldest first; other files there are the user's."""
+    folders = (output_dir / "checkpoints").glob("step-[0-9]*")
+    return sorted(f for f in folders if f.is_dir() and f.name[5:].isdigit())
+
+
+def completed_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoint folders that finished writing, oldest first."""
+    return [c for c in checkpoint_folders(output_dir) if (c / "state.json").exists()]
+
+
+def remove_staging_folders(output_dir: Path) -> None:
+    """Remove checkpoint folders a killed process left half-written (hidden `.step-*` staging folders)."""
+    for staging in (output_dir / "checkpoints").glob(".step-*"):
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _save_checkpoint(
@@ -253,29 +290,82 @@ def _save_checkpoint(
         tensors["rng.torch"] = torch.get_rng_state()
         atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
         (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
-    for old in sorted(root.glob("step-*"))[:-keep]:
+    for old in checkpoint_folders(output_dir)[:-keep]:
         shutil.rmtree(old)
     return final
 
 
-def _load_adapter_file(method: Method, path: Path) -> None:
-    tensors, _ = read_adapter(path, device=method.backbone.device)
-    method.load_adapter_tensors(tensors, str(path))
+@dataclass
+class _Checkpoint:
+    """Everything a checkpoint folder holds, read and checked before any of it is applied."""
+
+    path: Path
+    step: int
+    adapter: dict[str, torch.Tensor]
+    average: dict[str, torch.Tensor] | None
+    optimizer: dict[str, torch.Tensor]
+    layout: dict
+    generator_state: torch.Tensor
+    torch_state: torch.Tensor
 
 
-def _restore_checkpoint(checkpoint: Path, method: Method, optimizer, generator, average: WeightAverage | None) -> int:
-    """Restore a checkpoint; a weight average starts from the saved one, or from the weights when it has none."""
-    if average is not None:
+def _read_checkpoint(checkpoint: Path, device) -> _Checkpoint:
+    """Read one checkpoint; any damage (missing or truncated file, bad JSON, missing keys, non-finite
+    weights) raises InputError naming the file."""
+    try:
+        state = json.loads((checkpoint / "state.json").read_text())
+        step, layout = int(state["step"]), state["optimizer"]
+        adapter, _ = read_adapter(checkpoint / "adapter.safetensors", device=device)
         saved_average = checkpoint / "ema.safetensors"
-        _load_adapter_file(method, saved_average if saved_average.exists() else checkpoint / "adapter.safetensors")
-        average.take_from_parameters()
-    _load_adapter_file(method, checkpoint / "adapter.safetensors")
-    state = json.loads((checkpoint / "state.json").read_text())
-    saved = load_file(str(checkpoint / "optimizer.safetensors"))
-    generator.set_state(saved.pop("rng.generator"))
-    torch.set_rng_state(saved.pop("rng.torch"))
-    _load_optimizer(optimizer, saved, state["optimizer"])
-    return int(state["step"])
+        average = read_adapter(saved_average, device=device)[0] if saved_average.exists() else None
+        optimizer = load_file(str(checkpoint / "optimizer.safetensors"))
+        generator_state, torch_state = optimizer.pop("rng.generator"), optimizer.pop("rng.torch")
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, MotiontuneError) as error:
+        raise InputError(f"{checkpoint}: damaged checkpoint ({' '.join(str(error).split())})") from None
+    for name, tensors in (("adapter", adapter), ("weight average", average or {})):
+        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors.values()):
+            raise InputError(f"{checkpoint}: damaged checkpoint (its {name} holds non-finite values)")
+    return _Checkpoint(checkpoint, step, adapter, average, optimizer, layout, generator_state, torch_state)
+
+
+def _restore_checkpoint(output_dir: Path, method: Method, optimizer, generator, average: WeightAverage | None) -> int:
+    """Restore the newest intact checkpoint (a damaged one is reported and the one before it tried); a weight
+    average starts from the saved one, or from the weights when it has none. Returns its step (0: none)."""
+    checkpoints = completed_checkpoints(output_dir)
+    for checkpoint in reversed(checkpoints):
+        try:
+            saved = _read_checkpoint(checkpoint, method.backbone.device)
+            if average is not None:
+                method.load_adapter_tensors(saved.average or saved.adapter, str(checkpoint))
+                average.take_from_parameters()
+            method.load_adapter_tensors(saved.adapter, str(checkpoint))
+            _load_optimizer(optimizer, saved.optimizer, saved.layout)
+        except (MotiontuneError, ValueError, KeyError, RuntimeError) as error:
+            warn(f"{error}; trying the checkpoint before it" if checkpoint != checkpoints[0] else str(error))
+            continue
+        generator.set_state(saved.generator_state)
+        torch.set_rng_state(saved.torch_state)
+        if checkpoint != checkpoints[-1]:
+            warn(f"resuming from {checkpoint} (the newer checkpoints are damaged)")
+        return saved.step
+    if checkpoints:
+        raise InputError(
+            f"{output_dir / 'checkpoints'}: no intact checkpoint to resume from; pass --overwrite to start over"
+        )
+    return 0
+
+
+def _finite(parameters: list[torch.nn.Parameter]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in parameters)
+
+
+def _diverged(output_dir: Path, step: int, what: str) -> TrainingDiverged:
+    checkpoint = latest_checkpoint(output_dir)
+    kept = f"the last good checkpoint {checkpoint} is kept" if checkpoint else "no checkpoint was written"
+    return TrainingDiverged(
+        f"training diverged at step {step} ({what}); stopped without writing an adapter, {kept} "
+        "(try a lower --lr or --max-grad-norm)"
+    )
 
 
 def _resolve_precision(requested: str, device: torch.device) -> str:
@@ -318,15 +408,16 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     average = WeightAverage(trainable, config.ema_decay) if config.ema_decay else None
 
     start = 0
-    checkpoint = latest_checkpoint(output_dir) if config.resume else None
-    if config.resume and checkpoint is None and accelerator.is_main_process:
-        tqdm.write(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
-    if checkpoint is not None:
-        start = _restore_checkpoint(checkpoint, method, optimizer, generator, average)
+    if accelerator.is_main_process:
+        remove_staging_folders(output_dir)
+    if config.resume:
+        start = _restore_checkpoint(output_dir, method, optimizer, generator, average)
+        if start == 0 and accelerator.is_main_process:
+            tqdm.write(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
     log_path = output_dir / "training_log.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
-    log_lines = log_path.read_text().splitlines()[:start] if (start and log_path.exists()) else []
-    log_path.write_text("".join(line + "\n" for line in log_lines))
+    log_lines = _log_lines(log_path)[:start] if start else []
+    atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
     seconds_before = json.loads(log_lines[-1]).get("seconds", 0.0) if log_lines else 0.0
 
     module.train()
@@ -347,12 +438,16 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
             if average is not None and accelerator.sync_gradients:
                 average.update()
             total += loss.detach().item() / accumulation
+        if not math.isfinite(total):
+            raise _diverged(output_dir, step + 1, f"loss {total}")
         bar.set_postfix(loss=f"{total:.4f}")
         with log_path.open("a") as log:
             seconds = seconds_before + time.perf_counter() - started
             log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
         if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0:
+            if not _finite(trainable):
+                raise _diverged(output_dir, done, "non-finite weights")
             _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints, average)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
@@ -362,6 +457,8 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     module.eval()
     if average is not None:
         average.copy_into_parameters()
+    if not _finite(trainable):
+        raise _diverged(output_dir, config.steps, "non-finite weights")
     elapsed = time.perf_counter() - started
     if not accelerator.is_main_process:
         return output_dir / "adapter.safetensors"
@@ -385,6 +482,20 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     if config.validation_prompts and not config.validate_every:
         _validate(method, config, config.steps, latent_shape)
     return path
+
+
+def _log_lines(log_path: Path) -> list[str]:
+    """The lines of a training log up to its first line that is not valid JSON (a line cut by a kill)."""
+    if not log_path.exists():
+        return []
+    lines = []
+    for line in log_path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            break
+        lines.append(line)
+    return lines
 
 
 def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:

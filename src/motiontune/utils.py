@@ -13,6 +13,11 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError, InputError
+
+#: Seeds are 63-bit: every torch generator takes them, and a seed plus a process index still fits.
+MAX_SEED = 2**63 - 1
+
 
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
@@ -60,3 +65,54 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def check_seed(seed: int) -> None:
+    """A seed is an integer in [0, MAX_SEED], else a ConfigError (checked before any model loads)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+
+
+def check_regular_file(path: Path, what: str) -> Path:
+    """`path` exists and is a regular file, else an InputError naming it: a FIFO or device would block or
+    stream forever when opened."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {what} does not exist")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise InputError(f"{path}: {what} is {kind}")
+    return path
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """`folder` can be created or written into: it is not a file, no ancestor is a file, and the nearest
+    existing one is writable. One line naming `option` and the path otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder}: is a file, not a folder")
+    existing = nearest_existing(folder)
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {folder}: folder {existing} is not writable")
+
+
+def check_output_files(paths: list[Path], option: str, overwrite: bool) -> None:
+    """Files about to be written: none is a folder, their folders can be written, and none exists unless
+    `overwrite` (a finished result is never replaced silently)."""
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{option} {path}: is a folder; give a file path")
+        check_writable_folder(path.parent, option)
+        if path.exists() and not overwrite:
+            raise InputError(f"{option} {path}: already exists; pass --overwrite to replace it")

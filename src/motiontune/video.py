@@ -14,13 +14,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from motiontune.errors import ConfigError, InputError
+from motiontune.errors import ConfigError, InputError, warn
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "count_frames",
     "frames_to_uint8",
+    "output_paths",
     "parse_sampling",
+    "probe_video",
     "read_video",
     "sample_indices",
     "save_outputs",
@@ -112,17 +114,32 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _check_exists(path: Path) -> None:
+    """A readable video source: a regular non-empty file or a folder of frames, never a FIFO or device (which
+    would block or stream forever)."""
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{path}: not a regular file (a FIFO, socket or device); give a video file")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: empty video (file is 0 bytes)")
 
 
-def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | None]:
-    """Yield every frame of ``path`` (RGB uint8 HxWx3 if ``to_array`` else ``None``) in display order.
+def _has_transparency(frame: av.VideoFrame) -> bool:
+    """Whether a decoded frame's pixel format carries alpha and some pixel is not opaque."""
+    if not any(name in frame.format.name for name in ("rgba", "bgra", "argb", "abgr", "yuva", "gbrap", "ya")):
+        return False
+    return bool((frame.to_ndarray(format="rgba")[..., 3] < 255).any())
 
-    ``path`` may be a video / GIF file (decoded with PyAV) or a folder of image frames sorted by name.
-    Every failure becomes an InputError naming ``path``.
+
+def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | tuple[int, int]]:
+    """Yield every frame of ``path`` in display order: RGB uint8 HxWx3 if ``to_array``, else its (height,
+    width).
+
+    ``path`` may be a video / GIF file (decoded with PyAV, one thread: multi-threaded decoding hides the
+    errors of a truncated file) or a folder of image frames sorted by name. Every failure becomes an
+    InputError naming ``path``; a file that decodes to fewer frames than its container declares is refused as
+    truncated. Variable frame rate timing and transparency (dropped: frames are taken by index and composited
+    as RGB) are reported as warnings.
     """
     _check_exists(path)
     if path.is_dir():
@@ -132,7 +149,9 @@ def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | None]:
         for image_path in images:
             try:
                 with Image.open(image_path) as image:
-                    yield np.asarray(ImageOps.exif_transpose(image).convert("RGB")) if to_array else None
+                    if "A" in image.getbands() or "transparency" in image.info:
+                        _warn_timing(path, [], transparent=True)
+                    yield np.asarray(ImageOps.exif_transpose(image).convert("RGB")) if to_array else image.size[::-1]
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise InputError(f"{image_path}: cannot read image frame ({_reason(exc)})") from exc
         return
@@ -145,12 +164,33 @@ def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | None]:
         if not container.streams.video:
             raise InputError(f"{path}: no video stream found (empty video or not a video file)")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        declared, decoded, times, transparent = stream.frames, 0, [], False
         try:
             for frame in container.decode(stream):
-                yield _to_rgb(frame) if to_array else None
+                decoded += 1
+                if frame.time is not None:
+                    times.append(frame.time)
+                if decoded <= 2 and not transparent:
+                    transparent = _has_transparency(frame)
+                yield _to_rgb(frame) if to_array else (frame.height, frame.width)
         except _AV_ERRORS as exc:
             raise InputError(f"{path}: cannot decode video ({_reason(exc)})") from exc
+        if declared and decoded < declared:
+            raise InputError(f"{path}: truncated or damaged video (decoded {decoded} of its {declared} frames)")
+        _warn_timing(path, times, transparent)
+
+
+def _warn_timing(path: Path, times: list[float], transparent: bool) -> None:
+    """Warn (once) about what reading by frame index drops: variable frame rate timing and transparency."""
+    intervals = np.diff(np.asarray(times, dtype=np.float64))
+    if len(intervals) >= 2 and intervals.min() > 0 and intervals.max() > 1.5 * intervals.min():
+        warn(
+            f"{path}: variable frame rate (frame intervals {1000 * intervals.min():.0f}-{1000 * intervals.max():.0f} "
+            "ms); frames are taken by index, so the motion's timing is not kept",
+            once=True,
+        )
+    if transparent:
+        warn(f"{path}: transparency dropped (the alpha channel is ignored; frames are read as RGB)", once=True)
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -204,7 +244,17 @@ def _check_uint8_video(frames: np.ndarray, name: str = "frames_uint8") -> None:
 def count_frames(path: str | os.PathLike[str]) -> int:
     """Number of frames in a video / GIF / image-frame folder, counted by decoding (container metadata
     is not trusted). Returns 0 for a stream that decodes to nothing; raises InputError if unreadable."""
-    return sum(1 for _ in _iter_decoded(Path(path), to_array=False))
+    return probe_video(path)[0]
+
+
+def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(frames, height, width) of a video / GIF / image-frame folder, by decoding it (the size of its first
+    frame; frames 0 for a stream that decodes to nothing); raises InputError if unreadable."""
+    count, size = 0, (0, 0)
+    for shape in _iter_decoded(Path(path), to_array=False):
+        count += 1
+        size = size if count > 1 else shape
+    return count, *size
 
 
 def read_video(
@@ -397,14 +447,27 @@ def write_contact_sheet(
     return _atomic_write(path, ".png", lambda tmp: sheet.save(tmp, format="PNG"))
 
 
+def output_paths(video_path: str | os.PathLike[str]) -> dict[str, Path]:
+    """The ``X.mp4``, ``X.gif`` and ``X.png`` that `save_outputs` writes for ``X.mp4``."""
+    video_path = Path(video_path)
+    base = video_path.with_suffix("") if video_path.suffix.lower() == ".mp4" else video_path
+    return {ext: base.with_name(f"{base.name}.{ext}") for ext in ("mp4", "gif", "png")}
+
+
 def save_outputs(
     frames_uint8: np.ndarray, video_path: str | os.PathLike[str], fps: int = 8, label: str | None = None
 ) -> dict[str, Path]:
-    """Write ``X.mp4``, ``X.gif`` and ``X.png`` (one-row contact sheet) side by side for ``X.mp4``."""
-    video_path = Path(video_path)
-    base = video_path.with_suffix("") if video_path.suffix.lower() == ".mp4" else video_path
-    outputs = {ext: base.with_name(f"{base.name}.{ext}") for ext in ("mp4", "gif", "png")}
-    write_video(frames_uint8, outputs["mp4"], fps=fps)
-    write_video(frames_uint8, outputs["gif"], fps=fps)
-    write_contact_sheet([frames_uint8], outputs["png"], labels=None if label is None else [label])
+    """Write ``X.mp4``, ``X.gif`` and ``X.png`` (one-row contact sheet) side by side for ``X.mp4``; a file that
+    cannot be written is an InputError naming it (the files written before it stay whole)."""
+    outputs = output_paths(video_path)
+    writers = {
+        "mp4": lambda: write_video(frames_uint8, outputs["mp4"], fps=fps),
+        "gif": lambda: write_video(frames_uint8, outputs["gif"], fps=fps),
+        "png": lambda: write_contact_sheet([frames_uint8], outputs["png"], labels=None if label is None else [label]),
+    }
+    for kind, write in writers.items():
+        try:
+            write()
+        except (OSError, av.error.FFmpegError) as exc:
+            raise InputError(f"{outputs[kind]}: cannot write ({_reason(exc)})") from None
     return outputs

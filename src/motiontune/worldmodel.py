@@ -191,6 +191,7 @@ def evaluate_base_model(
     progress: bool = True,
     sheet: Path | None = None,
     adapters: list[Path] = (),
+    allow_other_model: bool = False,
 ) -> dict:
     """Score the base model with the analytic metrics on sampled prompts x seeds (known motions and shapes).
 
@@ -204,7 +205,7 @@ def evaluate_base_model(
     from .shapeworld import NOVEL_MOTIONS
 
     backbone = open_backbone(model)
-    methods = [load_adapter(path, backbone) for path in adapters]
+    methods = [load_adapter(path, backbone, allow_other_model) for path in adapters]
     recipe = Path(model) / "recipe.json"
     trained = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
     frames, size = trained.get("frames", 8), trained.get("size", 32)

@@ -30,10 +30,11 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
 ) -> Backbone:
     """Load a diffusers text-to-video model folder (or cached hub id) as a backbone, with its frame positions
-    when the folder has them."""
+    when the folder has them, and its fingerprint taken before anything can change its weights."""
     components = load_components(model, dtype=dtype)
     backbone = backbone_for(components.unet)(components)
     positions = components.path / FRAME_POSITIONS_FILE
     if positions.exists():
         backbone.load_frame_positions(positions)
+    backbone.fingerprint()
     return backbone.to(device)

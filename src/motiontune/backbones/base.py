@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -16,6 +17,17 @@ from ..errors import InputError
 
 SiteKind = Literal["spatial_self", "cross", "temporal"]
 FRAME_POSITIONS_FILE = "frame_positions.safetensors"
+#: values of each parameter that go into a model's fingerprint: this many from the start and from the end
+FINGERPRINT_VALUES = 8
+#: config entries that describe where or how a model was loaded, not the model
+UNFINGERPRINTED_CONFIG = {"dtype", "torch_dtype", "transformers_version"}
+
+
+def _config_json(config: dict) -> str:
+    """A model config as JSON with sorted keys, without private entries and load details."""
+    kept = {key: value for key, value in config.items() if not key.startswith("_")}
+    kept = {key: value for key, value in kept.items() if key not in UNFINGERPRINTED_CONFIG}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -57,22 +69,37 @@ AUTO_CLASSES = {
 }
 
 
+HUB_PREFIX = "hf:"
+
+
 def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A local folder as is; a hub id (`org/name`) only when it is already cached or we are online."""
-    path = Path(model).expanduser()
-    if path.exists():
+    """A local folder as is. A name that is not a local folder is never looked up online unless asked:
+    `hf:org/name` downloads from the hub (unless HF_HUB_OFFLINE); a bare `org/name` is taken from the local
+    hub cache only, so a mistyped local path is reported as missing."""
+    text = str(model)
+    hub_id = text.removeprefix(HUB_PREFIX) if text.startswith(HUB_PREFIX) else None
+    path = Path(text).expanduser()
+    if hub_id is None and path.exists():
         if not path.is_dir():
             raise InputError(f"{path}: model must be a diffusers model folder, got a file")
         return path
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(model)):
-        from huggingface_hub import snapshot_download
+    name = hub_id if hub_id is not None else text
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        if hub_id is not None:
+            raise InputError(f"{model}: not a hub model id (expected hf:org/name)")
+        raise InputError(f"{path}: model folder does not exist")
+    from huggingface_hub import snapshot_download
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        try:
-            return Path(snapshot_download(str(model), local_files_only=offline))
-        except Exception as error:
-            raise InputError(f"{model}: not a local folder and not available from the hub ({error})") from None
-    raise InputError(f"{path}: model folder does not exist")
+    offline = hub_id is None or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(name, local_files_only=offline))
+    except Exception as error:
+        if hub_id is None:
+            raise InputError(
+                f"{path}: model folder does not exist (nor is '{name}' in the local hub cache; to download it "
+                f"from the hub pass {HUB_PREFIX}{name})"
+            ) from None
+        raise InputError(f"{model}: not available from the hub ({' '.join(str(error).split())[:200]})") from None
 
 
 def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32) -> ModelComponents:
@@ -128,9 +155,29 @@ class Backbone:
         self.path = components.path
         self.controller = None
         self.frame_positions: dict[str, torch.nn.Parameter] = {}
+        self._fingerprint: str | None = None
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
+
+    def fingerprint(self) -> str:
+        """A sha256 that tells base models apart: over the denoiser's and the text encoder's configs and, for every
+        denoiser parameter and the text encoder's input embedding, its name, shape and first and last few values
+        (rounded to bf16, so the model loaded in bf16 keeps it). Computed once, when first asked
+        (`load_backbone` asks at load, before training changes any weight), then cached."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(_config_json(dict(self.unet.config)).encode())
+            digest.update(_config_json(self.text_encoder.config.to_dict()).encode())
+            embedding = self.text_encoder.get_input_embeddings().weight
+            named = [*self.unet.named_parameters(), ("text_encoder.input_embeddings", embedding)]
+            for name, parameter in named:
+                flat = parameter.detach().reshape(-1)
+                ends = torch.cat([flat[:FINGERPRINT_VALUES], flat[-FINGERPRINT_VALUES:]])
+                values = ends.to("cpu", torch.bfloat16).to(torch.float64).numpy().tobytes()
+                digest.update(f"{name}{tuple(parameter.shape)}".encode() + values)
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @property
     def device(self) -> torch.device:

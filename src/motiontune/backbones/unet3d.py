@@ -212,6 +212,10 @@ class UNet3DBackbone(Backbone):
         the text length."""
         return min(len(self.token_ids(prompt)) + 2, self.tokenizer.model_max_length)
 
+    def prompt_overflow(self, prompt: str) -> int:
+        """How many of `prompt`'s tokens fall past the text encoder's length (dropped when it is encoded)."""
+        return max(0, len(self.token_ids(prompt)) + 2 - self.tokenizer.model_max_length)
+
     def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
         """Positions of `phrase`'s tokens inside the tokenized `prompt` (start token at position 0)."""
         ids = self.tokenize([prompt])[0].tolist()

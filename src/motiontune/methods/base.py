@@ -103,6 +103,31 @@ def denoising_loss(backbone: Backbone, scheduler, batch: dict, timesteps: torch.
 TOKEN_KEY = "text_encoder.token_embeddings"
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: how a config field's annotation (a string under `from __future__ import annotations`) names each type:
+#: the check of a value, and what the value must be
+FIELD_TYPES = {
+    "int": (_is_int, "an int"),
+    "float": (lambda value: _is_int(value) or (isinstance(value, float) and math.isfinite(value)), "a finite number"),
+    "bool": (lambda value: isinstance(value, bool), "true or false"),
+    "str": (lambda value: isinstance(value, str), "a string"),
+}
+
+
+def check_field_type(field: dataclasses.Field, value: object) -> None:
+    """A ConfigError unless `value` is of the type the config field is annotated with (`None` where it allows it)."""
+    kinds = [kind.strip() for kind in str(field.type).split("|")]
+    if value is None and "None" in kinds:
+        return
+    known = [FIELD_TYPES[kind] for kind in kinds if kind in FIELD_TYPES]
+    if known and not any(accepts(value) for accepts, _ in known):
+        expected = " or ".join([description for _, description in known] + (["unset"] if "None" in kinds else []))
+        raise ConfigError(f"{field.name} must be {expected}, got {value!r}")
+
+
 class TrainedToken:
     """The token's rows of the text encoder's input embedding, trained next to a method's own parameters
     (textual inversion, Gal et al. 2022: v* = argmin_v L(x, c(v)); every other row's gradient is zeroed).
@@ -188,15 +213,23 @@ class Method:
     @property
     def needs_token(self) -> bool:
         """Prompts and target captions must hold the token: the method binds to it, or trains its embedding."""
-        return self.uses_token or self.trains_token
+        return self.config_needs_token(self.config)
+
+    @classmethod
+    def config_needs_token(cls, config: Any) -> bool:
+        """Whether a method of this config needs a token: it binds to one, or trains its embedding."""
+        return cls.uses_token or bool(getattr(config, "train_token", False))
 
     @classmethod
     def config_from_dict(cls, values: dict) -> Any:
-        """Build the method's config, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls.Config)}
-        unknown = sorted(set(values) - known)
+        """Build the method's config, rejecting unknown keys by name and values of another type than the field's."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown {cls.name} option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown {cls.name} option(s): {', '.join(unknown)} (known: {known})")
+        for name, value in values.items():
+            check_field_type(fields[name], value)
         return cls.Config(**values)
 
     # --- training -----------------------------------------------------------------------------
@@ -240,15 +273,32 @@ class Method:
         return denoising_loss(self.backbone, self.scheduler, self.conditioned(batch), timesteps, generator)
 
     def check_caption(self, caption: str, source: str, where: str) -> None:
-        """Reject training captions that cannot teach the method (e.g. a target without the token)."""
-        if self.needs_token and source == "target" and self.token not in caption.split():
-            raise InputError(f"{where}: caption {caption!r} does not contain the token '{self.token}'")
+        """Reject training captions that cannot teach the method (a target without the token, or with the token
+        past what the text encoder reads)."""
+        if self.needs_token and source == "target":
+            if self.token not in caption.split():
+                raise InputError(f"{where}: caption {_short(caption)} does not contain the token '{self.token}'")
+            self._check_token_reached(caption, f"{where}: caption")
+
+    def _check_token_reached(self, text: str, what: str) -> None:
+        """The token must fall inside the text encoder's length, or the model never sees it."""
+        try:
+            self.backbone.phrase_positions(text, self.token)
+        except ValueError:
+            raise InputError(
+                f"{what} {_short(text)} puts the token '{self.token}' past the text encoder's length; "
+                "move it to the front or shorten the text"
+            ) from None
 
     # --- inference ----------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> None:
-        """Reject prompts that cannot trigger what the adapter learned."""
-        if self.needs_token and self.token not in prompt.split():
-            raise InputError(f"{self.source}: prompt {prompt!r} does not contain the adapter's token '{self.token}'")
+        """Reject prompts that cannot trigger what the adapter learned (no token, or the token cut off)."""
+        if self.needs_token:
+            if self.token not in prompt.split():
+                raise InputError(
+                    f"{self.source}: prompt {_short(prompt)} does not contain the adapter's token '{self.token}'"
+                )
+            self._check_token_reached(prompt, f"{self.source}: prompt")
 
     def prepare_inference(self, settings: Any) -> None:
         """Apply generation-time options (a `GenerationConfig`) before sampling, e.g. a debiasing mode."""
@@ -263,13 +313,25 @@ class Method:
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         raise NotImplementedError
 
+    def adapter_tensor_kinds(self) -> dict[str, bool]:
+        """Every tensor key an adapter of this method and config may hold, mapped to whether its tensor is floating
+        point (else integer); a file with any other key is refused. Default: the keys of `adapter_tensors()`."""
+        return {key: tensor.is_floating_point() for key, tensor in self.adapter_tensors().items()}
+
     def adapter_metadata(self) -> dict:
         return {
             "method": self.name,
             "backbone": self.backbone.name,
+            "base_model": {"fingerprint": self.backbone.fingerprint()},
             "token": self.token,
             "hyperparameters": dataclasses.asdict(self.config),
         }
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """`text` quoted for an error line, cut to `limit` characters."""
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def copy_into_parameters(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
@@ -282,17 +344,22 @@ def copy_into_parameters(module: torch.nn.Module, tensors: dict[str, torch.Tenso
     copy_tensors({key: parameters[key] for key in given}, tensors, source)
 
 
+def check_tensor_shapes(shapes: dict[str, Sequence[int]], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Every key of `shapes` is in `tensors` with that shape, else a one-line ConfigError naming the file."""
+    for key, shape in shapes.items():
+        if key not in tensors:
+            raise ConfigError(f"{source}: missing adapter tensor '{key}'")
+        if tuple(tensors[key].shape) != tuple(shape):
+            raise ConfigError(
+                f"{source}: adapter tensor '{key}' has shape {tuple(tensors[key].shape)}, "
+                f"model expects {tuple(shape)} (trained for another model size?)"
+            )
+
+
 def copy_tensors(parameters: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy `tensors[key]` into `parameters[key]` for every key of `parameters`; a missing tensor or another
     shape is a one-line ConfigError naming the file (checked for all before any is copied)."""
-    for key, parameter in parameters.items():
-        if key not in tensors:
-            raise ConfigError(f"{source}: missing adapter tensor '{key}'")
-        if tensors[key].shape != parameter.shape:
-            raise ConfigError(
-                f"{source}: adapter tensor '{key}' has shape {tuple(tensors[key].shape)}, "
-                f"model expects {tuple(parameter.shape)} (trained for another model size?)"
-            )
+    check_tensor_shapes({key: parameter.shape for key, parameter in parameters.items()}, tensors, source)
     with torch.no_grad():
         for key, parameter in parameters.items():
             parameter.copy_(tensors[key].to(parameter.dtype))

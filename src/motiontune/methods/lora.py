@@ -13,6 +13,7 @@ name in the key, so a file loads under whatever name the adapter gets).
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Iterator
 from typing import ClassVar
@@ -43,14 +44,31 @@ def check_lora_options(rank: int, dropout: float) -> None:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}")
 
 
+def smallest_target_width(unet: torch.nn.Module, target_modules: str) -> int:
+    """The smallest input or output width of the linears whose names match `target_modules` in full (peft's rule),
+    plain or already wrapped by a LoRA; a ConfigError when none matches."""
+    widths = [
+        min(module.in_features, module.out_features)
+        for module_name, module in unet.named_modules()
+        if isinstance(module, torch.nn.Linear | LoraLayer) and re.fullmatch(target_modules, module_name)
+    ]
+    if not widths:
+        raise ConfigError(f"no linear layer of this model matches the LoRA target '{target_modules}'")
+    return min(widths)
+
+
 def inject_lora(unet: torch.nn.Module, target_modules: str, rank: int, name: str, dropout: float = 0.0) -> str:
     """Add a LoRA of `rank` on the linears matching `target_modules` (a regex); return its unique name.
 
     The name is `name`, or `name_2`, `name_3`, ... when the model already holds an adapter of that name.
     peft makes a new adapter the only active one on every LoRA layer; the adapters that were active
     before stay active here, so several adapters compose (their updates add up). peft freezes the
-    model's own weights; the new factors train.
+    model's own weights; the new factors train. A rank above the smallest width of those linears (where the
+    LoRA cannot add anything a lower rank would not) is refused before anything is allocated.
     """
+    width = smallest_target_width(unet, target_modules)
+    if rank > width:
+        raise ConfigError(f"lora_rank {rank} is larger than {width}, the smallest width of the layers the LoRA adapts")
     existing = set(getattr(unet, "peft_config", {}))
     unique, number = name, 1
     while unique in existing:

@@ -25,7 +25,7 @@ import torch
 
 from ..attention import TemporalEmbedding
 from ..errors import ConfigError
-from .base import Method, copy_tensors
+from .base import Method, check_tensor_shapes, copy_tensors
 
 DEBIAS_MODES = {"none": "full", "object": "difference", "hybrid": "difference", "camera": "drop"}
 PREFIX = "motion_inversion."
@@ -155,14 +155,52 @@ class MotionInversion(Method):
                 tensors[f"{PREFIX}{site}.value_grid"] = torch.tensor(embedding.value_grid)
         return {key: value.detach().clone() for key, value in tensors.items()}
 
+    def adapter_tensor_kinds(self) -> dict[str, bool]:
+        """Query-key embeddings per block, and per site a value embedding (full or factored) with its integer
+        `value_grid`, as the config asks; listed without building the embeddings."""
+        value = ("value_basis", "value_coefficients") if self.config.value_rank else ("value",)
+        kinds = {}
+        for site in self.target_sites():
+            if self.config.query_key:
+                kinds[f"{PREFIX}{self._block(site.name)}.query_key"] = True
+            if self.config.value:
+                kinds.update({f"{PREFIX}{site.name}.{name}": True for name in value})
+                kinds[f"{PREFIX}{site.name}.value_grid"] = False
+        return kinds
+
+    def _file_grids(self, tensors: dict[str, torch.Tensor], source: str) -> dict[str, tuple[int, int] | None]:
+        """The value embeddings' latent grids an adapter file gives, per site (None without value embeddings)."""
+        grids = {}
+        for site in self.target_sites():
+            key = f"{PREFIX}{site.name}.value_grid"
+            if self.config.value and key not in tensors:
+                raise ConfigError(f"{source}: no Motion Value embedding for {site.name} (other model layout?)")
+            if key in tensors and (tensors[key].shape != (2,) or (tensors[key] < 1).any()):
+                raise ConfigError(f"{source}: adapter tensor '{key}' is not a latent grid (two positive sizes)")
+            grids[site.name] = tuple(tensors[key].tolist()) if key in tensors else None
+        return grids
+
+    def _shapes(self, grids: dict[str, tuple[int, int] | None]) -> dict[str, tuple[int, ...]]:
+        """The shape of every embedding `_build(grids)` creates, by file key."""
+        frames, rank = self.config.max_frames, self.config.value_rank
+        shapes = {}
+        for site in self.target_sites():
+            channels = self.backbone.unet.get_submodule(site.name).to_q.in_features
+            if self.config.query_key:
+                shapes[f"{PREFIX}{self._block(site.name)}.query_key"] = (1, frames, channels)
+            if grids[site.name]:
+                tokens = grids[site.name][0] * grids[site.name][1]
+                if rank:
+                    shapes[f"{PREFIX}{site.name}.value_basis"] = (tokens, rank)
+                    shapes[f"{PREFIX}{site.name}.value_coefficients"] = (rank, frames * channels)
+                else:
+                    shapes[f"{PREFIX}{site.name}.value"] = (tokens, frames, channels)
+        return shapes
+
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         if not self.embeddings:
-            grids = {}
-            for site in self.target_sites():
-                key = f"{PREFIX}{site.name}.value_grid"
-                if self.config.value and key not in tensors:
-                    raise ConfigError(f"{source}: no Motion Value embedding for {site.name} (other model layout?)")
-                grids[site.name] = tuple(tensors[key].tolist()) if key in tensors else None
+            grids = self._file_grids(tensors, source)
+            check_tensor_shapes(self._shapes(grids), tensors, source)  # before sizes from the file are allocated
             self._build(grids)
         own = {f"{PREFIX}{block}.query_key": p for block, p in self.query_keys.items()}
         for site, embedding in self.embeddings.items():

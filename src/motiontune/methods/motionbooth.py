@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
-from .base import Method, copy_into_parameters, denoising_loss, noised
+from .base import TOKEN_KEY, Method, copy_into_parameters, denoising_loss, noised
 
 #: `trained_parameters` options of the official code and the backbone parameter group of each.
 TRAINED_GROUPS = {"full": "all", "cross": "cross", "cross_kv": "cross_kv", "wo_temp": "without_temporal_blocks"}
@@ -243,6 +243,11 @@ class MotionBooth(Method):
         copy_into_parameters(self.backbone.unet, tensors, "unet.", source)
         if self.trained_token is not None:
             self.trained_token.load(tensors, source)
+
+    def adapter_tensor_kinds(self) -> dict[str, bool]:
+        """The trained parameters' keys, listed without copying the weights."""
+        keys = [f"unet.{name}" for name in self.backbone.parameter_names(self._group())]
+        return dict.fromkeys(keys + ([TOKEN_KEY] if self.trained_token else []), True)
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()

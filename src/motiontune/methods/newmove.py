@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from .base import Method, check_timestep_sampling, copy_into_parameters, drawn_timesteps, uniform_picks
+from .base import TOKEN_KEY, Method, check_timestep_sampling, copy_into_parameters, drawn_timesteps, uniform_picks
 from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
 SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
@@ -54,6 +54,8 @@ class NewMoveConfig:
         check_timestep_sampling(self.timestep_sampling)
         if self.adapter not in ("full", "lora"):
             raise ConfigError(f"adapter must be full or lora, got '{self.adapter}'")
+        if self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if not (self.temporal or self.spatial != "none" or self.train_token):
             raise ConfigError("nothing to train: enable temporal, spatial or train_token")
         if self.regularization_share is not None and not 0 <= self.regularization_share < 1:
@@ -79,6 +81,10 @@ class NewMove(Method):
 
     def _groups(self) -> list[str]:
         return (["temporal"] if self.config.temporal else []) + SPATIAL_GROUPS[self.config.spatial]
+
+    def _full_weight_names(self) -> list[str]:
+        """The denoiser parameters a full-weight adapter holds."""
+        return [name for group in self._groups() for name in self.backbone.parameter_names(group)]
 
     # --- training -----------------------------------------------------------------------------
     def prepare_for_training(self) -> None:
@@ -130,8 +136,7 @@ class NewMove(Method):
             self._inject()
             tensors = lora_tensors(unet, self.adapter_name) if self.adapter_name is not None else {}
         else:
-            names = [name for group in self._groups() for name in self.backbone.parameter_names(group)]
-            tensors = {f"unet.{name}": unet.get_parameter(name) for name in names}
+            tensors = {f"unet.{name}": unet.get_parameter(name) for name in self._full_weight_names()}
         tensors = {key: value.detach().clone() for key, value in tensors.items()}
         return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
@@ -145,6 +150,13 @@ class NewMove(Method):
             copy_into_parameters(unet, tensors, "unet.", source)
         if self.trained_token is not None:
             self.trained_token.load(tensors, source)
+
+    def adapter_tensor_kinds(self) -> dict[str, bool]:
+        """A full-weight adapter's keys listed without copying the weights; a LoRA's from its injected factors."""
+        if self.config.adapter == "lora":
+            return super().adapter_tensor_kinds()
+        keys = [f"unet.{name}" for name in self._full_weight_names()] + ([TOKEN_KEY] if self.trained_token else [])
+        return dict.fromkeys(keys, True)
 
     def adapter_metadata(self) -> dict:
         metadata = super().adapter_metadata()

@@ -134,6 +134,11 @@ class Pretrain(Method):
         tensors.update({f"{POSITIONS}{site}": p.detach().clone() for site, p in self.backbone.frame_positions.items()})
         return tensors
 
+    def adapter_tensor_kinds(self) -> dict[str, bool]:
+        """Every denoiser parameter's key and the frame positions', listed without copying the weights."""
+        keys = [f"unet.{name}" for name, _ in self.backbone.unet.named_parameters()]
+        return dict.fromkeys(keys + [f"{POSITIONS}{site}" for site in self.backbone.frame_positions], True)
+
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         positions = {f"{POSITIONS}{site}": p for site, p in self.backbone.frame_positions.items()}
         stray = [key for key in tensors if key.startswith(POSITIONS) and key not in positions]
