@@ -63,6 +63,16 @@ def test_control_rows_measure_box_iou_and_pan_error(tiny_model_dir, tmp_path):
     assert "box IoU" in tables and "pan error" in tables and "shape acc." not in tables
 
 
+def test_on_the_shipped_model_the_controls_beat_the_base_model(tmp_path):
+    """Direction, not range: the box edit puts objects in their boxes and the late latent shift pans the camera
+    better than the base model given the same prompts (4 videos each; bench numbers in docs/shapeworld.md)."""
+    counts = {"steps": None, "prompts": 4, "seeds": 1, "sampling": 25}
+    rows = ("boxes, base model", "boxes, box edit", "camera, base model", "camera, latent shift at t 400-100")
+    score = {name: run_row(name, tmp_path, None, **counts) for name in rows}
+    assert score["boxes, box edit"]["box_iou"] > score["boxes, base model"]["box_iou"] + 0.2
+    assert score["camera, latent shift at t 400-100"]["pan_error"] < score["camera, base model"]["pan_error"]
+
+
 def test_the_late_window_camera_row_shifts_only_between_t_400_and_100(tiny_model_dir):
     from motiontune.api import open_backbone
     from motiontune.bench_motionbooth import ROWS, _control_hooks

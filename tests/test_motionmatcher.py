@@ -265,6 +265,23 @@ def test_motiondirector_draws_uniform_timesteps_or_newmoves_coarse_ones(backbone
     assert share_above_half({"timestep_sampling": "coarse"}) == pytest.approx(0.5 + 0.5 / math.pi, abs=0.02)
 
 
+def test_motionmatcher_draws_coarse_timesteps_inside_its_window(backbone):
+    method = create_method(
+        "motionmatcher", backbone, {"lora_rank": 4, "min_timestep": 200, "timestep_sampling": "coarse"}
+    )
+    timesteps = method.sample_timesteps(20_000, torch.Generator().manual_seed(0)).double()
+    assert timesteps.min() >= 200 and timesteps.max() <= 999
+
+    # p(t) ∝ 1 - 0.5 cos(pi t / T) on [200, 1000): P(t >= 600) = mass of [600, 1000) over mass of [200, 1000)
+    def mass(a: float, b: float) -> float:
+        return (b - a) - 0.5 * 1000 / math.pi * (math.sin(math.pi * b / 1000) - math.sin(math.pi * a / 1000))
+
+    expected = mass(600, 1000) / mass(200, 1000)
+    assert (timesteps >= 600).double().mean().item() == pytest.approx(expected, abs=0.02)
+    with pytest.raises(ConfigError, match="timestep_sampling must be coarse or uniform, got 'late'"):
+        create_method("motionmatcher", backbone, {"timestep_sampling": "late"})
+
+
 def test_pixel_loss_trains_the_same_lora(backbone):
     method = _matcher(backbone, {"loss": "pixel", "lora_rank": 4})
     batch = _batch(backbone)

@@ -34,15 +34,15 @@ def uniform_timesteps(
 
 
 def coarse_noise_timesteps(
-    batch: int, generator: torch.Generator, num_train_timesteps: int = 1000, alpha: float = 0.5
+    batch: int, generator: torch.Generator, num_train_timesteps: int = 1000, alpha: float = 0.5, low: int = 0
 ) -> torch.Tensor:
-    """NewMove's coarse-noise sampling (after ReVersion): p(t) ∝ f(t) = 1 - alpha cos(pi t / T).
+    """NewMove's coarse-noise sampling (after ReVersion): p(t) ∝ f(t) = 1 - alpha cos(pi t / T), t >= `low`.
 
     With alpha = 0.5, noisy timesteps (t near T) are drawn 3x as often as clean ones (t near 0).
     """
-    t = torch.arange(num_train_timesteps, dtype=torch.float64)
+    t = torch.arange(low, num_train_timesteps, dtype=torch.float64)
     weights = 1 - alpha * torch.cos(math.pi * t / num_train_timesteps)
-    return torch.multinomial(weights, batch, replacement=True, generator=generator)
+    return low + torch.multinomial(weights, batch, replacement=True, generator=generator)
 
 
 TIMESTEP_SAMPLINGS = ("coarse", "uniform")
@@ -55,12 +55,18 @@ def check_timestep_sampling(sampling: str) -> None:
 
 
 def drawn_timesteps(
-    batch: int, generator: torch.Generator, sampling: str, num_train_timesteps: int = 1000, alpha: float = 0.5
+    batch: int,
+    generator: torch.Generator,
+    sampling: str,
+    num_train_timesteps: int = 1000,
+    alpha: float = 0.5,
+    low: int = 0,
 ) -> torch.Tensor:
-    """Training timesteps drawn `coarse` (NewMove's p(t) ∝ 1 - alpha cos(pi t / T)) or `uniform` (DDPM)."""
+    """Training timesteps in [low, T) drawn `coarse` (NewMove's p(t) ∝ 1 - alpha cos(pi t / T)) or `uniform`
+    (DDPM)."""
     if sampling == "coarse":
-        return coarse_noise_timesteps(batch, generator, num_train_timesteps, alpha)
-    return uniform_timesteps(batch, generator, num_train_timesteps)
+        return coarse_noise_timesteps(batch, generator, num_train_timesteps, alpha, low)
+    return uniform_timesteps(batch, generator, num_train_timesteps, low)
 
 
 def uniform_picks(examples: Sequence, size: int, generator: torch.Generator) -> list[int]:

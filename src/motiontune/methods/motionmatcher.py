@@ -17,7 +17,8 @@ off) runs both at t - 1 up to the end of its down blocks; its head-averaged cros
 with lambda_CA = lambda_TSA = 2000 (Fig. 2-4). `loss: pixel` trains the same LoRA with the plain
 denoising MSE instead (the paper's pixel-level baseline). At inference the LoRA is on only for
 t >= 500, the range it was trained on. With `train_token` the token's embedding trains through the LoRA
-model's prediction only (the frozen feature passes see the encoded captions detached). The LoRA itself
+model's prediction only (the frozen feature passes see the encoded captions detached); `timestep_sampling
+coarse` draws t from [min_timestep, T) with NewMove's coarse-noise weights. The LoRA itself
 (`methods.lora`) composes with other adapters.
 """
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..sampling import StepHook, StepState, to_clean, to_epsilon
-from .base import denoising_loss, noised, uniform_timesteps
+from .base import check_timestep_sampling, denoising_loss, drawn_timesteps, noised
 from .lora import LoraMethod, check_lora_options
 
 
@@ -46,6 +47,13 @@ class MotionMatcherConfig:
     lora_rank: int = field(default=32, metadata={"help": "LoRA rank"})
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input while training"})
     min_timestep: int = field(default=500, metadata={"help": "training timesteps are drawn from [min_timestep, T)"})
+    timestep_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "how training timesteps are drawn from [min_timestep, T): uniform (the paper's) or coarse "
+            "(NewMove's p(t) ∝ 1 - 0.5 cos(pi t / T), noisy steps drawn more)"
+        },
+    )
     cross_attention_weight: float = field(
         default=2000.0, metadata={"help": "lambda_CA, weight of the cross-attention map MSE"}
     )
@@ -80,6 +88,7 @@ class MotionMatcherConfig:
         check_lora_options(self.lora_rank, self.lora_dropout)
         if not 1 <= self.min_timestep <= 999:
             raise ConfigError(f"min_timestep must be in [1, 999], got {self.min_timestep}")
+        check_timestep_sampling(self.timestep_sampling)
         if self.feature_level < 0:
             raise ConfigError(f"feature_level must be >= 0, got {self.feature_level}")
 
@@ -119,7 +128,7 @@ class MotionMatcher(LoraMethod):
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         steps = self.scheduler.config.num_train_timesteps
-        return uniform_timesteps(batch, generator, steps, low=self.config.min_timestep)
+        return drawn_timesteps(batch, generator, self.config.timestep_sampling, steps, low=self.config.min_timestep)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
