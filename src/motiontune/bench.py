@@ -31,7 +31,8 @@ class Row:
     It trains on the 4 zigzag clips, or only on the first (`one_video`, the setting of Motion Inversion
     and MotionMatcher), with or without regularization videos, and generates with extra
     `GenerationConfig` settings (Motion Inversion's debiasing, a noise prior from the inverted reference).
-    Learning rate, batch size and steps are the model's recommendations for the method unless given.
+    Learning rate, batch size and steps are the model's recommendations for the method unless given (the
+    bench's `--steps` wins over the row's `steps`).
     """
 
     method: str
@@ -40,6 +41,8 @@ class Row:
     one_video: bool = False
     learning_rate: float | None = None
     generation: dict = field(default_factory=dict)
+    steps: int | None = None
+    batch_size: int | None = None
 
 
 ONE_VIDEO = {"one_video": True, "regularized": False}
@@ -48,6 +51,8 @@ ONE_VIDEO = {"one_video": True, "regularized": False}
 PAPER_NEWMOVE = {"spatial": "kv", "train_token": False, "regularization_share": 0.5}
 FROM_REFERENCE = {"noise_prior": 0.5}
 OBJECT = {"debias": "object"}
+#: MotionDirector's budget (240 steps of 8 clips) for MotionMatcher, whose own is 120 of 4
+MATCHER_BUDGET = {"steps": 240, "batch_size": 8}
 #: MotionDirector's temporal LoRA trained with NewMove's plain loss and coarse-noise timesteps
 TEMPORAL_LORA = {"adapter": "lora", "spatial": "none", "train_token": False}
 ROWS: dict[str, Row] = {
@@ -84,6 +89,16 @@ ROWS: dict[str, Row] = {
         "motiondirector", {"train_token": False, "lora_dropout": 0.1, "timestep_sampling": "uniform"}, regularized=False
     ),
     "motion inversion, 4 videos, debias object": Row("motion-inversion", regularized=False, generation=OBJECT),
+    "motionmatcher, 4 videos, 240 x 8": Row("motionmatcher", regularized=False, **MATCHER_BUDGET),
+    "motionmatcher, 4 videos, 240 x 8, coarse": Row(
+        "motionmatcher", {"timestep_sampling": "coarse"}, regularized=False, **MATCHER_BUDGET
+    ),
+    "motionmatcher, 4 videos, 240 x 8, level 0, no dropout": Row(
+        "motionmatcher", {"feature_level": 0, "lora_dropout": 0.0}, regularized=False, **MATCHER_BUDGET
+    ),
+    "motionmatcher, 4 videos, 240 x 8, pixel loss, no dropout": Row(
+        "motionmatcher", {"loss": "pixel", "lora_dropout": 0.0}, regularized=False, **MATCHER_BUDGET
+    ),
     "newmove, temporal lora": Row("newmove", TEMPORAL_LORA, regularized=False, learning_rate=5e-3),
     "newmove, temporal lora, token trained": Row(
         "newmove", {**TEMPORAL_LORA, "train_token": True}, regularized=False, learning_rate=5e-3
@@ -151,11 +166,12 @@ def train_row(
         output=workdir / row.method,
         model=model,
         token=TOKEN,
-        steps=steps,
+        steps=steps or row.steps,
         frames=8,
         height=32,
         width=32,
         learning_rate=row.learning_rate,
+        batch_size=row.batch_size,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=10_000 if checkpoint_every else 2,
         seed=seed,
