@@ -26,6 +26,7 @@ from motiontune.control import (
     parse_camera_speed,
     read_script,
     sampling_timesteps,
+    shift_frame,
     with_subject,
 )
 from motiontune.errors import ConfigError, InputError
@@ -321,6 +322,19 @@ def test_vertical_shift_fills_from_the_same_column():
         column, row, frame, _ = shifted[:, f]
         assert torch.equal(row[expected:], torch.arange(h - expected).float()[:, None].expand(-1, w)), f
         assert torch.equal(column, torch.arange(w).float().expand(h, -1)) and torch.all(frame == f)
+
+
+def test_both_fill_strips_come_from_the_unshifted_frame():
+    """Eq. 8 samples h_x and h_y from z_t before the shift: the corner filled by the vertical strip holds
+    tokens of the original frame's columns, not of the horizontally shifted one."""
+    h, w = 6, 6
+    frame = _indexed_latents(1, h, w)[:, :, 0]
+    (shifted,) = shift_frame([frame], 2, 2, [], torch.Generator().manual_seed(0))
+    column = shifted[0, 0]
+    # the bottom strip (vertical fill) sits under every column c of the shifted frame; before the shift that
+    # column held original column c + 2 (or horizontal fill tokens): Eq. 8 fills it from original column c
+    assert torch.equal(column[h - 2 :, :], torch.arange(w).float().expand(2, -1))
+    assert torch.equal(column[: h - 2, : w - 2], torch.arange(2, w).float().expand(h - 2, -1))
 
 
 def test_boxes_of_every_subject_follow_the_shift():

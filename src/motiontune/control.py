@@ -385,31 +385,31 @@ def shift_frame(
     frames: Sequence[torch.Tensor], dx: int, dy: int, boxes: Sequence[torch.Tensor], generator: torch.Generator | None
 ) -> list[torch.Tensor]:
     """Shift one frame `(B, C, h, w)` of the latent, and of what a multistep scheduler remembers of it
-    (`frames`, all alike), by `dx` columns and `dy` rows (Eq. 8), moving `boxes` in place.
+    (`frames`, all alike), by `dx` columns and `dy` rows, moving `boxes` in place (Eq. 8:
+    h_x = SampleHorizontal(z_t, B, c_x), h_y = SampleVertical(z_t, B, c_y), z_t <- Fill(Crop(Shift(z_t)), h_x, h_y)).
 
-    Positive `dx` moves content left, positive `dy` moves it up. The exposed strip is filled with tokens
-    sampled from the same row (horizontal shift) or column (vertical shift), outside the boxes; every
-    tensor is filled from the same cells.
+    Positive `dx` moves content left, positive `dy` moves it up. Both exposed strips are filled with tokens
+    sampled from the unshifted frame, as Eq. 8 and the official code take them: from the same row (horizontal
+    shift) or column (vertical shift), outside the boxes; every tensor is filled from the same cells.
     """
     h, w = frames[0].shape[-2:]
-    frames = list(frames)
-    if dx:
-        picks = _row_picks(box_cells(boxes, (h, w)), abs(dx), generator)
-        for i, frame in enumerate(frames):
-            fill = _gather_rows(frame, picks)
-            frames[i] = torch.cat([frame[..., dx:], fill], -1) if dx > 0 else torch.cat([fill, frame[..., :dx]], -1)
-        for box in boxes:
-            box[[0, 2]] -= dx / w
-    if dy:
-        picks = _row_picks(box_cells(boxes, (h, w)).T, abs(dy), generator)
-        for i, frame in enumerate(frames):
-            fill = _gather_rows(frame.transpose(-1, -2), picks).transpose(-1, -2)
-            frames[i] = (
-                torch.cat([frame[..., dy:, :], fill], -2) if dy > 0 else torch.cat([fill, frame[..., :dy, :]], -2)
-            )
-        for box in boxes:
-            box[[1, 3]] -= dy / h
-    return frames
+    blocked = box_cells(boxes, (h, w))
+    row_picks = _row_picks(blocked, abs(dx), generator) if dx else None
+    column_picks = _row_picks(blocked.T, abs(dy), generator) if dy else None
+    shifted = []
+    for frame in frames:
+        moved = frame
+        if row_picks is not None:
+            fill = _gather_rows(frame, row_picks)
+            moved = torch.cat([moved[..., dx:], fill], -1) if dx > 0 else torch.cat([fill, moved[..., :dx]], -1)
+        if column_picks is not None:
+            fill = _gather_rows(frame.transpose(-1, -2), column_picks).transpose(-1, -2)
+            moved = torch.cat([moved[..., dy:, :], fill], -2) if dy > 0 else torch.cat([fill, moved[..., :dy, :]], -2)
+        shifted.append(moved)
+    for box in boxes:
+        box[[0, 2]] -= dx / w
+        box[[1, 3]] -= dy / h
+    return shifted
 
 
 class CameraShift:
