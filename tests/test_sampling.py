@@ -12,9 +12,12 @@ from motiontune.sampling import (
     ddim_invert,
     guided_prediction,
     make_scheduler,
+    min_snr_weight,
     noise_prior,
     sample,
     to_clean,
+    to_epsilon,
+    training_target,
 )
 
 
@@ -157,3 +160,19 @@ def test_generation_from_an_inverted_reference(backbone, motion_data):
     assert torch.allclose(latents, target, atol=1e-4)
     with pytest.raises(ConfigError, match="--reference"):
         _settings(noise_prior=0.5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_prediction_type_conversions_by_hand(kind):
+    """a = 0.64: x_t = 0.8 x0 + 0.6 eps; with x0 = 1, eps = 2: x_t = 2, v = 0.8 * 2 - 0.6 * 1 = 1."""
+    alpha, clean, noise = torch.tensor(0.64), torch.tensor(1.0), torch.tensor(2.0)
+    noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+    target = training_target(clean, noise, alpha, kind)
+    assert target.item() == pytest.approx({"epsilon": 2.0, "v_prediction": 1.0, "sample": 1.0}[kind])
+    assert to_epsilon(target, noisy, alpha, kind).item() == pytest.approx(2.0)
+    assert to_clean(target, noisy, alpha, kind).item() == pytest.approx(1.0)
+    snr = alpha / (1 - alpha)  # 16 / 9
+    expected = {"epsilon": 9 / 16, "v_prediction": 1 / (16 / 9 + 1), "sample": 1.0}[kind]
+    assert min_snr_weight(snr, 1.0, kind).item() == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="unsupported prediction type 'flow'"):
+        training_target(clean, noise, alpha, "flow")

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .errors import ConfigError, InputError
+from .utils import atomic_file
 
 FORMAT = "motiontune.adapter"
 FORMAT_VERSION = 1
@@ -22,16 +23,9 @@ METADATA_KEY = "motiontune"
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, header: dict[str, str]) -> Path:
-    """Write a safetensors file through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), header)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    """Write a safetensors file atomically (`utils.atomic_file`)."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_file(path, lambda temporary: save_file(contiguous, str(temporary), header))
 
 
 def save_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:

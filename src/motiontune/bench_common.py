@@ -81,7 +81,7 @@ def run_rows(
         atomic_write_text(saved, json.dumps({"command": command[1:], "result": result}))
         results.append(result)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
     return results
 
 

@@ -20,6 +20,7 @@ from .bench import DEFAULT_ROWS, ROWS, bench_prompts, score_adapter, train_row
 from .bench_common import bench_model, chosen_rows, model_label, write_marked_section
 from .demo import NOVEL_MOTION
 from .errors import ConfigError
+from .utils import atomic_write_text
 
 SUBJECT_ROW = "motionbooth subject"
 CURVE_ROWS = (*DEFAULT_ROWS, SUBJECT_ROW)
@@ -146,7 +147,7 @@ def bench_curves(
             name, output / f"row-{index}", model, steps, every, prompts, seeds, sampling, motion, progress
         )
     output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(points, indent=2))
+    atomic_write_text(output / "results.json", json.dumps(points, indent=2))
     plot_curves(points, output / "curves.png", motion)
     if report is not None:
         budget = f" --steps {steps}" if steps is not None else ""

@@ -38,6 +38,7 @@ import numpy as np
 from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
 from .errors import ConfigError
 from .shapeworld import COLOURS, MOTION_PHRASES, Clip
+from .utils import atomic_write_text
 
 TOKEN = "sks"
 CLASS_WORD = "star"
@@ -328,7 +329,7 @@ def bench_motionbooth(
     untrained = [name for name in rows if ROWS[name].training is None]
     results += run_rows("motionbooth", untrained, output, options, progress) if untrained else []
     results.sort(key=lambda result: rows.index(result["row"]))
-    (output / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
     if report is not None:
         write_report_section(Path(report), results, steps, prompts, seeds, sampling, model, learning_rate)
     return results

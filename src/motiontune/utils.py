@@ -8,7 +8,8 @@ import resource
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,17 +39,24 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write text through a temporary file in the same folder and an atomic rename."""
+def atomic_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """The one way files are written: `write(temporary)` on a hidden file beside `path` (same suffix, so
+    writers that pick a format by extension see the right one), then an atomic rename. `path` appears
+    complete or not at all; the temporary never stays, also when `write` fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
-        temporary.write_text(text)
+        write(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text atomically (`atomic_file`)."""
+    return atomic_file(path, lambda temporary: temporary.write_text(text))
 
 
 def peak_memory_mb(device: torch.device | str) -> float:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -15,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from motiontune.errors import ConfigError, InputError, warn
+from motiontune.utils import atomic_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -214,19 +214,6 @@ def _resize_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(frame[top : top + height, left : left + width])
 
 
-def _atomic_write(path: Path, suffix: str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file next to ``path`` then ``os.replace`` it; never leave the temp."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _check_uint8_video(frames: np.ndarray, name: str = "frames_uint8") -> None:
     if not isinstance(frames, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(frames).__name__}")
@@ -325,7 +312,7 @@ def _write_ffmpeg(frames: np.ndarray, tmp: Path, fps: int, crf: int) -> None:
     codec = _encoder_name()
     # mpeg4 fallback: keep the quantiser low (about ffmpeg's "-q:v 2") for near-lossless output.
     options = {"crf": str(crf), "preset": "medium"} if codec == "libx264" else {"qmin": "1", "qmax": "3"}
-    container_options = {"movflags": "+faststart"} if tmp.suffix in (".mp4", ".m4v", ".mov") else {}
+    container_options = {"movflags": "+faststart"} if tmp.suffix.lower() in (".mp4", ".m4v", ".mov") else {}
     with av.open(str(tmp), mode="w", options=container_options) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
@@ -366,11 +353,11 @@ def write_video(frames_uint8: np.ndarray, path: str | os.PathLike[str], fps: int
         raise ValueError(f"crf must be within 1..51, got {crf}")
     suffix = path.suffix.lower()
     if suffix == ".gif":
-        return _atomic_write(path, ".gif", lambda tmp: _write_gif(frames_uint8, tmp, int(fps)))
+        return atomic_file(path, lambda tmp: _write_gif(frames_uint8, tmp, int(fps)))
     if suffix not in _FFMPEG_SUFFIXES:
         supported = ", ".join((".gif", *_FFMPEG_SUFFIXES))
         raise ValueError(f"{path}: unsupported video extension (use one of {supported})")
-    return _atomic_write(path, suffix, lambda tmp: _write_ffmpeg(frames_uint8, tmp, int(fps), crf))
+    return atomic_file(path, lambda tmp: _write_ffmpeg(frames_uint8, tmp, int(fps), crf))
 
 
 _Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
@@ -444,7 +431,7 @@ def write_contact_sheet(
             sheet.paste(Image.fromarray(cell), (x, y))
             x += cell.shape[1] + _SHEET_GAP
         y += cells[0].shape[0] + _SHEET_GAP
-    return _atomic_write(path, ".png", lambda tmp: sheet.save(tmp, format="PNG"))
+    return atomic_file(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def output_paths(video_path: str | os.PathLike[str]) -> dict[str, Path]:

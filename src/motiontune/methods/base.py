@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler
 
 from ..backbones.base import Backbone
 from ..errors import ConfigError, InputError
-from ..sampling import StepHook
+from ..sampling import StepHook, training_target
 
 
 def uniform_timesteps(
@@ -84,19 +84,13 @@ def noised(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw eps and return `(x_t, eps, target)`: x_t = sqrt(a_t) x + sqrt(1 - a_t) eps (DDPM Eq. 4).
 
-    The target is eps, or v = sqrt(a_t) eps - sqrt(1 - a_t) x for v-prediction models.
+    The target is the model's prediction type's (`sampling.training_target`): eps, v or x.
     """
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ConfigError(f"training supports epsilon and v_prediction models, not '{prediction_type}'")
-    return noisy, noise, target
+    alpha = scheduler.alphas_cumprod.to(latents.device, latents.dtype)[timesteps].view(-1, *[1] * (latents.ndim - 1))
+    return noisy, noise, training_target(latents, noise, alpha, scheduler.config.prediction_type)
 
 
 def denoising_loss(backbone: Backbone, scheduler, batch: dict, timesteps: torch.Tensor, generator) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from ..attention import BoxEdit, RowBoxEdits, SubjectBox
 from ..control import ControlOptions
 from ..errors import ConfigError
+from ..sampling import min_snr_weight
 from .base import Method, copy_into_parameters, copy_tensors, noised, uniform_timesteps
 
 POSITIONS = "frame_positions."
@@ -80,10 +81,7 @@ class Pretrain(Method):
             return torch.ones(timesteps.shape)
         alpha = self.scheduler.alphas_cumprod[timesteps.cpu()]
         snr = alpha / (1 - alpha)
-        clipped = snr.clamp(max=self.config.snr_gamma)
-        if self.scheduler.config.prediction_type == "v_prediction":
-            return clipped / (snr + 1)
-        return clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny)
+        return min_snr_weight(snr, self.config.snr_gamma, self.scheduler.config.prediction_type)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Weighted diffusion loss; a `caption_dropout` share of the batch sees the empty prompt, a
