@@ -217,3 +217,35 @@ def test_frame_positions_need_the_controller_and_matching_sites(backbone, tiny_m
     )
     with pytest.raises(InputError, match=r"frame_positions\.safetensors: frame positions are not for this model"):
         load_backbone(folder)
+
+
+def test_every_backbone_member_the_rest_of_the_code_uses_is_declared_by_the_contract():
+    """Methods, controls, training and sampling ask a backbone only what `Backbone` declares (abstract or
+    concrete), so a second architecture knows from the base class alone what it must provide."""
+    import re
+    from pathlib import Path
+
+    import motiontune
+    from motiontune.backbones.base import Backbone
+
+    declared = set(dir(Backbone)) | set(vars(Backbone).get("__annotations__", {}))
+    declared |= {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "path", "controller", "frame_positions"}
+    root = Path(motiontune.__file__).parent
+    used = {
+        (match.group(1), path.name)
+        for path in root.rglob("*.py")
+        if "backbones" not in path.parts
+        for match in re.finditer(r"backbone\.([A-Za-z_]\w*)", path.read_text())
+    }
+    assert sorted(pair for pair in used if pair[0] not in declared) == []
+    assert {"predict_noise", "encode_video", "phrase_positions", "down_blocks_only"} <= Backbone.__abstractmethods__
+
+
+def test_a_backbone_that_leaves_out_part_of_the_contract_cannot_be_built(tiny_model_dir):
+    from motiontune.backbones.base import Backbone, load_components
+
+    class Partial(Backbone):
+        name = "partial"
+
+    with pytest.raises(TypeError, match="abstract method"):
+        Partial(load_components(tiny_model_dir))

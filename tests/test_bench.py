@@ -7,8 +7,8 @@ import json
 import pytest
 
 from motiontune.bench import BEGIN, END, bench_prompts, bench_shapeworld
-from motiontune.demo import REFERENCE_LOOK
 from motiontune.errors import ConfigError
+from motiontune.tasks import REFERENCE_LOOK
 
 
 def test_smoke_bench_row_writes_results_and_replaces_its_report_section(tiny_model_dir, tmp_path):

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
-from .demo import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 from .errors import ConfigError
 from .shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
+from .tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 
 KNOWN_DIRECTIONS = ("left", "right", "up", "down")
 

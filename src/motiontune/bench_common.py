@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from .api import default_model_dir
 from .errors import ConfigError
 from .utils import atomic_write_text
 
@@ -25,19 +26,28 @@ def chosen_rows(rows: list[str] | None, known: Iterable[str]) -> list[str]:
     return rows
 
 
+def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
+    """The shipped model, else a tiny random one built (once) under `output/model`."""
+    from .tiny import build_tiny_model
+
+    try:
+        return default_model_dir(), True
+    except ConfigError:
+        model = output / "model"
+        if not (model / "model_index.json").exists():
+            build_tiny_model(model)
+        return model, False
+
+
 def bench_model(model: str | None, output: Path) -> str:
     """The model folder to bench: `model`, else the shipped model, else a tiny random one under `output`."""
     if model is not None:
         return model
-    from .demo import default_or_tiny_model
-
     return str(default_or_tiny_model(output)[0])
 
 
 def model_label(model: str) -> str:
     """How a report names the benched model folder: "the shipped model" for the package's own, else its path."""
-    from .api import default_model_dir
-
     try:
         shipped = default_model_dir().resolve()
     except ConfigError:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .bench import DEFAULT_ROWS, ROWS, bench_prompts, score_adapter, train_row
 from .bench_common import bench_model, chosen_rows, model_label, write_marked_section
-from .demo import NOVEL_MOTION
 from .errors import ConfigError
+from .tasks import NOVEL_MOTION
 from .utils import atomic_write_text
 
 SUBJECT_ROW = "motionbooth subject"

@@ -16,63 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import ROWS, train_row
+from .bench_common import default_or_tiny_model
+from .bench_motionbooth import subject_images
 from .errors import ConfigError
-from .shapeworld import Clip, sample_clips, write_dataset
+from .shapeworld import Clip
+from .tasks import NOVEL_MOTION, TOKEN, task_scores
 from .utils import atomic_write_text, check_writable_folder
 
-TOKEN = "sks"
-SUBJECT_LOOK = ("colour", "shape")  # what NewMove's copy score is about: the subject, not the background
-NOVEL_MOTION = "zigzag"
-REFERENCE_LOOK = {"shapes": ("circle", "triangle"), "colours": ("red", "green")}
 PROMPTS = [
     Clip("square", "blue", "gray", NOVEL_MOTION),
     Clip("square", "yellow", "black", NOVEL_MOTION),
     Clip("square", "blue", "white", NOVEL_MOTION),
     Clip("square", "yellow", "gray", NOVEL_MOTION),
 ]
-
-
-def write_task(
-    folder: Path, frames: int, size: int, motion: str = NOVEL_MOTION, seed: int = 0
-) -> tuple[list[Clip], Path, Path]:
-    """The motion task (zigzag by default): 4 reference clips of `motion` (red/green circles and triangles,
-    captioned with the token) and 4 regularization clips of known motions, drawn from `seed`; returns the
-    reference clips and both folders."""
-    looks = {"backgrounds": ("white", "black", "gray"), **REFERENCE_LOOK}
-    references = sample_clips(4, seed, motions=(motion,), **looks)
-    reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
-    regularization = sample_clips(4, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
-    return references, reference_dir, write_dataset(folder / "regularization", regularization, frames, size)
-
-
-def task_scores(
-    predicted: list[dict], prompts: list[Clip], references: list[Clip], motion: str = NOVEL_MOTION
-) -> dict[str, float]:
-    """Motion accuracy (the object does `motion`), appearance accuracy (colour and shape follow the prompt)
-    and copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
-    from .evaluation import copy_rates
-
-    copies = copy_rates(predicted, [c.to_dict() for c in prompts], [c.to_dict() for c in references], SUBJECT_LOOK)
-    return {
-        "motion": float(np.mean([p["motion"] == motion for p in predicted])),
-        "appearance": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
-        "copy": copies["any"],
-    }
-
-
-def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
-    """The shipped model, else a tiny random one built (once) under `output/model`."""
-    from .api import default_model_dir
-    from .errors import ConfigError
-    from .tiny import build_tiny_model
-
-    try:
-        return default_model_dir(), True
-    except ConfigError:
-        model = output / "model"
-        if not (model / "model_index.json").exists():
-            build_tiny_model(model)
-        return model, False
 
 
 DEMO_ROWS = {
@@ -93,7 +50,6 @@ def run_demo(
     Each method trains for `steps`, or what the model recommends for it (`motiontune.json`). Every score is
     taken on the frames as generated (the MP4/GIF files are written from them). A folder that holds a finished
     demo (its report.md) is redone only with `overwrite`."""
-    from .bench import ROWS, train_row
     from .video import write_contact_sheet
 
     output = Path(output)
@@ -168,7 +124,6 @@ def _compose(
     from dataclasses import replace
 
     from . import api
-    from .bench_motionbooth import subject_images
     from .control import SubjectPath
     from .shapeworld import render, write_subject_images
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import hashlib
 import importlib
 import json
@@ -132,12 +134,16 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
     return ModelComponents(path=path, **loaded)
 
 
-class Backbone:
-    """Every architecture-specific fact of one text-to-video architecture, behind one interface.
+class Backbone(abc.ABC):
+    """Every architecture-specific fact of one text-to-video architecture, behind one interface: the contract.
 
-    A subclass declares which model class it serves (`unet_class_names`), its attention sites, its
-    parameter groups (regexes over the denoiser's parameter names) and its conventions for text
-    embeddings, latents and gradient checkpointing. Methods only ever talk to this interface.
+    Methods, controls, training and sampling ask a backbone only what this class declares. A subclass
+    declares which model class it serves (`unet_class_names`), its attention sites (`sites`), its parameter
+    groups and LoRA targets (regexes over the denoiser's names, `parameter_group_patterns`,
+    `lora_target_patterns`), and implements every abstract member below: latent geometry, the video
+    autoencoder, text encoding with its tokenizer's layout, the denoiser call, and gradient checkpointing.
+    What stays concrete here (components, device, frame positions, fingerprint, parameter groups) holds for
+    any diffusers model folder.
     """
 
     name: ClassVar[str]
@@ -228,6 +234,103 @@ class Backbone:
         tensors = {name: positions.detach().cpu().contiguous() for name, positions in self.frame_positions.items()}
         save_file(tensors, Path(folder) / FRAME_POSITIONS_FILE)
 
+    # --- latent geometry ---------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along height and width."""
+
+    @property
+    @abc.abstractmethod
+    def latent_channels(self) -> int:
+        """Channels of the denoiser's latents."""
+
+    @property
+    @abc.abstractmethod
+    def num_levels(self) -> int:
+        """Resolution levels of the denoiser (level k sees the latent grid halved k times)."""
+
+    @abc.abstractmethod
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """The latent grid (h, w) of frames of `height` x `width` pixels."""
+
+    @abc.abstractmethod
+    def grid_at_level(self, latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+        """The token grid (h, w) an attention site at `level` sees for a latent grid `latent_hw`."""
+
+    @abc.abstractmethod
+    def down_attention_level(self, preferred: int) -> int:
+        """The down-path level nearest to `preferred` with both cross and temporal attention."""
+
+    @abc.abstractmethod
+    def cross_attention_level(self, preferred: int) -> int:
+        """The level nearest to `preferred` with cross-attention anywhere in the denoiser."""
+
+    # --- video autoencoder --------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixels `(B, F, 3, H, W)` in [-1, 1] to scaled latents `(B, C, F, h, w)`; posterior mean by default."""
+
+    @abc.abstractmethod
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """Scaled latents `(B, C, F, h, w)` to pixels `(B, F, 3, H, W)` in [-1, 1]."""
+
+    # --- text ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids `(B, L)` as the text encoder reads them (special tokens, padding and truncation included)."""
+
+    @abc.abstractmethod
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings `(B, L, D)` the denoiser's cross-attention reads."""
+
+    @abc.abstractmethod
+    def token_ids(self, text: str) -> list[int]:
+        """Ids of `text`'s own tokens, without special tokens."""
+
+    @abc.abstractmethod
+    def prompt_length(self, prompt: str) -> int:
+        """Text positions `prompt` fills (special tokens included, padding excluded), at most the text length."""
+
+    @abc.abstractmethod
+    def prompt_overflow(self, prompt: str) -> int:
+        """How many of `prompt`'s tokens fall past the text encoder's length (dropped when it is encoded)."""
+
+    @abc.abstractmethod
+    def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
+        """Text positions of `phrase`'s tokens inside the encoded `prompt`; ValueError when absent or cut off."""
+
+    # --- denoiser --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        conditional: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoiser's output (of the scheduler's prediction type) for latents `(B, C, F, h, w)` and text
+        `(B, L, D)`; `conditional` marks the batch rows that carry the prompt (attention edits apply there)."""
+
+    @abc.abstractmethod
+    def down_blocks_only(self, last_level: int | None = None) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        """Inside the block a denoiser call stops after the down path's `last_level` (MotionMatcher's early
+        exit); its output hidden states are appended to the yielded list."""
+
+    # --- memory ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the denoiser's activations in backward, without renaming any module."""
+
+    @abc.abstractmethod
+    def gradient_checkpointing_paused(self) -> contextlib.AbstractContextManager[None]:
+        """Store activations of the calls inside the block even with gradient checkpointing on."""
+
+    @abc.abstractmethod
+    def disable_gradient_checkpointing(self) -> None:
+        """Undo `enable_gradient_checkpointing`."""
+
+    # --- parameters --------------------------------------------------------------------------------
     def parameter_names(self, group: str) -> list[str]:
         """Names of the denoiser parameters in a declared group (e.g. `temporal`, `cross_kv`)."""
         if group not in self.parameter_group_patterns:

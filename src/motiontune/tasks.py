@@ -1,0 +1,43 @@
+"""The ShapeWorld motion task the demo and the benches share: reference clips of a novel motion in one look,
+regularization clips of known motions, and the scores of generated videos against them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .shapeworld import Clip, sample_clips, write_dataset
+
+TOKEN = "sks"
+SUBJECT_LOOK = ("colour", "shape")  # what NewMove's copy score is about: the subject, not the background
+NOVEL_MOTION = "zigzag"
+REFERENCE_LOOK = {"shapes": ("circle", "triangle"), "colours": ("red", "green")}
+
+
+def write_task(
+    folder: Path, frames: int, size: int, motion: str = NOVEL_MOTION, seed: int = 0
+) -> tuple[list[Clip], Path, Path]:
+    """The motion task (zigzag by default): 4 reference clips of `motion` (red/green circles and triangles,
+    captioned with the token) and 4 regularization clips of known motions, drawn from `seed`; returns the
+    reference clips and both folders."""
+    looks = {"backgrounds": ("white", "black", "gray"), **REFERENCE_LOOK}
+    references = sample_clips(4, seed, motions=(motion,), **looks)
+    reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
+    regularization = sample_clips(4, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
+    return references, reference_dir, write_dataset(folder / "regularization", regularization, frames, size)
+
+
+def task_scores(
+    predicted: list[dict], prompts: list[Clip], references: list[Clip], motion: str = NOVEL_MOTION
+) -> dict[str, float]:
+    """Motion accuracy (the object does `motion`), appearance accuracy (colour and shape follow the prompt)
+    and copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
+    from .evaluation import copy_rates
+
+    copies = copy_rates(predicted, [c.to_dict() for c in prompts], [c.to_dict() for c in references], SUBJECT_LOOK)
+    return {
+        "motion": float(np.mean([p["motion"] == motion for p in predicted])),
+        "appearance": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
+        "copy": copies["any"],
+    }
