@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from typing import ClassVar
 
 import pytest
 import torch
@@ -249,3 +250,35 @@ def test_a_backbone_that_leaves_out_part_of_the_contract_cannot_be_built(tiny_mo
 
     with pytest.raises(TypeError, match="abstract method"):
         Partial(load_components(tiny_model_dir))
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "missing"),
+    [
+        ("motiondirector", {}, "LoRA target temporal"),
+        ("newmove", {"spatial": "kv"}, "parameter group cross_kv"),
+        ("motion-inversion", {}, "temporal attention"),
+        ("motionbooth", {"class_word": "dog"}, "cross attention"),
+    ],
+)
+def test_a_method_names_what_a_backbone_lacks(method, options, missing, tiny_model_dir):
+    """Each method states its needs (`Method.requirements`); a backbone without one fails in one line naming
+    the method and the need, before anything is injected."""
+    from motiontune.backbones.base import load_components
+    from motiontune.backbones.unet3d import UNet3DBackbone
+    from motiontune.errors import ConfigError
+    from motiontune.methods import create_method
+
+    groups = {k: v for k, v in UNet3DBackbone.parameter_group_patterns.items() if f"parameter group {k}" != missing}
+    targets = {k: v for k, v in UNet3DBackbone.lora_target_patterns.items() if f"LoRA target {k}" != missing}
+
+    class Lacking(UNet3DBackbone):
+        parameter_group_patterns: ClassVar[dict[str, str]] = groups
+        lora_target_patterns: ClassVar[dict[str, str]] = targets
+
+    backbone = Lacking(load_components(tiny_model_dir))
+    backbone.sites = [site for site in backbone.sites if f"{site.kind} attention" != missing]
+    expected = f"method '{method}' needs {missing}, which backbone 'unet3d' does not provide"
+    with pytest.raises(ConfigError, match=expected):
+        create_method(method, backbone, options, token="sks")
+    assert missing in UNet3DBackbone(load_components(tiny_model_dir)).capabilities()

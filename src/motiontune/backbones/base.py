@@ -331,6 +331,15 @@ class Backbone(abc.ABC):
         """Undo `enable_gradient_checkpointing`."""
 
     # --- parameters --------------------------------------------------------------------------------
+    def capabilities(self) -> set[str]:
+        """What this backbone provides, in the words methods name their needs with (`Method.requirements`):
+        `parameter group G`, `LoRA target G` and `K attention` for each attention kind among its sites."""
+        return {
+            *(f"parameter group {group}" for group in self.parameter_group_patterns),
+            *(f"LoRA target {group}" for group in self.lora_target_patterns),
+            *(f"{site.kind} attention" for site in self.sites),
+        }
+
     def parameter_names(self, group: str) -> list[str]:
         """Names of the denoiser parameters in a declared group (e.g. `temporal`, `cross_kv`)."""
         if group not in self.parameter_group_patterns:

@@ -201,9 +201,19 @@ class Method:
         self.token = token
         self.source = f"{self.name} adapter"
         self.scheduler = training_scheduler(backbone)
+        missing = sorted(self.requirements() - backbone.capabilities())
+        if missing:
+            raise ConfigError(
+                f"method '{self.name}' needs {', '.join(missing)}, which backbone '{backbone.name}' does not provide"
+            )
         if self.needs_token and not token:
             raise ConfigError(f"method '{self.name}' needs a token (e.g. --token sks)")
         self.trained_token = TrainedToken(backbone, token) if self.trains_token else None
+
+    def requirements(self) -> set[str]:
+        """What this method with its config asks of a backbone, in `Backbone.capabilities` words; checked when
+        the method is built, so a backbone without it fails with one line naming the method and the need."""
+        return set()
 
     @property
     def trains_token(self) -> bool:

@@ -149,6 +149,9 @@ class LoraMethod(Method):
     uses_token = False
     adapter_name: str | None = None
 
+    def requirements(self) -> set[str]:
+        return {f"LoRA target {group}" for group in self.lora_groups}
+
     def prepare_for_training(self) -> None:
         self._inject()
 

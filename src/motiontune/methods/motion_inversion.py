@@ -77,6 +77,9 @@ class MotionInversion(Method):
         self.query_keys: dict[str, torch.nn.Parameter] = {}
         self.latent_hw: tuple[int, int] | None = None
 
+    def requirements(self) -> set[str]:
+        return {"temporal attention"}
+
     def target_sites(self) -> list:
         """Temporal attention sites of the down and up paths at the configured levels."""
         temporal = [s for s in self.backbone.sites if s.kind == "temporal" and s.block in ("down", "up")]

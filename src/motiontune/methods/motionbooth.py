@@ -147,6 +147,9 @@ class MotionBooth(Method):
         """The caption of every subject image: "a <token> <class word>" (official `train_prompt`)."""
         return f"a {self.subject_phrase}"
 
+    def requirements(self) -> set[str]:
+        return {f"parameter group {self._group()}", "cross attention"}
+
     def _group(self) -> str:
         return TRAINED_GROUPS[self.config.trained_parameters]
 

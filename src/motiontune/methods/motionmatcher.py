@@ -122,6 +122,9 @@ class MotionMatcher(LoraMethod):
     paper_source = "official code (motionmatcher configs, ZeroScope): 384x384x16, lr 5e-4, 400 steps, batch 1"
     lora_groups: ClassVar[list[str]] = ["spatial_self", "temporal"]
 
+    def requirements(self) -> set[str]:
+        return super().requirements() | {"cross attention", "temporal attention"}
+
     @property
     def feature_level(self) -> int:
         return self.backbone.down_attention_level(self.config.feature_level)

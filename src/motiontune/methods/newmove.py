@@ -79,6 +79,10 @@ class NewMove(Method):
     #: the LoRA's unique name in the model (`adapter: lora` with something to train), else None
     adapter_name: str | None = None
 
+    def requirements(self) -> set[str]:
+        kind = "LoRA target" if self.config.adapter == "lora" else "parameter group"
+        return {f"{kind} {group}" for group in self._groups()}
+
     def _groups(self) -> list[str]:
         return (["temporal"] if self.config.temporal else []) + SPATIAL_GROUPS[self.config.spatial]
 
