@@ -12,7 +12,7 @@ from motiontune.cli import main
 from motiontune.errors import ConfigError
 
 
-def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path):
+def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path, monkeypatch):
     report = tmp_path / "report.md"
     report.write_text(f"# Title\n\n{BEGIN}\nprevious table\n{END}\n")
     points = bench_curves(
@@ -43,6 +43,19 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path)
     assert "previous table" not in text and "| motiondirector, 4 videos | 2 |" in text
     assert "| motionbooth subject | 2 |" in text and "| subject acc. |" in text
     assert "--motion orbit --steps 2" in text
+
+    # a rerun with the same settings reuses each finished row; one with other settings measures it again
+    import motiontune.bench_curves as bench_module
+
+    def no_training(*_, **__):
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(bench_module, "row_curve", no_training)
+    sizes = {"every": 1, "prompts": 1, "seeds": 1, "sampling": 2, "motion": "orbit", "progress": False}
+    again = bench_curves(tmp_path / "work", str(tiny_model_dir), ["motionbooth subject"], steps=2, **sizes)
+    assert again == subject
+    with pytest.raises(AssertionError, match="trained again"):
+        bench_curves(tmp_path / "work", str(tiny_model_dir), ["motionbooth subject"], steps=1, **sizes)
 
 
 def test_curve_options_are_checked(tmp_path, capsys):

@@ -73,7 +73,7 @@ def run_rows(
     jobs = [(name, variant) for name in rows for variant in (variants or [{}])]
     results = []
     for index, (name, variant) in enumerate(jobs):
-        folder = output / _slug(name, variant)
+        folder = output / row_folder(name, variant)
         command = [sys.executable, "-m", "motiontune.cli", "bench", bench, "--row", name, "--output", str(folder)]
         command += [str(part) for flag, value in {**options, **variant}.items() for part in (flag, value)]
         saved = folder / "result.json"
@@ -106,7 +106,7 @@ def _same_run(saved: list[str] | None, command: list[str]) -> bool:
     return saved is not None and without_output(saved) == without_output(command)
 
 
-def _slug(name: str, variant: dict[str, object]) -> str:
+def row_folder(name: str, variant: dict[str, object]) -> str:
     """A folder name for one row and variant, e.g. `newmove-no-regularization--motion-orbit--training-seed-1`."""
     parts = [name, *(f"{flag.strip('-')} {value}" for flag, value in variant.items())]
     return "--".join(re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") for part in parts)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .bench import DEFAULT_ROWS, ROWS, bench_prompts, score_adapter, train_row
-from .bench_common import bench_model, chosen_rows, model_label, write_marked_section
+from .bench_common import bench_model, chosen_rows, model_label, row_folder, write_marked_section
 from .errors import ConfigError
 from .tasks import NOVEL_MOTION
 from .utils import atomic_write_text
@@ -133,19 +133,28 @@ def bench_curves(
     progress: bool = True,
 ) -> list[dict]:
     """Learning curves of `rows` (default: every motion method on `motion`, and MotionBooth's subject); writes
-    `output/results.json`, `output/curves.png` and the report section."""
+    `output/results.json`, `output/curves.png` and the report section. Each row's points are kept in its
+    folder (`points.json`) with the settings they were measured at; a rerun with the same settings reuses them,
+    so rows can be added to a finished bench."""
     if every < 1:
         raise ConfigError(f"--every must be at least 1, got {every}")
     rows = chosen_rows(rows, CURVE_ROWS) if rows else list(CURVE_ROWS)
     output = Path(output)
     model = bench_model(model, output)
+    settings = {"model": str(model), "steps": steps, "every": every, "prompts": prompts, "seeds": seeds}
+    settings |= {"sampling": sampling, "motion": motion}
     points = []
     for index, name in enumerate(rows):
+        folder = output / row_folder(name, {})
+        saved = folder / "points.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("settings") == settings:
+            points += json.loads(saved.read_text())["points"]
+            continue
         if progress:
             print(f"[{index + 1}/{len(rows)}] {name}", flush=True)
-        points += row_curve(
-            name, output / f"row-{index}", model, steps, every, prompts, seeds, sampling, motion, progress
-        )
+        row_points = row_curve(name, folder, model, steps, every, prompts, seeds, sampling, motion, progress)
+        atomic_write_text(saved, json.dumps({"settings": settings, "points": row_points}, indent=2))
+        points += row_points
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "results.json", json.dumps(points, indent=2))
     plot_curves(points, output / "curves.png", motion)
