@@ -18,9 +18,9 @@ from PIL import Image, ImageSequence
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cli_helpers import error_line, write_clip
 from motiontune.cli import main
-from motiontune.shapeworld import Clip, render
-from motiontune.video import count_frames, write_video
+from motiontune.video import count_frames
 
 TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
 PROMPT = "a blue square doing sks"
@@ -120,21 +120,6 @@ def adapter_metadata(path: Path) -> dict:
 def gif_frames(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
-
-
-def error_line(capsys) -> str:
-    """The single stderr line of a failed command (fails unless there is exactly one)."""
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("motiontune: error: "), lines[0]
-    return lines[0]
-
-
-def write_clip(folder: Path, name: str, caption: str, frames: int = 10) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = write_video(render(Clip("square", "red", "white", "zigzag"), frames, 32).frames, folder / f"{name}.mp4")
-    (folder / f"{name}.txt").write_text(caption)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

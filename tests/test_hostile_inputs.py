@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_helpers import error_line, write_clip
 from motiontune.cli import main
-from motiontune.shapeworld import Clip, render
 from motiontune.video import write_video
 
 TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
@@ -36,21 +36,6 @@ def train(model: Path, data: Path, output: Path, *extra: str) -> int:
 def generate(model: Path, output: Path, *extra: str, prompt: str = PROMPT) -> int:
     arguments = ["generate", "--model", str(model), "--prompt", prompt, "--steps", "2", *TINY]
     return main([*arguments, "--output", str(output), *extra])
-
-
-def error_line(capsys) -> str:
-    """The one stderr line of a refused command."""
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("motiontune: error: "), lines[0]
-    return lines[0]
-
-
-def write_clip(folder: Path, name: str, caption: str, frames: int = 10) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = write_video(render(Clip("square", "red", "white", "zigzag"), frames, 32).frames, folder / f"{name}.mp4")
-    (folder / f"{name}.txt").write_text(caption)
-    return path
 
 
 # --------------------------------------------------------------------------------------------- train inputs

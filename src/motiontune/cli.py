@@ -32,35 +32,25 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked_number(kind: type, valid, requirement: str):
+    """An argparse `type` that parses `kind` and refuses values outside `valid` (nan and inf included), saying
+    what the option must be."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def _finite_float(text: str) -> float:
-    """A float that is a number: nan and inf are refused where the option is parsed."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text}")
-    return value
+_positive_int = _checked_number(int, lambda value: value >= 1, "a positive integer")
+_finite_float = _checked_number(float, math.isfinite, "a finite number")
+_seed = _checked_number(int, lambda value: 0 <= value <= MAX_SEED, "an integer from 0 to 2**63 - 1")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
