@@ -291,16 +291,22 @@ def test_resume_refuses_a_finished_run(tiny_model_dir, motion_data, tmp_path, ca
         (["--frames", "2"], "frames 4 -> 2"),
         (["--spatial", "all"], "spatial "),
         (["--data", "OTHER"], "data changed"),
+        (["--model", "OTHER"], "model changed"),
+        (["--height", "64", "--width", "64"], "height 32 -> 64"),
     ],
 )
 def test_resume_refuses_other_settings(change, named, tiny_model_dir, motion_data, tmp_path, capsys):
     output = tmp_path / "run"
     _interrupted(tiny_model_dir, motion_data, output)
-    if "OTHER" in change:
+    if change == ["--data", "OTHER"]:
         other = tmp_path / "other"
         shutil.copytree(motion_data, other)
         next(other.glob("*.txt")).write_text("a circle doing sks")
         change = ["--data", str(other)]
+    if change == ["--model", "OTHER"]:
+        from motiontune.tiny import build_tiny_model
+
+        change = ["--model", str(build_tiny_model(tmp_path / "other-model", seed=1))]
     capsys.readouterr()
     assert train(tiny_model_dir, motion_data, output, "--steps", "4", "--resume", *change) == 2
     line = error_line(capsys)
