@@ -487,7 +487,7 @@ def generate_video(
     if trained:
         _, trained_frames, latent_h, latent_w = trained["latent_shape"]
         scale = backbone.vae_scale_factor
-        native = (trained_frames, latent_h * scale, latent_w * scale)
+        native = (backbone.pixel_frames(trained_frames), latent_h * scale, latent_w * scale)
     elif defaults.native:
         native = tuple(defaults.native.get(key, FALLBACK[key]) for key in NATIVE_KEYS)
     else:

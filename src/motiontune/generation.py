@@ -64,7 +64,7 @@ def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) 
         )
     h, w = backbone.latent_size(settings.height, settings.width)
     generator = torch.Generator().manual_seed(settings.seed)
-    shape = (batch, backbone.latent_channels, settings.frames, h, w)
+    shape = (batch, backbone.latent_channels, backbone.latent_frames(settings.frames), h, w)
     noise = torch.randn(shape, generator=generator).to(backbone.device, backbone.dtype)
     if settings.reference is None or settings.noise_prior == 0:
         return noise

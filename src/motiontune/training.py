@@ -73,7 +73,7 @@ class TrainConfig:
     save_precision: str = "fp32"
     resume: bool = False
     progress: bool = True
-    frames: int | None = None  # frames of the videos the adapter is for; default: the longest example's
+    frames: int | None = None  # pixel frames of the videos the adapter is for; default: the longest example's
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
@@ -385,7 +385,8 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     learning_rate = config.learning_rate or method.paper_settings["learning_rate"]
     accumulation = config.gradient_accumulation or method.paper_settings.get("gradient_accumulation", 1)
     longest = max((e.latents.shape for e in examples), key=lambda shape: shape[1])
-    latent_shape = torch.Size([longest[0], config.frames or longest[1], *longest[2:]])
+    frames = backbone.latent_frames(config.frames) if config.frames else longest[1]
+    latent_shape = torch.Size([longest[0], frames, *longest[2:]])
     AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=_resolve_precision(config.mixed_precision, backbone.device),
@@ -503,10 +504,10 @@ def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torc
     from .video import frames_to_uint8, save_outputs
 
     backbone = method.backbone
-    _, frames, h, w = latent_shape
+    _, latent_frames, h, w = latent_shape
     scale = backbone.vae_scale_factor
     settings = GenerationConfig(
-        frames=frames,
+        frames=backbone.pixel_frames(latent_frames),
         height=h * scale,
         width=w * scale,
         steps=config.validation_sampling_steps,

@@ -255,6 +255,14 @@ class Backbone(abc.ABC):
         """The latent grid (h, w) of frames of `height` x `width` pixels."""
 
     @abc.abstractmethod
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a video of `frames` pixel frames (the autoencoder's temporal compression)."""
+
+    @abc.abstractmethod
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames a video of `latent_frames` latent frames decodes to."""
+
+    @abc.abstractmethod
     def grid_at_level(self, latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
         """The token grid (h, w) an attention site at `level` sees for a latent grid `latent_hw`."""
 

@@ -114,6 +114,13 @@ class UNet3DBackbone(Backbone):
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.vae_scale_factor, width // self.vae_scale_factor
 
+    def latent_frames(self, frames: int) -> int:
+        """UNet3D's autoencoder is per frame: one latent frame per pixel frame."""
+        return frames
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        return latent_frames
+
     def down_attention_level(self, preferred: int) -> int:
         """The down-path level nearest to `preferred` that has both cross and temporal attention sites.
 
