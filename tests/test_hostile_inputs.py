@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from cli_helpers import error_line, write_clip
@@ -134,12 +135,18 @@ def test_bad_training_input_is_one_line_and_writes_nothing(case, tiny_model_dir,
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, nothing removed
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_output_folder_is_refused_before_training(tiny_model_dir, motion_data, tmp_path, capsys):
+def test_read_only_output_folder_is_refused_before_training(tiny_model_dir, motion_data, tmp_path, capsys, monkeypatch):
+    import motiontune.utils
+
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    real_access = os.access  # root may write anywhere: the folder is read-only as the permission check reports it
+    monkeypatch.setattr(
+        motiontune.utils.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
     assert train(tiny_model_dir, motion_data, locked / "run") == 2
     assert f"folder {locked} is not writable" in error_line(capsys)
+    assert list(locked.iterdir()) == []
 
 
 def test_long_caption_is_reported_not_cut_silently(tiny_model_dir, tmp_path, capsys):
@@ -197,7 +204,7 @@ GENERATE_CASES = {
     ),
     "reference FIFO": (
         lambda tmp: (os.mkfifo(tmp / "ref.mp4"), ["--reference", str(tmp / "ref.mp4"), "--noise-prior", "0.5"])[1],
-        "ref.mp4: --reference video is not a regular file",
+        "ref.mp4 is not a regular file (a FIFO, socket or device)",
     ),
     "script FIFO": (
         lambda tmp: (os.mkfifo(tmp / "s.json"), ["--script", str(tmp / "s.json")])[1],
@@ -220,6 +227,18 @@ def test_bad_generation_input_is_one_line_and_writes_nothing(name, tiny_model_di
     line = error_line(capsys)
     assert expected in line, line
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_the_reference_may_be_a_folder_of_frames_but_not_a_fifo(tiny_model_dir, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * index, np.uint8)).save(frames / f"{index}.png")
+    assert generate(tiny_model_dir, tmp_path / "v.mp4", "--reference", str(frames), "--noise-prior", "0.5") == 0
+    os.mkfifo(tmp_path / "ref.mp4")
+    capsys.readouterr()
+    assert generate(tiny_model_dir, tmp_path / "w.mp4", "--reference", str(tmp_path / "ref.mp4")) == 2
+    assert error_line(capsys).startswith(f"motiontune: error: --reference: {tmp_path / 'ref.mp4'} is not a regular")
 
 
 def test_outputs_are_checked_before_sampling_and_never_replaced_without_overwrite(tiny_model_dir, tmp_path, capsys):

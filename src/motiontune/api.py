@@ -20,7 +20,7 @@ import torch
 
 from .backbones import load_backbone
 from .backbones.base import Backbone, resolve_model_dir
-from .data import check_items, find_video_items
+from .data import check_items, check_video_source, find_video_items
 from .errors import ConfigError, warn
 from .settings import (
     FALLBACK,
@@ -35,7 +35,6 @@ from .settings import (
 from .utils import (
     atomic_write_text,
     check_output_files,
-    check_regular_file,
     check_writable_folder,
     default_device,
 )
@@ -472,7 +471,7 @@ def generate_video(
         raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
     check_output_files(list(output_paths(output).values()), "--output", overwrite)
     if reference is not None:
-        check_regular_file(Path(reference), "--reference video")
+        check_video_source(Path(reference), "--reference")
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
     backbone = open_backbone(model, device)

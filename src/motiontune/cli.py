@@ -22,6 +22,7 @@ FITTED = (
 )
 FITTED_NATIVE = "(default: the model folder's native size in its motiontune.json, else the method's paper setting)"
 FITTED_SAMPLING = "(default: the model folder's recommendation in its motiontune.json, else {})"
+ALLOW_OTHER_MODEL_HELP = "load adapters trained on another base model than --model (their fingerprints differ)"
 MOTION_TOKEN_HELP = "rare token that stands for the learned motion or subject in prompts (V*), e.g. sks"
 
 
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--allow-other-model",
         action="store_true",
-        help="load adapters trained on another base model than --model (their fingerprints differ)",
+        help=ALLOW_OTHER_MODEL_HELP,
     )
     _add_motion_controls(generate)
 
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--allow-other-model",
         action="store_true",
-        help="load adapters trained on another base model than --model (their fingerprints differ)",
+        help=ALLOW_OTHER_MODEL_HELP,
     )
 
     bench = commands.add_parser("bench", help="measure methods and ablations on a task")

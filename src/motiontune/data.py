@@ -193,7 +193,6 @@ def find_video_items(root: str | os.PathLike[str], allow_outside: bool = False) 
     if not (root.is_file() or root.is_dir()):
         raise InputError(f"{root}: not a regular file or folder (a FIFO, socket or device)")
     if root.suffix.lower() in VIDEO_EXTENSIONS and not root.is_dir():
-        check_video_source(root)
         return [_single_video_item(root)]
     if root.is_file():
         if root.suffix.lower() not in (".csv", ".jsonl"):

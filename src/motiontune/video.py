@@ -150,7 +150,7 @@ def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | tuple[int
             try:
                 with Image.open(image_path) as image:
                     if "A" in image.getbands() or "transparency" in image.info:
-                        _warn_timing(path, [], transparent=True)
+                        _warn_transparency(path)
                     yield np.asarray(ImageOps.exif_transpose(image).convert("RGB")) if to_array else image.size[::-1]
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise InputError(f"{image_path}: cannot read image frame ({_reason(exc)})") from exc
@@ -177,11 +177,13 @@ def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | tuple[int
             raise InputError(f"{path}: cannot decode video ({_reason(exc)})") from exc
         if declared and decoded < declared:
             raise InputError(f"{path}: truncated or damaged video (decoded {decoded} of its {declared} frames)")
-        _warn_timing(path, times, transparent)
+        _warn_variable_rate(path, times)
+        if transparent:
+            _warn_transparency(path)
 
 
-def _warn_timing(path: Path, times: list[float], transparent: bool) -> None:
-    """Warn (once) about what reading by frame index drops: variable frame rate timing and transparency."""
+def _warn_variable_rate(path: Path, times: list[float]) -> None:
+    """Warn (once) when frame intervals vary: frames are taken by index, so that timing is dropped."""
     intervals = np.diff(np.asarray(times, dtype=np.float64))
     if len(intervals) >= 2 and intervals.min() > 0 and intervals.max() > 1.5 * intervals.min():
         warn(
@@ -189,8 +191,11 @@ def _warn_timing(path: Path, times: list[float], transparent: bool) -> None:
             "ms); frames are taken by index, so the motion's timing is not kept",
             once=True,
         )
-    if transparent:
-        warn(f"{path}: transparency dropped (the alpha channel is ignored; frames are read as RGB)", once=True)
+
+
+def _warn_transparency(path: Path) -> None:
+    """Warn (once) that frames with an alpha channel are read as RGB."""
+    warn(f"{path}: transparency dropped (the alpha channel is ignored; frames are read as RGB)", once=True)
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
