@@ -53,6 +53,10 @@ FROM_REFERENCE = {"noise_prior": 0.5}
 OBJECT = {"debias": "object"}
 #: MotionDirector's budget (240 steps of 8 clips) for MotionMatcher, whose own is 120 of 4
 MATCHER_BUDGET = {"steps": 240, "batch_size": 8}
+#: MotionDirector's LoRA placement and timesteps on MotionMatcher's loss
+MATCHER_TEMPORAL = {"lora_layers": "temporal", "timestep_sampling": "coarse", "lora_dropout": 0.0}
+#: lambda_CA = lambda_TSA = 2e6 instead of 2000: the feature loss's gradients above AdamW's epsilon (1e-8)
+MATCHER_WEIGHTS_X1000 = {"cross_attention_weight": 2e6, "temporal_attention_weight": 2e6}
 #: MotionDirector's temporal LoRA trained with NewMove's plain loss and coarse-noise timesteps
 TEMPORAL_LORA = {"adapter": "lora", "spatial": "none", "train_token": False}
 ROWS: dict[str, Row] = {
@@ -98,6 +102,24 @@ ROWS: dict[str, Row] = {
     ),
     "motionmatcher, 4 videos, 240 x 8, pixel loss, no dropout": Row(
         "motionmatcher", {"loss": "pixel", "lora_dropout": 0.0}, regularized=False, **MATCHER_BUDGET
+    ),
+    "motionmatcher, 4 videos, 240 x 8, temporal lora, coarse, no dropout": Row(
+        "motionmatcher", {**MATCHER_TEMPORAL, "loss": "feature"}, regularized=False, **MATCHER_BUDGET
+    ),
+    "motionmatcher, 4 videos, 240 x 8, temporal lora, coarse, no dropout, pixel loss, all t": Row(
+        "motionmatcher",
+        {**MATCHER_TEMPORAL, "loss": "pixel", "min_timestep": 1, "lora_window_start": 0},
+        regularized=False,
+        **MATCHER_BUDGET,
+    ),
+    "motionmatcher, 4 videos, 240 x 8, temporal lora, coarse, no dropout, weights x1000": Row(
+        "motionmatcher", {**MATCHER_TEMPORAL, **MATCHER_WEIGHTS_X1000}, regularized=False, **MATCHER_BUDGET
+    ),
+    "motionmatcher, 4 videos, 240 x 8, coarse, no dropout, weights x1000": Row(
+        "motionmatcher",
+        {"timestep_sampling": "coarse", "lora_dropout": 0.0, **MATCHER_WEIGHTS_X1000},
+        regularized=False,
+        **MATCHER_BUDGET,
     ),
     "newmove, temporal lora": Row("newmove", TEMPORAL_LORA, regularized=False, learning_rate=5e-3),
     "newmove, temporal lora, token trained": Row(

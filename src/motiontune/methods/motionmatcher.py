@@ -2,7 +2,8 @@
 (Wu et al., 2025, arXiv 2502.13234), as its official code realises it.
 
 One LoRA (rank 32) on the spatial self-attention and feed-forward layers and on every temporal
-attention and feed-forward layer. Per step, with t ~ U{500, ..., 999}:
+attention and feed-forward layer (`lora_layers temporal`: on the temporal ones only). Per step, with
+t ~ U{500, ..., 999}:
 
     x_hat_{t-1} = sqrt(a_{t-1}) (x_t - sqrt(1 - a_t) eps_theta) / sqrt(a_t) + sqrt(1 - a_{t-1}) eps_theta
     x_{t-1}     = sqrt(a_{t-1}) x_0 + sqrt(1 - a_{t-1}) eps
@@ -37,6 +38,8 @@ from ..sampling import StepHook, StepState, to_clean, to_epsilon
 from .base import check_timestep_sampling, denoising_loss, drawn_timesteps, noised
 from .lora import LoraMethod, check_lora_options
 
+LORA_LAYERS = ("spatial_self,temporal", "temporal")
+
 
 @dataclass
 class MotionMatcherConfig:
@@ -45,6 +48,13 @@ class MotionMatcherConfig:
         metadata={"help": "feature (motion-feature matching) or pixel (plain denoising MSE on the same LoRA)"},
     )
     lora_rank: int = field(default=32, metadata={"help": "LoRA rank"})
+    lora_layers: str = field(
+        default="spatial_self,temporal",
+        metadata={
+            "help": "where the LoRA sits: spatial_self,temporal (the official code: spatial self-attention, "
+            "temporal attention and their feed-forwards) or temporal (MotionDirector's temporal LoRA)"
+        },
+    )
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input while training"})
     min_timestep: int = field(default=500, metadata={"help": "training timesteps are drawn from [min_timestep, T)"})
     timestep_sampling: str = field(
@@ -86,6 +96,8 @@ class MotionMatcherConfig:
         if self.loss not in ("feature", "pixel"):
             raise ConfigError(f"loss must be feature or pixel, got '{self.loss}'")
         check_lora_options(self.lora_rank, self.lora_dropout)
+        if self.lora_layers not in LORA_LAYERS:
+            raise ConfigError(f"lora_layers must be one of {', '.join(LORA_LAYERS)}, got '{self.lora_layers}'")
         if not 1 <= self.min_timestep <= 999:
             raise ConfigError(f"min_timestep must be in [1, 999], got {self.min_timestep}")
         check_timestep_sampling(self.timestep_sampling)
@@ -120,7 +132,10 @@ class MotionMatcher(LoraMethod):
         "width": 384,
     }
     paper_source = "official code (motionmatcher configs, ZeroScope): 384x384x16, lr 5e-4, 400 steps, batch 1"
-    lora_groups: ClassVar[list[str]] = ["spatial_self", "temporal"]
+
+    @property
+    def lora_groups(self) -> list[str]:
+        return self.config.lora_layers.split(",")
 
     def requirements(self) -> set[str]:
         return super().requirements() | {"cross attention", "temporal attention"}
