@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from motiontune.api import open_backbone
+from motiontune.backbones import BACKBONES
 from motiontune.shapeworld import sample_clips, write_dataset
-from motiontune.tiny import build_tiny_model
+from motiontune.tiny import build_tiny_animatediff, build_tiny_model
 
 REFERENCE_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -35,9 +36,28 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def tiny_animatediff_dir(tmp_path_factory) -> Path:
+    """A tiny random AnimateDiff model (a saved `AnimateDiffPipeline` folder, built once)."""
+    return build_tiny_animatediff(tmp_path_factory.mktemp("models") / "tiny-animatediff", seed=0)
+
+
+@pytest.fixture(params=BACKBONES)
+def any_model_dir(request, tiny_model_dir, tiny_animatediff_dir) -> Path:
+    """Each tiny model in turn, one per backbone: tests that take it run on every architecture."""
+    return {"unet3d": tiny_model_dir, "animatediff": tiny_animatediff_dir}[request.param]
+
+
 @pytest.fixture
-def backbone(tiny_model_dir):
-    """A freshly loaded tiny backbone with the attention controller installed."""
+def backbone(any_model_dir):
+    """A freshly loaded tiny backbone with the attention controller installed, for every architecture."""
+    torch.manual_seed(0)
+    return open_backbone(any_model_dir, "cpu")
+
+
+@pytest.fixture
+def unet3d_backbone(tiny_model_dir):
+    """The tiny UNet3D backbone (for tests of facts of that architecture)."""
     torch.manual_seed(0)
     return open_backbone(tiny_model_dir, "cpu")
 

@@ -32,10 +32,10 @@ def _trained_adapter(backbone, data, tmp_path, options):
     [{}, {"adapter": "lora", "lora_rank": 4}, {"train_token": True, "spatial": "none"}],
     ids=["full", "lora", "token"],
 )
-def test_adapter_round_trips_to_identical_outputs(backbone, tiny_model_dir, motion_data, tmp_path, options):
+def test_adapter_round_trips_to_identical_outputs(backbone, any_model_dir, motion_data, tmp_path, options):
     method, path = _trained_adapter(backbone, motion_data, tmp_path, options)
     trained = generate_latents(backbone, ["a red square doing sks"], [method], SETTINGS)
-    fresh = open_backbone(tiny_model_dir, "cpu")
+    fresh = open_backbone(any_model_dir, "cpu")
     base = generate_latents(fresh, ["a red square doing sks"], [], SETTINGS)
     loaded = load_adapter(path, fresh)
     assert torch.equal(generate_latents(fresh, ["a red square doing sks"], [loaded], SETTINGS), trained)
@@ -48,7 +48,7 @@ def test_adapter_holds_only_what_changed_with_metadata(backbone, motion_data, tm
     expected = {f"unet.{n}" for g in ("temporal", "cross_kv") for n in backbone.parameter_names(g)}
     assert set(tensors) == expected
     assert sum(t.numel() for t in tensors.values()) < sum(p.numel() for p in backbone.unet.parameters())
-    assert metadata["method"] == "newmove" and metadata["backbone"] == "unet3d" and metadata["token"] == "sks"
+    assert metadata["method"] == "newmove" and metadata["backbone"] == backbone.name and metadata["token"] == "sks"
     assert metadata["hyperparameters"]["spatial"] == "kv" and metadata["hyperparameters"]["coarse_alpha"] == 0.5
     assert metadata["targets"]["groups"] == ["temporal", "cross_kv"]
     assert metadata["training"]["steps"] == 2 and metadata["format_version"] == 1
@@ -77,11 +77,11 @@ def test_incompatible_adapters_are_rejected(backbone, tmp_path):
     save_file({}, str(newer), {"motiontune": json.dumps({"format": "motiontune.adapter", "format_version": 99})})
     with pytest.raises(ConfigError, match="not readable"):
         read_metadata(newer)
-    name = "down_blocks.0.temp_attentions.0.proj_in.weight"
+    name = backbone.parameter_names("temporal_attention")[0]
     bad_shape = save_adapter(
         tmp_path / "c.safetensors",
         {f"unet.{name}": torch.zeros(3, 3)},
-        {"method": "newmove", "backbone": "unet3d", "token": "sks", "hyperparameters": {}},
+        {"method": "newmove", "backbone": backbone.name, "token": "sks", "hyperparameters": {}},
     )
     with pytest.raises(ConfigError, match=r"c\.safetensors: adapter tensor .* has shape \(3, 3\)"):
         load_adapter(bad_shape, backbone)
@@ -115,17 +115,17 @@ def _perturbed_adapter(backbone, path, options: dict, seed: int):
     return tensors
 
 
-def test_full_weight_adapters_compose_by_adding_their_deltas(tiny_model_dir, tmp_path):
+def test_full_weight_adapters_compose_by_adding_their_deltas(any_model_dir, tmp_path):
     from motiontune.methods import load_adapters
 
-    base = open_backbone(tiny_model_dir, "cpu")
+    base = open_backbone(any_model_dir, "cpu")
     original = {name: p.detach().clone() for name, p in base.unet.named_parameters()}
     first = _perturbed_adapter(base, tmp_path / "a.safetensors", {}, seed=1)
     second = _perturbed_adapter(base, tmp_path / "b.safetensors", {"temporal": False, "spatial": "all"}, seed=2)
     shared = sorted(set(first) & set(second))
     assert shared, "the two adapters must overlap (cross-attention K/V)"
 
-    composed = open_backbone(tiny_model_dir, "cpu")
+    composed = open_backbone(any_model_dir, "cpu")
     load_adapters([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], composed)
     parameters = dict(composed.unet.named_parameters())
     for key in shared:
@@ -135,24 +135,24 @@ def test_full_weight_adapters_compose_by_adding_their_deltas(tiny_model_dir, tmp
     only_first = next(key for key in first if key not in second)
     assert torch.equal(parameters[only_first.removeprefix("unet.")], first[only_first])
 
-    reversed_order = open_backbone(tiny_model_dir, "cpu")
+    reversed_order = open_backbone(any_model_dir, "cpu")
     load_adapters([tmp_path / "b.safetensors", tmp_path / "a.safetensors"], reversed_order)
     for name, parameter in reversed_order.unet.named_parameters():
         assert torch.allclose(parameter, parameters[name], atol=1e-6), name
 
 
-def test_a_full_weight_adapter_given_after_a_lora_still_loads(tiny_model_dir, tmp_path):
+def test_a_full_weight_adapter_given_after_a_lora_still_loads(any_model_dir, tmp_path):
     from motiontune.methods import load_adapters
 
-    backbone = open_backbone(tiny_model_dir, "cpu")
+    backbone = open_backbone(any_model_dir, "cpu")
     _perturbed_adapter(backbone, tmp_path / "full.safetensors", {}, seed=1)
     _perturbed_adapter(backbone, tmp_path / "lora.safetensors", {"adapter": "lora", "lora_rank": 2}, seed=2)
-    composed = open_backbone(tiny_model_dir, "cpu")
+    composed = open_backbone(any_model_dir, "cpu")
     methods = load_adapters([tmp_path / "lora.safetensors", tmp_path / "full.safetensors"], composed)
     assert [m.config.adapter for m in methods] == ["lora", "full"]
     latents = torch.randn(1, composed.latent_channels, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     text = composed.encode_prompt(["a sks"])
-    alone = open_backbone(tiny_model_dir, "cpu")
+    alone = open_backbone(any_model_dir, "cpu")
     load_adapter(tmp_path / "full.safetensors", alone)
     assert not torch.allclose(
         composed.predict_noise(latents, torch.tensor(500), text), alone.predict_noise(latents, torch.tensor(500), text)
@@ -161,7 +161,7 @@ def test_a_full_weight_adapter_given_after_a_lora_still_loads(tiny_model_dir, tm
 
 @pytest.mark.parametrize("method_name", ["motiondirector", "motionmatcher"])
 def test_lora_methods_train_the_token_when_asked_and_round_trip_it(
-    method_name, backbone, tiny_model_dir, motion_data, tmp_path
+    method_name, backbone, any_model_dir, motion_data, tmp_path
 ):
     examples = prepare_examples(
         backbone, VideoDataset(find_video_items(motion_data), 4, 32, 32), "target", progress=False
@@ -177,7 +177,7 @@ def test_lora_methods_train_the_token_when_asked_and_round_trip_it(
     tensors, metadata = read_adapter(path)
     assert torch.equal(tensors["text_encoder.token_embeddings"], weight.detach()[changed])
     assert metadata["targets"]["token_ids"] == changed
-    fresh = open_backbone(tiny_model_dir, "cpu")
+    fresh = open_backbone(any_model_dir, "cpu")
     loaded = load_adapter(path, fresh)
     assert torch.equal(fresh.text_encoder.get_input_embeddings().weight[changed], weight.detach()[changed])
     with pytest.raises(InputError, match="does not contain the adapter's token 'sks'"):

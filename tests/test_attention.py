@@ -8,7 +8,11 @@ import torch
 from motiontune.attention import BoxEdit, RowBoxEdits, SubjectBox, TemporalEmbedding, box_span
 
 CROSS_SITE = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
-TEMPORAL_SITE = "down_blocks.1.temp_attentions.0.transformer_blocks.0.attn1"
+
+
+def temporal_site(backbone) -> str:
+    """The first temporal attention of the down path's level 1."""
+    return next(s.name for s in backbone.sites if s.kind == "temporal" and s.block == "down" and s.level == 1)
 
 
 def _inputs(backbone, batch=1, frames=4, hw=(16, 16)):
@@ -34,9 +38,9 @@ def test_recording_matches_fast_path_and_probabilities_sum_to_one(backbone):
 def test_recording_with_gradients_reaches_the_input(backbone):
     latents, text = _inputs(backbone)
     latents.requires_grad_(True)
-    with backbone.controller.record(lambda site: site.name == TEMPORAL_SITE, with_grad=True) as maps:
+    with backbone.controller.record(lambda site: site.name == temporal_site(backbone), with_grad=True) as maps:
         backbone.predict_noise(latents, torch.tensor(300), text)
-    maps[TEMPORAL_SITE][:, 0, -1].sum().backward()
+    maps[temporal_site(backbone)][:, 0, -1].sum().backward()
     assert latents.grad is not None and latents.grad.abs().sum() > 0
 
 
@@ -156,27 +160,27 @@ def test_box_edit_applies_to_the_conditional_rows_only(backbone):
 def test_zero_initialised_embeddings_are_an_identity(backbone):
     latents, text = _inputs(backbone)
     before = backbone.predict_noise(latents, torch.tensor(300), text)
-    site = backbone.controller.sites[TEMPORAL_SITE]
+    site = backbone.controller.sites[temporal_site(backbone)]
     h, w = backbone.grid_at_level((16, 16), site.level)
-    channels = backbone.unet.get_submodule(TEMPORAL_SITE).to_q.in_features
-    backbone.controller.embeddings[TEMPORAL_SITE] = TemporalEmbedding(channels, 8, value_grid=(h, w))
+    channels = backbone.unet.get_submodule(temporal_site(backbone)).to_q.in_features
+    backbone.controller.embeddings[temporal_site(backbone)] = TemporalEmbedding(channels, 8, value_grid=(h, w))
     after = backbone.predict_noise(latents, torch.tensor(300), text)
     assert torch.allclose(before, after, atol=1e-6)
     with torch.no_grad():
-        backbone.controller.embeddings[TEMPORAL_SITE].query_key.normal_()
+        backbone.controller.embeddings[temporal_site(backbone)].query_key.normal_()
     assert not torch.allclose(before, backbone.predict_noise(latents, torch.tensor(300), text), atol=1e-4)
 
 
 def test_embeddings_enter_query_key_and_value_as_in_motion_inversion(backbone):
     """TA(x) = softmax(Wq(x + m_qk) (Wk(x + m_qk))^T / sqrt(d)) Wv(x + m_v), computed by hand."""
-    attn = backbone.unet.get_submodule(TEMPORAL_SITE)
+    attn = backbone.unet.get_submodule(temporal_site(backbone))
     channels, frames, pixels = attn.to_q.in_features, 3, 4
     torch.manual_seed(0)
     embedding = TemporalEmbedding(channels, 5, value_grid=(2, 2))
     with torch.no_grad():
         embedding.query_key.normal_()
         embedding.value.normal_()
-    backbone.controller.embeddings[TEMPORAL_SITE] = embedding
+    backbone.controller.embeddings[temporal_site(backbone)] = embedding
     x = torch.randn(2 * pixels, frames, channels)
     out = attn(x)
     qk_input = x + embedding.query_key[:, :frames]
@@ -205,24 +209,24 @@ def test_zero_frame_positions_are_an_identity_and_trained_ones_change_the_output
     assert set(backbone.frame_positions) == temporal
     assert torch.allclose(before, backbone.predict_noise(latents, torch.tensor(300), text), atol=1e-6)
     with torch.no_grad():
-        backbone.frame_positions[TEMPORAL_SITE].normal_()
+        backbone.frame_positions[temporal_site(backbone)].normal_()
     assert not torch.allclose(before, backbone.predict_noise(latents, torch.tensor(300), text), atol=1e-4)
 
 
 def test_frame_positions_add_to_a_motion_inversion_query_key(backbone):
     """x + p_f + m_qk feeds Wq and Wk: the base model's positions and an adapter's embedding sum."""
-    attn = backbone.unet.get_submodule(TEMPORAL_SITE)
+    attn = backbone.unet.get_submodule(temporal_site(backbone))
     channels, frames = attn.to_q.in_features, 3
     torch.manual_seed(0)
     backbone.add_frame_positions(5)
     embedding = TemporalEmbedding(channels, 5)
     with torch.no_grad():
-        backbone.frame_positions[TEMPORAL_SITE].normal_()
+        backbone.frame_positions[temporal_site(backbone)].normal_()
         embedding.query_key.normal_()
-    backbone.controller.embeddings[TEMPORAL_SITE] = embedding
+    backbone.controller.embeddings[temporal_site(backbone)] = embedding
     x = torch.randn(4, frames, channels)
     out = attn(x)
-    qk_input = x + backbone.frame_positions[TEMPORAL_SITE][:, :frames] + embedding.query_key[:, :frames]
+    qk_input = x + backbone.frame_positions[temporal_site(backbone)][:, :frames] + embedding.query_key[:, :frames]
     q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(qk_input), attn.to_k(qk_input), attn.to_v(x)))
     probs = (q @ k.transpose(1, 2) * attn.scale).softmax(-1)
     expected = attn.to_out[0](attn.batch_to_head_dim(probs @ v))

@@ -1,4 +1,5 @@
-"""UNet3D backbone: loading any diffusers folder, attention sites and layouts, groups, checkpointing."""
+"""Every backbone (tiny UNet3D and AnimateDiff): loading any diffusers folder, attention sites and layouts,
+groups, checkpointing."""
 
 from __future__ import annotations
 
@@ -10,21 +11,41 @@ from typing import ClassVar
 import pytest
 import torch
 
+from backbone_facts import TEMPORAL_LAYERS
 from motiontune.api import open_backbone
 from motiontune.errors import InputError
+
+#: sites of each tiny model with their kind and level (three levels; the mid block works at level 2)
+EXPECTED_SITES = {
+    "unet3d": {
+        "transformer_in.transformer_blocks.0.attn1": ("temporal", 0),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1": ("spatial_self", 0),
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2": ("cross", 1),
+        "down_blocks.1.temp_attentions.0.transformer_blocks.0.attn2": ("temporal", 1),
+        "mid_block.attentions.0.transformer_blocks.0.attn2": ("cross", 2),
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2": ("cross", 1),
+        "up_blocks.2.attentions.0.transformer_blocks.0.attn2": ("cross", 0),
+    },
+    "animatediff": {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1": ("spatial_self", 0),
+        "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1": ("temporal", 0),
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2": ("cross", 1),
+        "down_blocks.1.motion_modules.0.transformer_blocks.0.attn2": ("temporal", 1),
+        "down_blocks.2.motion_modules.0.transformer_blocks.0.attn1": ("temporal", 2),
+        "mid_block.attentions.0.transformer_blocks.0.attn2": ("cross", 2),
+        "mid_block.motion_modules.0.transformer_blocks.0.attn1": ("temporal", 2),
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2": ("cross", 1),
+        "up_blocks.2.motion_modules.1.transformer_blocks.0.attn2": ("temporal", 0),
+    },
+}
 
 
 def test_sites_are_classified_with_their_levels(backbone):
     sites = {site.name: site for site in backbone.sites}
-    assert sites["transformer_in.transformer_blocks.0.attn1"].kind == "temporal"
-    assert sites["down_blocks.0.attentions.0.transformer_blocks.0.attn1"].kind == "spatial_self"
-    assert sites["down_blocks.1.attentions.0.transformer_blocks.0.attn2"].kind == "cross"
-    assert sites["down_blocks.1.temp_attentions.0.transformer_blocks.0.attn2"].kind == "temporal"
-    assert sites["down_blocks.1.attentions.0.transformer_blocks.0.attn2"].level == 1
-    assert sites["mid_block.attentions.0.transformer_blocks.0.attn2"].level == 2
-    assert sites["up_blocks.1.attentions.0.transformer_blocks.0.attn2"].level == 1
-    assert sites["up_blocks.2.attentions.0.transformer_blocks.0.attn2"].level == 0
+    for name, (kind, level) in EXPECTED_SITES[backbone.name].items():
+        assert (sites[name].kind, sites[name].level) == (kind, level), name
     assert len(sites) == len(backbone.unet.attn_processors)
+    assert {site.kind for site in backbone.sites} == {"spatial_self", "cross", "temporal"}
 
 
 @pytest.mark.parametrize("latent_hw", [(16, 16), (10, 18), (7, 9)])
@@ -47,41 +68,45 @@ def test_recorded_layouts_match_each_site(backbone, latent_hw):
 
 
 def test_temporal_rows_follow_pixel_layout(backbone):
-    """Row y*w + x of a temporal map attends over the frames of pixel (y, x).
-
-    conv_in (3x3) and group norm spread a one-pixel change a little; the maps in its 3x3 neighbourhood move most.
-    """
+    """Row y*w + x of a temporal map attends over the frames of pixel (y, x): a change at one pixel of the
+    temporal transformer's input `(B*F, C, h, w)` moves that row's map (its group norm spreads a little to all)."""
     torch.manual_seed(1)
     latents = torch.randn(1, 4, 3, 16, 16)
     text = backbone.encode_prompt([""])
-    site = "transformer_in.transformer_blocks.0.attn1"
+    site = next(s.name for s in backbone.sites if s.kind == "temporal" and s.level == 0)
+    transformer = backbone.unet.get_submodule(site.split(".transformer_blocks.")[0])
     heads = backbone.unet.get_submodule(site).heads
-    with backbone.controller.record(lambda s: s.name == site) as maps:
-        backbone.predict_noise(latents, torch.tensor(10), text)
-    before = maps[site].view(16, 16, heads, 3, 3).clone()
-    changed = latents.clone()
-    changed[0, :, :, 5, 9] += 3.0
-    with backbone.controller.record(lambda s: s.name == site) as maps:
-        backbone.predict_noise(changed, torch.tensor(10), text)
-    after = maps[site].view(16, 16, heads, 3, 3)
-    moved = (after - before).abs().amax(dim=(2, 3, 4))
-    near = moved[4:7, 8:11].max()
-    assert near == moved.max()
+
+    def maps_with(change: float) -> torch.Tensor:
+        def perturb(module, args):
+            hidden = args[0].clone()
+            hidden[:, :, 5, 9] += change
+            return (hidden, *args[1:])
+
+        handle = transformer.register_forward_pre_hook(perturb)
+        try:
+            with backbone.controller.record(lambda s: s.name == site) as maps:
+                backbone.predict_noise(latents, torch.tensor(10), text)
+        finally:
+            handle.remove()
+        return maps[site].view(16, 16, heads, 3, 3)
+
+    moved = (maps_with(3.0) - maps_with(0.0)).abs().amax(dim=(2, 3, 4))
+    assert moved[5, 9] == moved.max()
     far = moved.clone()
-    far[4:7, 8:11] = 0
-    assert far.max() < 0.1 * near
+    far[5, 9] = 0
+    assert far.max() < 0.1 * moved[5, 9]
 
 
 def test_parameter_groups_select_the_right_layers(backbone):
+    temporal_layer = TEMPORAL_LAYERS[backbone.name]
     temporal = backbone.parameter_names("temporal")
-    assert temporal and all(
-        n.startswith("transformer_in.") or ".temp_attentions." in n or ".temp_convs." in n for n in temporal
-    )
+    assert temporal and all(temporal_layer.search(n) for n in temporal)
     cross_kv = backbone.parameter_names("cross_kv")
     assert cross_kv and all(
         re.search(r"\.attentions\.\d+\.transformer_blocks\.0\.attn2\.to_[kv]\.", n) for n in cross_kv
     )
-    assert not any("temp_attentions" in n for n in cross_kv)
+    assert not any(temporal_layer.search(n) for n in cross_kv)
     spatial = set(backbone.parameter_names("spatial"))
     assert spatial.isdisjoint(temporal) and set(cross_kv) <= spatial
     assert len(spatial) + len(temporal) == len(list(backbone.unet.parameters()))
@@ -93,16 +118,17 @@ def test_lora_targets_hit_only_their_group(backbone):
     names = [name for name, _ in backbone.unet.named_modules()]
     temporal = [n for n in names if re.fullmatch(backbone.lora_target(["temporal"]), n)]
     cross_kv = [n for n in names if re.fullmatch(backbone.lora_target(["cross_kv"]), n)]
-    assert temporal and all("temp_attentions" in n or n.startswith("transformer_in") for n in temporal)
+    temporal_layer = TEMPORAL_LAYERS[backbone.name]
+    assert temporal and all(temporal_layer.search(n) for n in temporal)
     assert all(isinstance(backbone.unet.get_submodule(n), torch.nn.Linear) for n in temporal + cross_kv)
-    assert cross_kv and all(n.endswith(("attn2.to_k", "attn2.to_v")) and "temp_" not in n for n in cross_kv)
+    assert cross_kv and all(n.endswith(("attn2.to_k", "attn2.to_v")) and not temporal_layer.search(n) for n in cross_kv)
 
 
 def test_gradient_checkpointing_keeps_names_loss_and_gradients(backbone):
     names_before = [n for n, _ in backbone.unet.named_parameters()]
     latents = torch.randn(1, 4, 3, 8, 8)
     text = backbone.encode_prompt(["a red circle"])
-    weight = backbone.unet.get_parameter("down_blocks.0.temp_attentions.0.proj_in.weight")
+    weight = backbone.unet.get_parameter(backbone.parameter_names("temporal_attention")[0])
     weight.requires_grad_(True)
 
     def loss_and_grad():
@@ -180,9 +206,9 @@ def test_phrase_cut_off_by_the_text_length_says_so(backbone):
         backbone.phrase_positions("a red circle", "sks")
 
 
-def test_frame_positions_round_trip_through_the_model_folder(backbone, tiny_model_dir, tmp_path):
+def test_frame_positions_round_trip_through_the_model_folder(backbone, any_model_dir, tmp_path):
     folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
+    shutil.copytree(any_model_dir, folder)
     backbone.add_frame_positions(6)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -199,14 +225,14 @@ def test_frame_positions_round_trip_through_the_model_folder(backbone, tiny_mode
     )
 
 
-def test_frame_positions_need_the_controller_and_matching_sites(backbone, tiny_model_dir, tmp_path):
+def test_frame_positions_need_the_controller_and_matching_sites(backbone, any_model_dir, tmp_path):
     from safetensors.torch import save_file
 
     from motiontune.backbones import load_backbone
     from motiontune.errors import ConfigError
 
     folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
+    shutil.copytree(any_model_dir, folder)
     backbone.add_frame_positions(4)
     backbone.save_frame_positions(folder)
     bare = load_backbone(folder)

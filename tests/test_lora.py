@@ -76,7 +76,7 @@ def test_switching_one_adapter_leaves_the_others_active(backbone):
     assert all(p.requires_grad for p in lora_parameters(layers, second))
 
 
-def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, tiny_model_dir, tmp_path):
+def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, any_model_dir, tmp_path):
     """`generate --adapter motionmatcher.safetensors --adapter newmove_lora.safetensors` keeps both LoRAs on."""
     base = _output(backbone)
     matcher = create_method("motionmatcher", backbone, {"lora_rank": 4})
@@ -92,7 +92,7 @@ def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, tiny_model_di
         tensors, metadata = method.adapter_tensors(), method.adapter_metadata()
         files[method.name] = save_adapter(tmp_path / f"{method.name}.safetensors", tensors, metadata)
 
-    composed = api.open_backbone(tiny_model_dir, "cpu")
+    composed = api.open_backbone(any_model_dir, "cpu")
     loaded_matcher = load_adapter(files["motionmatcher"], composed)
     loaded_newmove = load_adapter(files["newmove"], composed)
     unet = composed.unet
@@ -111,7 +111,7 @@ def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, tiny_model_di
     set_lora_enabled(newmove_layers, loaded_newmove.adapter_name, True)
     for alone in (base, only_newmove, only_matcher):
         assert (both - alone).abs().max() > 1e-3
-    newmove_alone = api.open_backbone(tiny_model_dir, "cpu")
+    newmove_alone = api.open_backbone(any_model_dir, "cpu")
     load_adapter(files["newmove"], newmove_alone)
     torch.testing.assert_close(only_newmove, _output(newmove_alone))
 
@@ -128,7 +128,7 @@ def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, tiny_model_di
     torch.testing.assert_close(with_both, plain + x @ (deltas[0] + deltas[1]).T)
 
     # the order the adapters are given in does not matter
-    reversed_order = api.open_backbone(tiny_model_dir, "cpu")
+    reversed_order = api.open_backbone(any_model_dir, "cpu")
     load_adapter(files["newmove"], reversed_order)
     load_adapter(files["motionmatcher"], reversed_order)
     torch.testing.assert_close(_output(reversed_order), both)

@@ -120,10 +120,11 @@ def test_low_rank_value_is_an_identity_at_zero_and_smaller(backbone):
     before = backbone.predict_noise(latents, torch.tensor(500), text)
     method = _prepared(backbone, value_rank=2, query_key=False)
     assert torch.allclose(before, backbone.predict_noise(latents, torch.tensor(500), text), atol=1e-6)
-    embedding = next(iter(method.embeddings.values()))
-    assert embedding.value is None and embedding.full_value().shape[0] == 16
+    name, embedding = next(iter(method.embeddings.items()))
+    h, w = backbone.grid_at_level(tuple(LATENT_SHAPE[-2:]), backbone.controller.sites[name].level)
+    assert embedding.value is None and embedding.full_value().shape[0] == h * w
     full = sum(p.numel() for p in _prepared(open_backbone(backbone.path, "cpu")).trainable_parameters())
-    assert sum(p.numel() for p in method.trainable_parameters()) < full / 3
+    assert sum(p.numel() for p in method.trainable_parameters()) < full / 2
 
 
 @pytest.mark.parametrize("options", [{}, {"value_rank": 2}, {"value": False}])

@@ -56,11 +56,15 @@ def default_model_dir() -> Path:
     return shipped
 
 
-def open_backbone(model: PathLike | None, device: str | torch.device | None = None) -> Backbone:
-    """Load a model folder (the shipped default when `model` is None) with the attention controller installed."""
+def open_backbone(
+    model: PathLike | None, device: str | torch.device | None = None, motion_adapter: PathLike | None = None
+) -> Backbone:
+    """Load a model folder (the shipped default when `model` is None) with the attention controller installed;
+    `motion_adapter` is the `MotionAdapter` folder that makes a Stable Diffusion folder AnimateDiff."""
     from .attention import AttentionController
 
-    backbone = load_backbone(model if model is not None else default_model_dir(), _checked_device(device))
+    model = model if model is not None else default_model_dir()
+    backbone = load_backbone(model, _checked_device(device), motion_adapter=motion_adapter)
     AttentionController(backbone)
     return backbone
 
@@ -213,6 +217,7 @@ def train(
     data: PathLike,
     output: PathLike,
     model: PathLike | None = None,
+    motion_adapter: PathLike | None = None,
     token: str | None = "sks",
     reg_data: PathLike | None = None,
     steps: int | None = None,
@@ -320,7 +325,7 @@ def train(
         sources["regularization"] = find_video_items(reg_data, allow_outside_data)
     for items in sources.values():
         check_items(items, frames, sampling)
-    backbone = open_backbone(model, device)
+    backbone = open_backbone(model, device, motion_adapter)
     if height % backbone.vae_scale_factor or width % backbone.vae_scale_factor:
         raise ConfigError(f"--height/--width must be multiples of {backbone.vae_scale_factor}, got {height}x{width}")
     trainer = create_method(method, backbone, {key: option.value for key, option in options.items()}, token=token)
@@ -415,6 +420,7 @@ def generate_video(
     prompt: str | None = None,
     output: PathLike = "output.mp4",
     model: PathLike | None = None,
+    motion_adapter: PathLike | None = None,
     adapters: list[PathLike] | None = None,
     frames: int | None = None,
     height: int | None = None,
@@ -474,7 +480,7 @@ def generate_video(
         check_video_source(Path(reference), "--reference")
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
-    backbone = open_backbone(model, device)
+    backbone = open_backbone(model, device, motion_adapter)
     methods = load_adapters(adapters, backbone, allow_other_model)
     defaults = ModelDefaults.read(backbone.path)
     given = {"steps": steps, "guidance_scale": guidance_scale, "debias": debias, "shift_window": shift_window}

@@ -14,6 +14,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .errors import LOGGER, ConfigError, MotiontuneError
+from .export import FORMATS as EXPORT_FORMATS
 from .utils import MAX_SEED, check_regular_file
 
 FITTED = (
@@ -68,6 +69,12 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--model",
         help="diffusers text-to-video model folder (e.g. a local ZeroScope checkout); "
         "defaults to the model shipped with motiontune",
+    )
+    parser.add_argument(
+        "--motion-adapter",
+        type=Path,
+        help="AnimateDiff motion adapter folder (a diffusers MotionAdapter) that turns a Stable Diffusion "
+        "--model folder into an AnimateDiff model; not needed for a saved AnimateDiffPipeline folder",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
@@ -468,6 +475,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("output", type=Path, help="folder to create")
     tiny.add_argument("--seed", type=_seed, default=0, help="initialisation seed")
+    tiny.add_argument(
+        "--architecture",
+        choices=("unet3d", "animatediff"),
+        default="unet3d",
+        help="unet3d (a ZeroScope-layout folder) or animatediff (a saved AnimateDiffPipeline folder)",
+    )
+    tiny.add_argument(
+        "--motion-adapter",
+        type=Path,
+        default=None,
+        help="with --architecture animatediff: write a Stable Diffusion folder at OUTPUT and its MotionAdapter "
+        "here instead (the other form AnimateDiff is kept in)",
+    )
+
+    export = commands.add_parser(
+        "export",
+        help="write an adapter in a format other tools load (diffusers LoRA file, AnimateDiff MotionAdapter)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("adapter", type=Path, help="motiontune adapter file (adapter.safetensors)")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=tuple(EXPORT_FORMATS),
+        help="; ".join(f"{name}: {text}" for name, text in EXPORT_FORMATS.items()),
+    )
+    export.add_argument(
+        "--output", type=Path, required=True, help="file (diffusers-lora, .safetensors) or folder (motion-adapter)"
+    )
+    _add_model(export)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
 
@@ -566,6 +604,7 @@ def run_train(args: argparse.Namespace) -> int:
         data=args.data,
         output=args.output,
         model=args.model,
+        motion_adapter=args.motion_adapter,
         token=args.token,
         reg_data=args.reg_data,
         steps=args.steps,
@@ -615,6 +654,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         output=args.output,
         model=args.model,
+        motion_adapter=args.motion_adapter,
         adapters=args.adapter or [],
         frames=args.frames,
         height=args.height,
@@ -756,9 +796,27 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import build_tiny_model
+    from .tiny import build_tiny_animatediff, build_tiny_model
 
-    print(build_tiny_model(args.output, seed=args.seed))
+    if args.motion_adapter is not None and args.architecture != "animatediff":
+        raise ConfigError("--motion-adapter needs --architecture animatediff")
+    if args.architecture == "animatediff":
+        print(build_tiny_animatediff(args.output, motion_adapter_dir=args.motion_adapter, seed=args.seed))
+    else:
+        print(build_tiny_model(args.output, seed=args.seed))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .api import open_backbone
+    from .export import export_lora, export_motion_adapter
+
+    check_regular_file(args.adapter, "adapter")
+    if args.format == "diffusers-lora":
+        print(export_lora(args.adapter, args.output, args.overwrite))
+    else:
+        backbone = open_backbone(args.model, args.device, args.motion_adapter)
+        print(export_motion_adapter(backbone, args.adapter, args.output, args.overwrite))
     return 0
 
 
@@ -792,6 +850,7 @@ COMMANDS = {
     "world": run_world,
     "bench": run_bench,
     "tiny-model": run_tiny_model,
+    "export": run_export,
 }
 
 

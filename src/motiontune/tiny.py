@@ -1,4 +1,5 @@
-"""Build a tiny text-to-video model folder in the standard diffusers layout, from config, offline.
+"""Build tiny text-to-video model folders (UNet3D and AnimateDiff) in the standard diffusers layout, from config,
+offline.
 
 The folder has exactly the layout of a ZeroScope / ModelScope checkout (`model_index.json`, `unet/`,
 `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), so the loading code that serves real models
@@ -13,7 +14,14 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    MotionAdapter,
+    UNet2DConditionModel,
+    UNet3DConditionModel,
+    UNetMotionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .utils import atomic_directory
@@ -142,6 +150,32 @@ def _bpe_pieces(symbols: list[str], merges: list[tuple[str, str]]) -> list[str]:
     return symbols
 
 
+def _tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int, text_length: int) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=text_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _write_folder(staging: Path, pipeline: str, components: dict[str, object]) -> None:
+    """Save each component in its subfolder and a `model_index.json` naming their classes."""
+    index = {"_class_name": pipeline}
+    for name, component in components.items():
+        component.save_pretrained(staging / name)
+        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
+        index[name] = [library, type(component).__name__]
+    (staging / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
 def build_tiny_model(
     output_dir: str | os.PathLike,
     *,
@@ -161,36 +195,59 @@ def build_tiny_model(
     torch.manual_seed(seed)
     unet_kwargs = {**TINY_UNET, **(unet_config or {})}
     tokenizer = build_word_tokenizer(words, text_length)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden_size,
-            intermediate_size=2 * text_hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=text_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _tiny_text_encoder(tokenizer, text_hidden_size, text_length)
     unet = UNet3DConditionModel(**{**unet_kwargs, "cross_attention_dim": text_hidden_size})
     vae = AutoencoderKL(**{**TINY_VAE, **(vae_config or {})})
     scheduler = DDIMScheduler(**{**ZEROSCOPE_SCHEDULER, **(scheduler_config or {})})
-
+    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
     with atomic_directory(output_dir) as staging:
-        unet.save_pretrained(staging / "unet")
-        vae.save_pretrained(staging / "vae")
-        text_encoder.save_pretrained(staging / "text_encoder")
-        tokenizer.save_pretrained(staging / "tokenizer")
-        scheduler.save_pretrained(staging / "scheduler")
-        model_index = {
-            "_class_name": "TextToVideoSDPipeline",
-            "unet": ["diffusers", "UNet3DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-        }
-        (staging / "model_index.json").write_text(json.dumps(model_index, indent=2))
+        _write_folder(staging, "TextToVideoSDPipeline", {**components, "scheduler": scheduler})
+    return output_dir
+
+
+def build_tiny_animatediff(
+    output_dir: str | os.PathLike,
+    *,
+    motion_adapter_dir: str | os.PathLike | None = None,
+    words: list[str] | tuple[str, ...] = DEFAULT_WORDS,
+    text_length: int = 16,
+    text_hidden_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny, randomly initialised AnimateDiff model and return its path: a saved `AnimateDiffPipeline`
+    folder, or with `motion_adapter_dir` a Stable Diffusion folder plus a `MotionAdapter` folder there (the two
+    forms people keep AnimateDiff in). Same words, text encoder and autoencoder as `build_tiny_model`; the UNet
+    has the tiny UNet3D's blocks and widths, with motion modules in place of its temporal layers."""
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(words, text_length)
+    text_encoder = _tiny_text_encoder(tokenizer, text_hidden_size, text_length)
+    image_unet = UNet2DConditionModel(
+        sample_size=8,
+        down_block_types=tuple(kind.replace("3D", "2D") for kind in TINY_UNET["down_block_types"]),
+        up_block_types=tuple(kind.replace("3D", "2D") for kind in TINY_UNET["up_block_types"]),
+        **{key: TINY_UNET[key] for key in ("in_channels", "out_channels", "block_out_channels", "layers_per_block")},
+        cross_attention_dim=text_hidden_size,
+        attention_head_dim=TINY_UNET["attention_head_dim"],
+        norm_num_groups=TINY_UNET["norm_num_groups"],
+    )
+    adapter = MotionAdapter(
+        block_out_channels=TINY_UNET["block_out_channels"],
+        motion_layers_per_block=TINY_UNET["layers_per_block"],
+        motion_norm_num_groups=TINY_UNET["norm_num_groups"],
+        motion_num_attention_heads=4,
+        motion_max_seq_length=32,
+    )
+    vae = AutoencoderKL(**TINY_VAE)
+    scheduler = DDIMScheduler(**{**ZEROSCOPE_SCHEDULER, "beta_schedule": "linear"})
+    components = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    if motion_adapter_dir is not None:
+        with atomic_directory(Path(motion_adapter_dir)) as staging:
+            adapter.save_pretrained(staging)
+        with atomic_directory(output_dir) as staging:
+            _write_folder(staging, "StableDiffusionPipeline", {**components, "unet": image_unet})
+        return output_dir
+    unet = UNetMotionModel.from_unet2d(image_unet, adapter)
+    with atomic_directory(output_dir) as staging:
+        _write_folder(staging, "AnimateDiffPipeline", {**components, "unet": unet, "motion_adapter": adapter})
     return output_dir

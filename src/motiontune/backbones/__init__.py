@@ -7,32 +7,47 @@ import os
 import torch
 
 from ..errors import InputError
+from .animatediff import AnimateDiffBackbone, attach_motion_adapter
 from .base import FRAME_POSITIONS_FILE, AttentionSite, Backbone, ModelComponents, load_components
 from .unet3d import UNet3DBackbone
 
-BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (UNet3DBackbone,)}
+BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (UNet3DBackbone, AnimateDiffBackbone)}
 
 __all__ = ["BACKBONES", "AttentionSite", "Backbone", "ModelComponents", "load_backbone"]
 
 
-def backbone_for(unet: torch.nn.Module) -> type[Backbone]:
-    """The backbone class that declares it serves this denoiser class."""
-    class_name = type(unet).__name__
+#: image denoisers that become a video model with a motion adapter
+IMAGE_UNETS = ("UNet2DConditionModel",)
+
+
+def backbone_for(components: ModelComponents) -> type[Backbone]:
+    """The backbone class that declares it serves the folder's denoiser (as `model_index.json` named it)."""
+    class_name = type(components.unet).__name__
     for cls in BACKBONES.values():
         if class_name in cls.unet_class_names:
             return cls
-    raise InputError(f"unsupported denoiser '{class_name}' (supported: {', '.join(BACKBONES)})")
+    if class_name in IMAGE_UNETS:
+        raise InputError(
+            f"{components.path}: an image model ({class_name}); for AnimateDiff pass its motion adapter folder "
+            "with --motion-adapter DIR"
+        )
+    raise InputError(f"{components.path}: unsupported denoiser '{class_name}' (supported: {', '.join(BACKBONES)})")
 
 
 def load_backbone(
     model: str | os.PathLike,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    motion_adapter: str | os.PathLike | None = None,
 ) -> Backbone:
     """Load a diffusers text-to-video model folder (or cached hub id) as a backbone, with its frame positions
-    when the folder has them, and its fingerprint taken before anything can change its weights."""
+    when the folder has them, and its fingerprint taken before anything can change its weights.
+
+    `motion_adapter`: a `MotionAdapter` folder that turns a Stable Diffusion folder into AnimateDiff."""
     components = load_components(model, dtype=dtype)
-    backbone = backbone_for(components.unet)(components)
+    if motion_adapter is not None:
+        components = attach_motion_adapter(components, motion_adapter)
+    backbone = backbone_for(components)(components)
     positions = components.path / FRAME_POSITIONS_FILE
     if positions.exists():
         backbone.load_frame_positions(positions)

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 SiteKind = Literal["spatial_self", "cross", "temporal"]
 FRAME_POSITIONS_FILE = "frame_positions.safetensors"
@@ -59,6 +59,8 @@ class ModelComponents:
     tokenizer: object
     scheduler: object
     path: Path
+    #: the motion adapter folder merged into `unet`, when the folder is an image model plus one
+    motion_adapter: Path | None = None
 
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -355,6 +357,11 @@ class Backbone(abc.ABC):
             raise KeyError(f"backbone '{self.name}' has no parameter group '{group}' (known: {known})")
         pattern = re.compile(self.parameter_group_patterns[group])
         return [name for name, _ in self.unet.named_parameters() if pattern.search(name)]
+
+    def save_temporal_layers(self, folder: Path) -> None:
+        """Write the denoiser's temporal layers in the format the model family shares them in (AnimateDiff: a
+        `MotionAdapter` folder). A family without such a format has none to write: one clear error."""
+        raise ConfigError(f"backbone '{self.name}' has no format of its own for its temporal layers")
 
     def lora_target(self, groups: list[str]) -> str:
         """A peft `target_modules` regex covering the linear layers of the named groups."""

@@ -1,13 +1,19 @@
-"""ModelScope / ZeroScope `UNet3DConditionModel`: every architecture-specific fact in one place.
+"""What the UNet video models with a per-frame autoencoder and CLIP text share (ZeroScope's `UNet3DConditionModel`,
+AnimateDiff's `UNetMotionModel`): the part of the contract one of them does not change.
 
-Token layouts (diffusers 0.42, `unet_3d_condition.py`, `transformer_temporal.py`):
-spatial attention sees `(B*F, h*w, C)`, temporal attention sees `(B*h*w, F, C)`; text embeddings
-are passed as `(B, L, D)` and repeated over frames inside the UNet. Both `attn1` and `attn2` of a
-temporal transformer are self-attention over frames.
+Both run every 2D layer on `(B*F, C, h, w)` and every temporal layer on `(B*h*w, F, C)`: spatial attention sees
+`(B*F, h*w, C)` (layout "frames"), temporal attention `(B*h*w, F, C)` (layout "pixels"). Resolution levels follow
+the down blocks: `down_blocks[k]` and `up_blocks[L-1-k]` work at level k, the mid block at level L-1. The video
+autoencoder is an image `AutoencoderKL` applied frame by frame (no temporal compression) and the text encoder a
+CLIP text model read at its last hidden state, with a start token at position 0 and the end token after the prompt.
+A subclass says which attention modules are temporal (`is_temporal_site`), which modules gradient checkpointing
+wraps (`checkpoint_units`), its parameter groups and LoRA targets, and how text reaches its denoiser
+(`denoiser_text`).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import contextvars
 import re
@@ -21,13 +27,21 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 from .base import AttentionSite, Backbone, ModelComponents
 
-TEMPORAL = r"^(?:transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)"
-_TEMPORAL_LINEARS = r".*(?:transformer_in|\.temp_attentions\.\d+)\.transformer_blocks\.\d+"
-_SPATIAL_BLOCK = r".*\.attentions\.\d+\.transformer_blocks\.\d+"
-_PROJECTIONS = r"\.(?:to_q|to_k|to_v|to_out\.0)"
-_FEED_FORWARD = r"\.ff\.net\.(?:0\.proj|2)"
+SPATIAL_BLOCK = r".*\.attentions\.\d+\.transformer_blocks\.\d+"
+PROJECTIONS = r"\.(?:to_q|to_k|to_v|to_out\.0)"
+FEED_FORWARD = r"\.ff\.net\.(?:0\.proj|2)"
+#: the 2D transformers' parameter groups and LoRA targets, the same in both UNets
+SPATIAL_GROUPS = {
+    "cross": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.",
+    "cross_kv": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.to_[kv]\.",
+    "all": r".",
+}
+SPATIAL_LORA_TARGETS = {
+    "spatial": rf"{SPATIAL_BLOCK}(?:\.attn[12]{PROJECTIONS}|{FEED_FORWARD})",
+    "spatial_self": rf"{SPATIAL_BLOCK}(?:\.attn1{PROJECTIONS}|{FEED_FORWARD})",
+    "cross_kv": rf"{SPATIAL_BLOCK}\.attn2\.to_[kv]",
+}
 
-CHECKPOINT_UNITS = re.compile(r"^(?:transformer_in|.*\.(?:attentions|temp_attentions|resnets|temp_convs)\.\d+)$")
 CHECKPOINT_HOOK = "motiontune.gradient_checkpointing"
 _CHECKPOINTING_PAUSED = contextvars.ContextVar("motiontune_checkpointing_paused", default=False)
 
@@ -54,27 +68,11 @@ class _CheckpointHook(ModelHook):
         return checkpoint(self.fn_ref.original_forward, *args, use_reentrant=False, **kwargs)
 
 
-class UNet3DBackbone(Backbone):
-    """ZeroScope / ModelScope text-to-video UNet (`UNet3DConditionModel`)."""
+class PerFrameUNetBackbone(Backbone):
+    """A UNet video denoiser over per-frame latents with CLIP text (module docstring)."""
 
-    name = "unet3d"
-    unet_class_names = ("UNet3DConditionModel",)
-    parameter_group_patterns: ClassVar[dict[str, str]] = {
-        "temporal": TEMPORAL,
-        "temporal_attention": r"^(?:transformer_in\.|.*\.temp_attentions\.)",
-        "spatial": r"^(?!transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",
-        "cross": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.",
-        "cross_kv": r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.to_[kv]\.",
-        # everything but temporal attention blocks and temporal convs (transformer_in stays): MotionBooth's wo_temp
-        "without_temporal_blocks": r"^(?!.*\.temp_attentions\.|.*\.temp_convs\.)",
-        "all": r".",
-    }
-    lora_target_patterns: ClassVar[dict[str, str]] = {
-        "temporal": rf"{_TEMPORAL_LINEARS}(?:\.attn[12]{_PROJECTIONS}|{_FEED_FORWARD})",
-        "spatial": rf"{_SPATIAL_BLOCK}(?:\.attn[12]{_PROJECTIONS}|{_FEED_FORWARD})",
-        "spatial_self": rf"{_SPATIAL_BLOCK}(?:\.attn1{_PROJECTIONS}|{_FEED_FORWARD})",
-        "cross_kv": rf"{_SPATIAL_BLOCK}\.attn2\.to_[kv]",
-    }
+    #: names of the modules gradient checkpointing wraps (each a resnet, temporal layer or transformer)
+    checkpoint_units: ClassVar[re.Pattern]
 
     def __init__(self, components: ModelComponents):
         super().__init__(components)
@@ -85,19 +83,24 @@ class UNet3DBackbone(Backbone):
         sites = []
         for key in self.unet.attn_processors:
             name = key.removesuffix(".processor")
-            if name.startswith("transformer_in."):
+            if not re.match(r"(?:down_blocks|up_blocks|mid_block)\.", name):
                 block, level = "in", 0
             elif name.startswith("mid_block."):
                 block, level = "mid", num_levels - 1
             else:
                 block, index = re.match(r"(down|up)_blocks\.(\d+)\.", name).groups()
                 level = int(index) if block == "down" else num_levels - 1 - int(index)
-            if name.startswith("transformer_in.") or ".temp_attentions." in name:
+            if self.is_temporal_site(name):
                 sites.append(AttentionSite(name, "temporal", "pixels", level, block))
             else:
                 kind = "cross" if name.endswith("attn2") else "spatial_self"
                 sites.append(AttentionSite(name, kind, "frames", level, block))
         return sites
+
+    @staticmethod
+    @abc.abstractmethod
+    def is_temporal_site(name: str) -> bool:
+        """Whether the attention module `name` attends over frames (else over the positions of one frame)."""
 
     @property
     def vae_scale_factor(self) -> int:
@@ -115,7 +118,7 @@ class UNet3DBackbone(Backbone):
         return height // self.vae_scale_factor, width // self.vae_scale_factor
 
     def latent_frames(self, frames: int) -> int:
-        """UNet3D's autoencoder is per frame: one latent frame per pixel frame."""
+        """The autoencoder is per frame: one latent frame per pixel frame."""
         return frames
 
     def pixel_frames(self, latent_frames: int) -> int:
@@ -254,15 +257,20 @@ class UNet3DBackbone(Backbone):
             )
         if self.controller is not None:
             self.controller.begin(latents.shape[0], latents.shape[2], tuple(latents.shape[-2:]), conditional)
+        text = self.denoiser_text(text, latents.shape[2])
         return self.unet(latents, timesteps, encoder_hidden_states=text, return_dict=False)[0]
 
+    def denoiser_text(self, text: torch.Tensor, frames: int) -> torch.Tensor:
+        """Text embeddings `(B, L, D)` as the denoiser takes them for `frames` frames (as they are by default)."""
+        return text
+
     def enable_gradient_checkpointing(self) -> None:
-        """Checkpoint every resnet, temporal conv and transformer of the UNet (diffusers has none for UNet3D).
+        """Checkpoint every `checkpoint_units` module (diffusers has no gradient checkpointing for UNet3D).
 
         Done through diffusers' hook registry, so module names (and so adapter keys) do not change.
         """
         for name, module in self.unet.named_modules():
-            if CHECKPOINT_UNITS.match(name):
+            if self.checkpoint_units.match(name):
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 if registry.get_hook(CHECKPOINT_HOOK) is None:
                     registry.register_hook(_CheckpointHook(), CHECKPOINT_HOOK)
@@ -282,5 +290,5 @@ class UNet3DBackbone(Backbone):
 
     def disable_gradient_checkpointing(self) -> None:
         for name, module in self.unet.named_modules():
-            if CHECKPOINT_UNITS.match(name) and hasattr(module, "_diffusers_hook"):
+            if self.checkpoint_units.match(name) and hasattr(module, "_diffusers_hook"):
                 module._diffusers_hook.remove_hook(CHECKPOINT_HOOK, recurse=False)

@@ -1,0 +1,95 @@
+"""Adapters in the formats other tools load.
+
+- `diffusers-lora`: a LoRA adapter's factors alone, under peft keys `unet.<module>.lora_A.weight` /
+  `.lora_B.weight` (alpha = rank, scale 1), the state dict `load_lora_weights` of diffusers' pipelines reads
+  (`AnimateDiffPipeline`, `TextToVideoSDPipeline`; ComfyUI reads the same keys). Any backbone.
+- `motion-adapter`: a full fine-tune of AnimateDiff's motion modules (NewMove with `spatial none`) as a
+  `MotionAdapter` folder, what `MotionAdapter.from_pretrained` and the AnimateDiff pipeline load in place of
+  the adapter the model came with.
+
+What an export cannot carry is named, never dropped silently: a trained token embedding (diffusers LoRA
+files hold no text embedding) is a warning; a LoRA window (MotionMatcher's "LoRA on for t >= 500") is a warning,
+as other tools apply a LoRA at every step; weights outside the motion modules refuse a MotionAdapter export.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, InputError, warn
+from .utils import atomic_directory, check_output_files
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+
+FORMATS = {
+    "diffusers-lora": "the LoRA factors as a diffusers / peft LoRA file (pipe.load_lora_weights(FILE))",
+    "motion-adapter": "NewMove's full fine-tune of AnimateDiff's motion modules as a MotionAdapter folder",
+}
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+UNET_PREFIX = "unet."
+
+
+def _is_lora_factor(key: str) -> bool:
+    return key.startswith(UNET_PREFIX) and key.endswith(LORA_SUFFIXES)
+
+
+def export_lora(adapter: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the LoRA factors of a motiontune adapter file as a diffusers LoRA file at `output`."""
+    from .adapters import atomic_save_tensors, read_adapter
+
+    adapter, output = Path(adapter), Path(output)
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"--output {output}: a diffusers LoRA file must end in .safetensors")
+    check_output_files([output], "--output", overwrite)
+    tensors, metadata = read_adapter(adapter)
+    factors = {key: value for key, value in tensors.items() if _is_lora_factor(key)}
+    if not factors:
+        raise InputError(f"{adapter}: a {metadata['method']} adapter holds no LoRA factors to export as diffusers-lora")
+    others = sorted(set(tensors) - set(factors))
+    if any(not key.endswith(LORA_SUFFIXES) and key.startswith(UNET_PREFIX) for key in others):
+        raise InputError(f"{adapter}: holds full weights beside its LoRA factors; diffusers-lora would drop them")
+    if others:
+        warn(
+            f"{adapter}: the trained token embedding is not in the export (diffusers LoRA files hold no text "
+            f"embedding); prompts with '{metadata.get('token')}' will read the base model's embedding"
+        )
+    window = metadata.get("hyperparameters", {}).get("lora_window_start")
+    if window:
+        warn(f"{adapter}: trained to be on only for timesteps >= {window}; other tools apply a LoRA at every step")
+    return atomic_save_tensors(factors, output, {"format": "pt"})
+
+
+def export_motion_adapter(
+    backbone: Backbone, adapter: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Apply a full-weight adapter to `backbone` and write its temporal layers as the model's own adapter format
+    (AnimateDiff: a `MotionAdapter` folder); refused when the adapter changes anything else."""
+    from .adapters import read_adapter
+    from .methods import load_adapter
+
+    adapter, output = Path(adapter), Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"--output {output}: already exists (pass --overwrite to replace it)")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output}: is a file; a motion adapter is a folder")
+    tensors, _ = read_adapter(adapter)
+    weights = [key.removeprefix(UNET_PREFIX) for key in tensors if key.startswith(UNET_PREFIX)]
+    if not weights or any(key.endswith(LORA_SUFFIXES) for key in weights):
+        raise InputError(
+            f"{adapter}: a motion adapter export needs full weights of the temporal layers (NewMove with the default "
+            "--adapter full); export a LoRA as diffusers-lora"
+        )
+    temporal = set(backbone.parameter_names("temporal"))
+    outside = sorted(set(weights) - temporal)
+    if outside:
+        raise InputError(
+            f"{adapter}: changes {len(outside)} weights outside the temporal layers (e.g. {outside[0]}), which a "
+            "motion adapter cannot hold; train NewMove with --spatial none"
+        )
+    load_adapter(adapter, backbone)
+    with atomic_directory(output) as staging:
+        backbone.save_temporal_layers(staging)
+    return output
