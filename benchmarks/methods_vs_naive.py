@@ -224,12 +224,11 @@ def official_features(method: Method, latents, timesteps, text, whole_unet: bool
     stop = contextlib.nullcontext([]) if whole_unet else backbone.down_blocks_only()
     with backbone.controller.record(lambda site: site.block == "down", with_grad=True) as maps, stop:
         backbone.predict_noise(latents, timesteps, text)
-    batch, frames = latents.shape[0], latents.shape[2]
     sites = [s for s in backbone.sites if s.block == "down" and s.level == level]
-    positions = maps[next(s.name for s in sites if s.kind == "cross")].shape[1]
-    cross = [maps[s.name].unflatten(0, (batch, frames, -1)) for s in sites if s.kind == "cross"]
-    temporal = [maps[s.name].unflatten(0, (batch, positions, -1)) for s in sites if s.kind == "temporal"]
-    return torch.cat(cross, dim=2).float().mean(2), torch.cat(temporal, dim=2).float().mean(2)
+    cross = [maps[s.name] for s in sites if s.kind == "cross"]  # (B, F, heads, h, w, T)
+    temporal = [maps[s.name] for s in sites if s.kind == "temporal"]  # (B, h, w, heads, F, F)
+    cross = torch.cat(cross, dim=2).float().mean(2).flatten(2, 3)
+    return cross, torch.cat(temporal, dim=3).float().mean(3).flatten(1, 2)
 
 
 def guided_step(case: Case, variant: str) -> torch.Tensor:

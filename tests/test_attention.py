@@ -40,7 +40,7 @@ def test_recording_with_gradients_reaches_the_input(backbone):
     latents.requires_grad_(True)
     with backbone.controller.record(lambda site: site.name == temporal_site(backbone), with_grad=True) as maps:
         backbone.predict_noise(latents, torch.tensor(300), text)
-    maps[temporal_site(backbone)][:, 0, -1].sum().backward()
+    maps[temporal_site(backbone)][..., 0, -1].sum().backward()
     assert latents.grad is not None and latents.grad.abs().sum() > 0
 
 

@@ -60,11 +60,11 @@ def test_recorded_layouts_match_each_site(backbone, latent_hw):
         h, w = backbone.grid_at_level(latent_hw, site.level)
         probs = maps[site.name]
         if site.kind == "temporal":
-            assert probs.shape == (batch * h * w * attn.heads, frames, frames), site.name
+            assert probs.shape == (batch, h, w, attn.heads, frames, frames), site.name
         elif site.kind == "cross":
-            assert probs.shape == (batch * frames * attn.heads, h * w, text.shape[1]), site.name
+            assert probs.shape == (batch, frames, attn.heads, h, w, text.shape[1]), site.name
         else:
-            assert probs.shape == (batch * frames * attn.heads, h * w, h * w), site.name
+            assert probs.shape == (batch, frames, attn.heads, h, w, h * w), site.name
 
 
 def test_temporal_rows_follow_pixel_layout(backbone):
@@ -75,7 +75,6 @@ def test_temporal_rows_follow_pixel_layout(backbone):
     text = backbone.encode_prompt([""])
     site = next(s.name for s in backbone.sites if s.kind == "temporal" and s.level == 0)
     transformer = backbone.unet.get_submodule(site.split(".transformer_blocks.")[0])
-    heads = backbone.unet.get_submodule(site).heads
 
     def maps_with(change: float) -> torch.Tensor:
         def perturb(module, args):
@@ -89,7 +88,7 @@ def test_temporal_rows_follow_pixel_layout(backbone):
                 backbone.predict_noise(latents, torch.tensor(10), text)
         finally:
             handle.remove()
-        return maps[site].view(16, 16, heads, 3, 3)
+        return maps[site][0]  # (h, w, heads, F, F)
 
     moved = (maps_with(3.0) - maps_with(0.0)).abs().amax(dim=(2, 3, 4))
     assert moved[5, 9] == moved.max()

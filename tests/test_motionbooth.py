@@ -102,12 +102,12 @@ def test_subject_attention_averages_heads_tokens_and_layers(backbone):
     heads = 2
     maps = {}
     for layer, site in enumerate(method.attention_sites):
-        probs = torch.zeros(heads, grid[0] * grid[1], tokens)  # batch 1, one frame
-        probs[0, :, positions[0]] = 0.2 + layer
-        probs[1, :, positions[-1]] = 0.6 + layer
-        probs[:, :, 0] = 9.0  # start token: never part of the map
+        probs = torch.zeros(1, 1, heads, *grid, tokens)  # the canonical view: batch 1, one frame
+        probs[..., 0, :, :, positions[0]] = 0.2 + layer
+        probs[..., 1, :, :, positions[-1]] = 0.6 + layer
+        probs[..., 0] = 9.0  # start token: never part of the map
         maps[site.name] = probs
-    attention = method.subject_attention(maps, [caption], 1, (8, 8))
+    attention = method.subject_attention(maps, [caption])
     mean_layer = (len(method.attention_sites) - 1) / 2
     # per layer: mean over tokens of each head, (0.2 + L) / n and (0.6 + L) / n, then over heads and layers
     expected = (0.2 + 0.6 + 2 * mean_layer) / (2 * len(positions))

@@ -244,12 +244,22 @@ class AttentionController:
     def grid(self, site: AttentionSite) -> tuple[int, int]:
         return self.backbone.grid_at_level(self.context.latent_hw, site.level)
 
+    def canonical(self, site: AttentionSite, probs: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of `site` in the canonical view of its layout, for the current call:
+        `"frames"` (spatial self and cross attention) `(B, F, heads, h, w, keys)`, `"pixels"` (temporal attention)
+        `(B, h, w, heads, F, F)`. Methods read maps only in these views, whatever the backbone's token order."""
+        context = self.context
+        h, w = self.grid(site)
+        if site.layout == "frames":
+            return probs.view(context.batch, context.frames, -1, h, w, probs.shape[-1])
+        return probs.view(context.batch, h, w, -1, *probs.shape[-2:])
+
     @contextlib.contextmanager
     def record(self, select: Callable[[AttentionSite], bool], with_grad: bool = False) -> Iterator[dict]:
-        """Record attention probabilities of the selected sites during the block; yields `{site: probs}`.
-
-        Cross-attention probabilities have shape `(B*F*heads, h*w, T)`; temporal ones `(B*h*w*heads, F, F)`.
-        A site recorded twice in one block (e.g. recomputed under gradient checkpointing) keeps its last map.
+        """Record attention probabilities of the selected sites during the block; yields `{site: probs}` in each
+        site's canonical view (`canonical`): cross-attention `(B, F, heads, h, w, T)`, temporal attention
+        `(B, h, w, heads, F, F)`. A site recorded twice in one block (e.g. recomputed under gradient checkpointing)
+        keeps its last map.
         """
         recording = _Recording(select, with_grad)
         self._recordings.append(recording)
@@ -367,8 +377,10 @@ class ControlledProcessor:
         if edit is not None:
             scores = self._edit_scores(scores, attn.heads, edit)
         probs = scores.float().softmax(dim=-1).to(value.dtype)
+        if recordings:
+            view = self.controller.canonical(self.site, probs)
         for recording in recordings:
-            recording.maps[self.site.name] = probs if recording.with_grad else probs.detach()
+            recording.maps[self.site.name] = view if recording.with_grad else view.detach()
         return attn.batch_to_head_dim(torch.bmm(probs, value))
 
     def _edit_scores(self, scores: torch.Tensor, heads: int, edit: BoxEdit | RowBoxEdits) -> torch.Tensor:

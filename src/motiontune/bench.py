@@ -115,6 +115,12 @@ ROWS: dict[str, Row] = {
     "motionmatcher, 4 videos, 240 x 8, temporal lora, coarse, no dropout, weights x1000": Row(
         "motionmatcher", {**MATCHER_TEMPORAL, **MATCHER_WEIGHTS_X1000}, regularized=False, **MATCHER_BUDGET
     ),
+    "motionmatcher, 4 videos, 240 x 8, temporal lora, coarse, no dropout, weights x1000, all t": Row(
+        "motionmatcher",
+        {**MATCHER_TEMPORAL, **MATCHER_WEIGHTS_X1000, "min_timestep": 1, "lora_window_start": 0},
+        regularized=False,
+        **MATCHER_BUDGET,
+    ),
     "motionmatcher, 4 videos, 240 x 8, coarse, no dropout, weights x1000": Row(
         "motionmatcher",
         {"timestep_sampling": "coarse", "lora_dropout": 0.0, **MATCHER_WEIGHTS_X1000},

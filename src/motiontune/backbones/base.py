@@ -39,7 +39,9 @@ class AttentionSite:
     `layout` names the token layout of `hidden_states` at this site:
     `"frames"` = `(B*F, h*w, C)` (spatial; batch row `b*F + f`, token `y*w + x`),
     `"pixels"` = `(B*h*w, F, C)` (temporal; batch row `b*h*w + y*w + x`, token = frame).
-    `level` is the resolution level: the site's grid is the latent grid halved `level` times.
+    `level` is the resolution level: the site's grid is the latent grid halved `level` times. Methods never
+    read this layout themselves: the attention controller records maps in one canonical view per layout
+    (`AttentionController.canonical`).
     """
 
     name: str

@@ -184,23 +184,18 @@ class MotionBooth(Method):
                 raise InputError(f"caption {caption!r} does not contain the subject '{self.subject_phrase}'") from None
         return self._positions[caption]
 
-    def subject_attention(
-        self, maps: dict[str, torch.Tensor], captions: list[str], frames: int, latent_hw: tuple[int, int]
-    ) -> torch.Tensor:
+    def subject_attention(self, maps: dict[str, torch.Tensor], captions: list[str]) -> torch.Tensor:
         """A `(B, F, h, w)`: recorded cross-attention probabilities of the subject tokens, averaged over
         heads and tokens, then over the layers at `attention_level` (official `aggregate_attention`)."""
-        grid = self.backbone.grid_at_level(latent_hw, self.attention_level)
-        batch = len(captions)
         layers = []
         for site in self.attention_sites:
             probs = maps[site.name]
-            probs = probs.view(batch, frames, probs.shape[0] // (batch * frames), *probs.shape[1:])
             per_example = [
                 probs[b, ..., self._token_positions(caption)].float().mean(-1).mean(1)
                 for b, caption in enumerate(captions)
             ]
             layers.append(torch.stack(per_example))
-        return torch.stack(layers).mean(0).unflatten(-1, grid)
+        return torch.stack(layers).mean(0)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         batch = self.conditioned(batch)
@@ -217,7 +212,7 @@ class MotionBooth(Method):
         else:
             loss = F.mse_loss(prediction.float(), target.float())
         if self.config.attention_loss_weight:
-            attention = self.subject_attention(maps, batch["captions"], latents.shape[2], tuple(latents.shape[-2:]))
+            attention = self.subject_attention(maps, batch["captions"])
             loss = loss + self.config.attention_loss_weight * subject_attention_loss(attention, batch["masks"])
         return loss
 

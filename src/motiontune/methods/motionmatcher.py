@@ -210,12 +210,8 @@ class MotionMatcher(LoraMethod):
         recording = controller.record(lambda site: site.name in names, with_grad=torch.is_grad_enabled())
         with recording as maps, backbone.down_blocks_only(level):
             backbone.predict_noise(latents, timesteps, text)
-        batch, frames = latents.shape[0], latents.shape[2]
-        positions = maps[next(s.name for s in sites if s.kind == "cross")].shape[1]
-        cross = [maps[s.name].float().unflatten(0, (batch, frames, -1)).mean(2) for s in sites if s.kind == "cross"]
-        temporal = [
-            maps[s.name].float().unflatten(0, (batch, positions, -1)).mean(2) for s in sites if s.kind == "temporal"
-        ]
+        cross = [maps[s.name].float().mean(2).flatten(2, 3) for s in sites if s.kind == "cross"]
+        temporal = [maps[s.name].float().mean(3).flatten(1, 2) for s in sites if s.kind == "temporal"]
         return torch.stack(cross).mean(0), torch.stack(temporal).mean(0)
 
     def inference_hooks(self) -> list[StepHook]:
