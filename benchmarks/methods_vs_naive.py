@@ -190,16 +190,14 @@ def official_matcher_loss(method: Method, batch: dict, generator: torch.Generato
     import torch.nn.functional as F
     from diffusers import DDIMScheduler
 
-    from motiontune.methods.base import noised
-
     backbone, config = method.backbone, method.config
     latents, text = batch["latents"], batch["text"]
     timesteps = method.sample_timesteps(latents.shape[0], generator)
-    noisy, noise, _ = noised(method.scheduler, latents, timesteps, generator)
+    noisy, noise, _ = method.diffusion.noised(latents, timesteps, generator)
     timesteps = timesteps.to(latents.device)
     prediction = backbone.predict_noise(noisy, timesteps, text)
-    ddim = DDIMScheduler.from_config(method.scheduler.config)
-    ddim.set_timesteps(method.scheduler.config.num_train_timesteps)
+    ddim = DDIMScheduler.from_config(backbone.scheduler.config)
+    ddim.set_timesteps(method.diffusion.num_timesteps)
 
     def ddim_step(eps: torch.Tensor) -> torch.Tensor:
         rows = [ddim.step(eps[i : i + 1], int(t), noisy[i : i + 1]).prev_sample for i, t in enumerate(timesteps)]

@@ -12,6 +12,7 @@ from backbone_facts import is_temporal_attention
 from motiontune import api
 from motiontune.adapters import read_metadata, save_adapter
 from motiontune.cli import main
+from motiontune.diffusion import DiscreteDiffusion
 from motiontune.errors import ConfigError
 from motiontune.methods import create_method, load_adapter
 from motiontune.methods.motiondirector import appearance_debiased_loss
@@ -87,9 +88,11 @@ def test_feature_level_is_the_nearest_down_level_with_attention(backbone):
 def test_feature_loss_is_zero_when_the_denoiser_is_exact(backbone, prediction_type):
     """With the true eps (or v) as output, the DDIM step gives exactly the target x_{t-1}: zero loss."""
     method = _matcher(backbone)
-    method.scheduler = DDPMScheduler.from_config(method.scheduler.config, prediction_type=prediction_type)
+    method.diffusion = DiscreteDiffusion(
+        DDPMScheduler.from_config(backbone.scheduler.config, prediction_type=prediction_type)
+    )
     batch = _batch(backbone)
-    clean, alphas = batch["latents"], method.scheduler.alphas_cumprod
+    clean, alphas = batch["latents"], method.diffusion.alphas_cumprod
     real_predict = backbone.predict_noise
 
     state = {"calls": 0, "parametrization": prediction_type}
@@ -112,8 +115,10 @@ def test_feature_loss_is_zero_when_the_denoiser_is_exact(backbone, prediction_ty
 
 def test_feature_loss_is_finite_at_a_zero_terminal_snr_timestep(backbone):
     method = _matcher(backbone)
-    method.scheduler = DDPMScheduler.from_config(
-        method.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True
+    method.diffusion = DiscreteDiffusion(
+        DDPMScheduler.from_config(
+            backbone.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True
+        )
     )
     method.sample_timesteps = lambda batch, generator: torch.full((batch,), 999)
     loss = method.loss(_batch(backbone), torch.Generator().manual_seed(0))

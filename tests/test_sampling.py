@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from motiontune.diffusion import DiscreteDiffusion, min_snr_weight, to_clean, to_epsilon, training_target
 from motiontune.errors import ConfigError
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.sampling import (
@@ -12,12 +13,8 @@ from motiontune.sampling import (
     ddim_invert,
     guided_prediction,
     make_scheduler,
-    min_snr_weight,
     noise_prior,
     sample,
-    to_clean,
-    to_epsilon,
-    training_target,
 )
 
 
@@ -176,3 +173,20 @@ def test_prediction_type_conversions_by_hand(kind):
     assert min_snr_weight(snr, 1.0, kind).item() == pytest.approx(expected)
     with pytest.raises(ConfigError, match="unsupported prediction type 'flow'"):
         training_target(clean, noise, alpha, "flow")
+
+
+def test_the_noise_process_adds_noise_and_converts_as_the_scheduler_does(backbone):
+    """The backbone's DDPM process against diffusers' own `add_noise` / `get_velocity`, and noise levels."""
+    from diffusers import DDPMScheduler
+
+    process = backbone.noise_process
+    scheduler = DDPMScheduler.from_config(backbone.scheduler.config, prediction_type="v_prediction")
+    v_process = DiscreteDiffusion(scheduler)
+    clean, noise = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 4, 2, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    torch.testing.assert_close(process.add_noise(clean, noise, t), scheduler.add_noise(clean, noise, t))
+    torch.testing.assert_close(v_process.target(clean, noise, t), scheduler.get_velocity(clean, noise, t))
+    noisy = process.add_noise(clean, noise, t)
+    torch.testing.assert_close(v_process.to_epsilon(v_process.target(clean, noise, t), noisy, t), noise)
+    torch.testing.assert_close(process.to_clean(noise, noisy, t), clean, atol=1e-4, rtol=1e-4)
+    assert process.num_timesteps == 1000 and process.noise_level(700) == 0.7

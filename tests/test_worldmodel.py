@@ -7,8 +7,10 @@ import shutil
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from motiontune.api import generate, open_backbone
+from motiontune.diffusion import DiscreteDiffusion
 from motiontune.errors import ConfigError
 from motiontune.methods import create_method
 from motiontune.sampling import make_scheduler
@@ -79,11 +81,11 @@ def test_zero_terminal_snr_recipe_trains_and_samples_from_pure_noise(smoke_model
     output, _ = smoke_model
     backbone = open_backbone(output / "model", "cpu")
     method = create_method("pretrain", backbone)
-    assert method.scheduler.alphas_cumprod[999] == 0
+    assert method.diffusion.alphas_cumprod[999] == 0
     clean, noise = torch.randn(1, 8, 2, 4, 4), torch.randn(1, 8, 2, 4, 4)
     at_the_end = torch.tensor([999])
-    assert torch.equal(method.scheduler.add_noise(clean, noise, at_the_end), noise)
-    torch.testing.assert_close(method.scheduler.get_velocity(clean, noise, at_the_end), -clean)
+    assert torch.equal(method.diffusion.add_noise(clean, noise, at_the_end), noise)
+    torch.testing.assert_close(method.diffusion.target(clean, noise, at_the_end), -clean)
     scheduler = make_scheduler(backbone)
     scheduler.set_timesteps(25)
     assert scheduler.timesteps[0] == 999
@@ -124,11 +126,13 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
 def test_min_snr_weights_match_the_formula(backbone):
     method = create_method("pretrain", backbone, {"snr_gamma": 5.0})
     t = torch.tensor([10, 500, 990])
-    alpha = method.scheduler.alphas_cumprod[t]
+    alpha = method.diffusion.alphas_cumprod[t]
     snr = alpha / (1 - alpha)
     assert torch.allclose(method.loss_weights(t), torch.minimum(snr, torch.tensor(5.0)) / snr)
     assert torch.equal(create_method("pretrain", backbone, {"snr_gamma": 0.0}).loss_weights(t), torch.ones(3))
-    method.scheduler = type(method.scheduler).from_config(method.scheduler.config, rescale_betas_zero_snr=True)
+    method.diffusion = DiscreteDiffusion(
+        DDPMScheduler.from_config(backbone.scheduler.config, rescale_betas_zero_snr=True)
+    )
     assert method.loss_weights(torch.tensor([999])).item() == 0.0
 
 

@@ -23,6 +23,7 @@ from diffusers import (
 from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
+from .diffusion import to_epsilon
 from .errors import ConfigError
 
 SCHEDULERS = {
@@ -89,60 +90,6 @@ def make_scheduler(backbone: Backbone, name: str = "ddim"):
     if name not in SCHEDULERS:
         raise ConfigError(f"unknown sampler '{name}' (choose from {', '.join(SCHEDULERS)})")
     return SCHEDULERS[name].from_config(backbone.scheduler.config)
-
-
-def to_epsilon(output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
-    """Convert a denoiser output to the noise it implies (epsilon, v [Salimans & Ho 2022] or x0). With
-    `training_target`, `to_clean` and `min_snr_weight`: the one place prediction types are told apart."""
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * latents
-    if prediction_type == "sample":
-        return (latents - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt()
-    raise ConfigError(f"unsupported prediction type '{prediction_type}'")
-
-
-def training_target(
-    clean: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """What the denoiser learns to output for `x_t = sqrt(a) x0 + sqrt(1 - a) eps`: eps, x0, or
-    v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022)."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * clean
-    if prediction_type == "sample":
-        return clean
-    raise ConfigError(f"unsupported prediction type '{prediction_type}'")
-
-
-def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weight (Hang et al. 2023) of the MSE on this prediction type's target:
-    min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0."""
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny)
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    if prediction_type == "sample":
-        return clipped
-    raise ConfigError(f"unsupported prediction type '{prediction_type}'")
-
-
-def to_clean(
-    output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """Convert a denoiser output to the clean latent it implies: `x0 = sqrt(a) x - sqrt(1 - a) v` for v
-    targets, which stays finite at a zero-terminal-SNR timestep (a = 0), where `(x - sqrt(1 - a) eps) / sqrt(a)`
-    does not."""
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * latents - (1 - alpha_bar).sqrt() * output
-    if prediction_type == "sample":
-        return output
-    if prediction_type == "epsilon":
-        return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
-    raise ConfigError(f"unsupported prediction type '{prediction_type}'")
 
 
 def guided_prediction(

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 
+from ..diffusion import DiscreteDiffusion
 from ..errors import ConfigError, InputError
 
 SiteKind = Literal["spatial_self", "cross", "temporal"]
@@ -166,6 +167,7 @@ class Backbone(abc.ABC):
         self.controller = None
         self.frame_positions: dict[str, torch.nn.Parameter] = {}
         self._fingerprint: str | None = None
+        self._noise_process: DiscreteDiffusion | None = None
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -341,6 +343,18 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def disable_gradient_checkpointing(self) -> None:
         """Undo `enable_gradient_checkpointing`."""
+
+    # --- noise process -------------------------------------------------------------------------------
+    @property
+    def noise_process(self) -> DiscreteDiffusion:
+        """The forward process the denoiser was trained on (`diffusion.py`): adding noise, the training target,
+        output conversions, noise levels. Here the folder scheduler's DDPM process; a flow-matching family
+        overrides it."""
+        if self._noise_process is None:
+            from diffusers import DDPMScheduler
+
+            self._noise_process = DiscreteDiffusion(DDPMScheduler.from_config(self.scheduler.config))
+        return self._noise_process
 
     # --- parameters --------------------------------------------------------------------------------
     def capabilities(self) -> set[str]:

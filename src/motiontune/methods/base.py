@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
 from ..backbones.base import Backbone
+from ..diffusion import DiscreteDiffusion
 from ..errors import ConfigError, InputError
-from ..sampling import StepHook, training_target
+from ..sampling import StepHook
 
 
 def uniform_timesteps(
@@ -74,28 +74,12 @@ def uniform_picks(examples: Sequence, size: int, generator: torch.Generator) -> 
     return torch.randint(len(examples), (size,), generator=generator).tolist()
 
 
-def training_scheduler(backbone: Backbone) -> DDPMScheduler:
-    """The forward-noising process of the model folder's own scheduler config."""
-    return DDPMScheduler.from_config(backbone.scheduler.config)
-
-
-def noised(
-    scheduler: DDPMScheduler, latents: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw eps and return `(x_t, eps, target)`: x_t = sqrt(a_t) x + sqrt(1 - a_t) eps (DDPM Eq. 4).
-
-    The target is the model's prediction type's (`sampling.training_target`): eps, v or x.
-    """
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    timesteps = timesteps.to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    alpha = scheduler.alphas_cumprod.to(latents.device, latents.dtype)[timesteps].view(-1, *[1] * (latents.ndim - 1))
-    return noisy, noise, training_target(latents, noise, alpha, scheduler.config.prediction_type)
-
-
-def denoising_loss(backbone: Backbone, scheduler, batch: dict, timesteps: torch.Tensor, generator) -> torch.Tensor:
-    """The simple diffusion loss E ||eps - eps_theta(x_t, c, t)||^2 (element mean), Eq. 1 of NewMove."""
-    noisy, _, target = noised(scheduler, batch["latents"], timesteps, generator)
+def denoising_loss(
+    backbone: Backbone, diffusion: DiscreteDiffusion, batch: dict, timesteps: torch.Tensor, generator
+) -> torch.Tensor:
+    """The simple diffusion loss E ||eps - eps_theta(x_t, c, t)||^2 (element mean), Eq. 1 of NewMove, on the
+    target of the noise process (eps, v or x0)."""
+    noisy, _, target = diffusion.noised(batch["latents"], timesteps, generator)
     prediction = backbone.predict_noise(noisy, timesteps.to(noisy.device), batch["text"])
     return F.mse_loss(prediction.float(), target.float())
 
@@ -200,7 +184,7 @@ class Method:
         self.config = config if config is not None else self.Config()
         self.token = token
         self.source = f"{self.name} adapter"
-        self.scheduler = training_scheduler(backbone)
+        self.diffusion = backbone.noise_process
         missing = sorted(self.requirements() - backbone.capabilities())
         if missing:
             raise ConfigError(
@@ -276,11 +260,11 @@ class Method:
         return uniform_picks(examples, size, generator)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        return uniform_timesteps(batch, generator, self.scheduler.config.num_train_timesteps)
+        return uniform_timesteps(batch, generator, self.diffusion.num_timesteps)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
-        return denoising_loss(self.backbone, self.scheduler, self.conditioned(batch), timesteps, generator)
+        return denoising_loss(self.backbone, self.diffusion, self.conditioned(batch), timesteps, generator)
 
     def check_caption(self, caption: str, source: str, where: str) -> None:
         """Reject training captions that cannot teach the method (a target without the token, or with the token

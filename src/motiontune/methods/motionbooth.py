@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
-from .base import TOKEN_KEY, Method, copy_into_parameters, denoising_loss, noised
+from .base import TOKEN_KEY, Method, copy_into_parameters, denoising_loss
 
 #: `trained_parameters` options of the official code and the backbone parameter group of each.
 TRAINED_GROUPS = {"full": "all", "cross": "cross", "cross_kv": "cross_kv", "wo_temp": "without_temporal_blocks"}
@@ -202,9 +202,9 @@ class MotionBooth(Method):
         latents = batch["latents"]
         timesteps = self.sample_timesteps(latents.shape[0], generator)
         if "masks" not in batch:
-            loss = denoising_loss(self.backbone, self.scheduler, batch, timesteps, generator)
+            loss = denoising_loss(self.backbone, self.diffusion, batch, timesteps, generator)
             return self.config.video_loss_weight * loss
-        noisy, _, target = noised(self.scheduler, latents, timesteps, generator)
+        noisy, _, target = self.diffusion.noised(latents, timesteps, generator)
         with self._recording() as maps:
             prediction = self.backbone.predict_noise(noisy, timesteps.to(noisy.device), batch["text"])
         if self.config.masked_loss:

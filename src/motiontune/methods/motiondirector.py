@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .base import check_timestep_sampling, drawn_timesteps, noised
+from .base import check_timestep_sampling, drawn_timesteps
 from .lora import LoraMethod, check_lora_options
 
 
@@ -72,13 +72,13 @@ class MotionDirector(LoraMethod):
     lora_groups: ClassVar[list[str]] = ["temporal"]
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        steps = self.scheduler.config.num_train_timesteps
+        steps = self.diffusion.num_timesteps
         return drawn_timesteps(batch, generator, self.config.timestep_sampling, steps)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         latents = batch["latents"]
         timesteps = self.sample_timesteps(latents.shape[0], generator)
-        noisy, _, target = noised(self.scheduler, latents, timesteps, generator)
+        noisy, _, target = self.diffusion.noised(latents, timesteps, generator)
         prediction = self.backbone.predict_noise(noisy, timesteps.to(noisy.device), self.conditioned(batch)["text"])
         anchors = torch.randint(latents.shape[2], (latents.shape[0],), generator=generator)
         return appearance_debiased_loss(prediction.float(), target.float(), anchors, self.config.debias_beta)

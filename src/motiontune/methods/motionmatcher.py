@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..sampling import StepHook, StepState, to_clean, to_epsilon
-from .base import check_timestep_sampling, denoising_loss, drawn_timesteps, noised
+from ..sampling import StepHook, StepState
+from .base import check_timestep_sampling, denoising_loss, drawn_timesteps
 from .lora import LoraMethod, check_lora_options
 
 LORA_LAYERS = ("spatial_self,temporal", "temporal")
@@ -145,24 +145,21 @@ class MotionMatcher(LoraMethod):
         return self.backbone.down_attention_level(self.config.feature_level)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        steps = self.scheduler.config.num_train_timesteps
+        steps = self.diffusion.num_timesteps
         return drawn_timesteps(batch, generator, self.config.timestep_sampling, steps, low=self.config.min_timestep)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         timesteps = self.sample_timesteps(batch["latents"].shape[0], generator)
         if self.config.loss == "pixel":
-            return denoising_loss(self.backbone, self.scheduler, self.conditioned(batch), timesteps, generator)
+            return denoising_loss(self.backbone, self.diffusion, self.conditioned(batch), timesteps, generator)
         latents, text = batch["latents"], self.conditioned(batch)["text"]
-        noisy, noise, _ = noised(self.scheduler, latents, timesteps, generator)
+        noisy, noise, _ = self.diffusion.noised(latents, timesteps, generator)
         timesteps = timesteps.to(latents.device)
         output = self.backbone.predict_noise(noisy, timesteps, text)
-        alphas = self.scheduler.alphas_cumprod.to(latents.device, torch.float32)
-        alpha, previous_alpha = (alphas[t].view(-1, 1, 1, 1, 1) for t in (timesteps, timesteps - 1))
-        prediction_type = self.scheduler.config.prediction_type
-        eps = to_epsilon(output.float(), noisy.float(), alpha, prediction_type)
-        clean = to_clean(output.float(), noisy.float(), alpha, prediction_type)
-        predicted = previous_alpha.sqrt() * clean + (1 - previous_alpha).sqrt() * eps
-        target = previous_alpha.sqrt() * latents.float() + (1 - previous_alpha).sqrt() * noise.float()
+        eps = self.diffusion.to_epsilon(output.float(), noisy.float(), timesteps)
+        clean = self.diffusion.to_clean(output.float(), noisy.float(), timesteps)
+        predicted = self.diffusion.add_noise(clean, eps, timesteps - 1)
+        target = self.diffusion.add_noise(latents.float(), noise.float(), timesteps - 1)
         return self.feature_loss(predicted.to(latents.dtype), target.to(latents.dtype), timesteps - 1, text.detach())
 
     def feature_loss(

@@ -130,7 +130,7 @@ class NewMove(Method):
         return [pool[int(torch.randint(len(pool), (1,), generator=generator))] for pool in pools]
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        steps = self.scheduler.config.num_train_timesteps
+        steps = self.diffusion.num_timesteps
         return drawn_timesteps(batch, generator, self.config.timestep_sampling, steps, self.config.coarse_alpha)
 
     # --- adapter ------------------------------------------------------------------------------

@@ -23,8 +23,7 @@ import torch
 from ..attention import BoxEdit, RowBoxEdits, SubjectBox
 from ..control import ControlOptions
 from ..errors import ConfigError
-from ..sampling import min_snr_weight
-from .base import Method, copy_into_parameters, copy_tensors, noised, uniform_timesteps
+from .base import Method, copy_into_parameters, copy_tensors, uniform_timesteps
 
 POSITIONS = "frame_positions."
 
@@ -79,9 +78,7 @@ class Pretrain(Method):
     def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         if not self.config.snr_gamma:
             return torch.ones(timesteps.shape)
-        alpha = self.scheduler.alphas_cumprod[timesteps.cpu()]
-        snr = alpha / (1 - alpha)
-        return min_snr_weight(snr, self.config.snr_gamma, self.scheduler.config.prediction_type)
+        return self.diffusion.min_snr_weight(timesteps, self.config.snr_gamma)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Weighted diffusion loss; a `caption_dropout` share of the batch sees the empty prompt, a
@@ -95,8 +92,8 @@ class Pretrain(Method):
             dropped = torch.rand(latents.shape[0], generator=generator) < self.config.caption_dropout
             text = torch.where(dropped.to(text.device)[:, None, None], self._empty.to(text.dtype), text)
             captioned = ~dropped
-        timesteps = uniform_timesteps(latents.shape[0], generator, self.scheduler.config.num_train_timesteps)
-        noisy, _, target = noised(self.scheduler, latents, timesteps, generator)
+        timesteps = uniform_timesteps(latents.shape[0], generator, self.diffusion.num_timesteps)
+        noisy, _, target = self.diffusion.noised(latents, timesteps, generator)
         with contextlib.ExitStack() as editing:
             if self.config.box_edit_rate:
                 edited = captioned & (torch.rand(latents.shape[0], generator=generator) < self.config.box_edit_rate)

@@ -1,0 +1,111 @@
+"""The noise process a denoiser was trained on: adding noise, the training target, and every conversion between
+the denoiser's output kinds. The one place prediction types (eps, v [Salimans & Ho 2022], x0) are told apart.
+
+A backbone hands its process out as `Backbone.noise_process`; methods, training and sampling ask it, never a
+scheduler's config. Timesteps are the model's own integers; `noise_level(t) = t / T` puts them on [0, 1]
+(0 = clean, 1 = pure noise), the scale on which a flow-matching model's sigmas also live, so that timestep
+windows can be stated once for every backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _check(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"unsupported prediction type '{prediction_type}'")
+
+
+def to_epsilon(output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
+    """The noise a denoiser output implies for `x_t = sqrt(a) x0 + sqrt(1 - a) eps`."""
+    _check(prediction_type)
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * latents
+    return (latents - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt()
+
+
+def to_clean(output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
+    """The clean latent a denoiser output implies: `x0 = sqrt(a) x - sqrt(1 - a) v` for v targets, which stays
+    finite at a zero-terminal-SNR timestep (a = 0), where `(x - sqrt(1 - a) eps) / sqrt(a)` does not."""
+    _check(prediction_type)
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * latents - (1 - alpha_bar).sqrt() * output
+    if prediction_type == "sample":
+        return output
+    return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+
+
+def training_target(clean: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
+    """What the denoiser learns to output for `x_t = sqrt(a) x0 + sqrt(1 - a) eps`: eps, x0, or
+    v = sqrt(a) eps - sqrt(1 - a) x0."""
+    _check(prediction_type)
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * clean
+    return clean
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) of the MSE on this prediction type's target:
+    min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x0."""
+    _check(prediction_type)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
+class DiscreteDiffusion:
+    """A DDPM forward process over T discrete timesteps (Ho et al. 2020, Eq. 4),
+    `x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`, with the cumulative alphas and prediction type of a diffusers
+    scheduler (so a zero-terminal-SNR or v-prediction folder is served as its config says)."""
+
+    def __init__(self, scheduler) -> None:
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.prediction_type = scheduler.config.prediction_type
+        self.num_timesteps = int(scheduler.config.num_train_timesteps)
+        _check(self.prediction_type)
+
+    def alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """a_t for each batch row, shaped to broadcast over `like` `(B, ...)`, in float32 on its device."""
+        alpha = self.alphas_cumprod.to(like.device)[timesteps.to(like.device)]
+        return alpha.view(-1, *[1] * (like.ndim - 1))
+
+    def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha_bar(timesteps, clean)
+        return (alpha.sqrt() * clean.float() + (1 - alpha).sqrt() * noise.float()).to(clean.dtype)
+
+    def target(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha_bar(timesteps, clean)
+        return training_target(clean.float(), noise.float(), alpha, self.prediction_type).to(clean.dtype)
+
+    def noised(
+        self, clean: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw eps (CPU generator) and return `(x_t, eps, target)`."""
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+        return self.add_noise(clean, noise, timesteps), noise, self.target(clean, noise, timesteps)
+
+    def to_epsilon(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return to_epsilon(output, noisy, self.alpha_bar(timesteps, noisy), self.prediction_type)
+
+    def to_clean(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return to_clean(output, noisy, self.alpha_bar(timesteps, noisy), self.prediction_type)
+
+    def min_snr_weight(self, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+        alpha = self.alphas_cumprod[timesteps.cpu()]
+        return min_snr_weight(alpha / (1 - alpha), gamma, self.prediction_type)
+
+    def noise_level(self, timestep: int | float) -> float:
+        """The timestep's place on [0, 1] (0 clean, 1 pure noise): t / T."""
+        return float(timestep) / self.num_timesteps
