@@ -20,8 +20,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from motiontune.attention import AttentionController
 from motiontune.backbones.base import ModelComponents
 from motiontune.backbones.unet3d import UNet3DBackbone
+from motiontune.lab.tiny import ZEROSCOPE_SCHEDULER, build_word_tokenizer
 from motiontune.methods import create_method
-from motiontune.tiny import ZEROSCOPE_SCHEDULER, build_word_tokenizer
 from motiontune.utils import atomic_write_text
 from zeroscope_groups import ZEROSCOPE_UNET
 

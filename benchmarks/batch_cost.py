@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
 from motiontune.errors import MotiontuneError
 from motiontune.methods import create_method
 from motiontune.settings import ModelDefaults

@@ -26,15 +26,15 @@ import argparse
 import numpy as np
 from tqdm.auto import tqdm
 
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
+from motiontune.app.bench_motionbooth import FRAMES, GUIDANCE_SCALE, SIZE, box_requests
 from motiontune.attention import BoxEdit, SubjectBox
-from motiontune.bench_motionbooth import FRAMES, GUIDANCE_SCALE, SIZE, box_requests
 from motiontune.control import BoxControl, ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
 from motiontune.errors import MotiontuneError
-from motiontune.evaluation import box_iou, boxes, segment
 from motiontune.generation import GenerationConfig, generate_latents
-from motiontune.shapeworld import Clip, render
-from motiontune.video import frames_to_uint8
+from motiontune.io.video import frames_to_uint8
+from motiontune.lab.evaluation import box_iou, boxes, segment
+from motiontune.lab.shapeworld import Clip, render
 
 EDITS = ("official", "keep other words", "subject + end tokens", "every token from the subject on")
 

@@ -5,7 +5,7 @@
 For each case (a model config at F frames of H x W pixels) three configurations are measured, each
 in a fresh subprocess (`--single CONFIG`) so that the process peak RSS belongs to that configuration
 alone: a NewMove training step without and with gradient checkpointing, and a guided sampling step.
-Models are random tiny UNet3D folders written by `motiontune.tiny.build_tiny_model`.
+Models are random tiny UNet3D folders written by `motiontune.lab.tiny.build_tiny_model`.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def run_single(config: dict) -> dict:
     quiet_libraries()
     import torch
 
-    from motiontune.api import open_backbone
+    from motiontune.app.api import open_backbone
     from motiontune.utils import peak_memory_mb
 
     if config.get("threads"):
@@ -378,7 +378,7 @@ def write_section(path: Path, section: str) -> None:
 def run_all(args: argparse.Namespace) -> int:
     """Build the models, measure every configuration in a subprocess, print and write the tables."""
     quiet_libraries()
-    from motiontune.tiny import TINY_VAE, build_tiny_model
+    from motiontune.lab.tiny import TINY_VAE, build_tiny_model
 
     scale = 2 ** (len(TINY_VAE["block_out_channels"]) - 1)
     cases = args.cases
@@ -428,7 +428,7 @@ def run_all(args: argparse.Namespace) -> int:
 
 {reproduction("benchmarks/engine_cpu.py", args.argv, facts, wall)}
 
-What is measured, for random tiny UNet3D models from `motiontune.tiny.build_tiny_model` (`tiny` is its default
+What is measured, for random tiny UNet3D models from `motiontune.lab.tiny.build_tiny_model` (`tiny` is its default
 config, `small` sets `block_out_channels=(64, 128, 128)`), fp32 on CPU, batch of 1 clip, each configuration in a
 fresh process:
 

@@ -2,7 +2,7 @@
 
     python benchmarks/methods_vs_naive.py --output docs/benchmarks.md
 
-Three workloads on one random tiny UNet3D (`motiontune.tiny.build_tiny_model`), fp32, batch of one clip:
+Three workloads on one random tiny UNet3D (`motiontune.lab.tiny.build_tiny_model`), fp32, batch of one clip:
 
 - `mi-train`: a Motion Inversion training step (epsilon-MSE, embeddings at the deepest temporal blocks);
 - `mm-train`: a MotionMatcher feature-loss training step (LoRA pass, one DDIM step, two frozen feature passes);
@@ -292,7 +292,7 @@ def check_equivalence(
     the largest difference relative to the largest value per (workload, variant)."""
     import torch
 
-    from motiontune.api import open_backbone
+    from motiontune.app.api import open_backbone
 
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -391,7 +391,7 @@ def run_single(config: dict) -> dict:
     quiet_libraries()
     import torch
 
-    from motiontune.api import open_backbone
+    from motiontune.app.api import open_backbone
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
@@ -492,7 +492,7 @@ def run_all(args: argparse.Namespace) -> int:
     quiet_libraries()
     import torch
 
-    from motiontune.tiny import TINY_VAE, build_tiny_model
+    from motiontune.lab.tiny import TINY_VAE, build_tiny_model
     from motiontune.utils import default_device
 
     device = str(args.device or default_device())
@@ -541,11 +541,12 @@ def run_all(args: argparse.Namespace) -> int:
 
 {reproduction("benchmarks/methods_vs_naive.py", args.argv, facts, wall, f" on {device}")}
 
-The random tiny UNet3D of `motiontune.tiny.build_tiny_model`, fp32, one clip of {args.frames}×{args.size}×{args.size}
-pixels ({args.frames}×{h}×{w} latents). Workloads: `mi-train`, a Motion Inversion training step; `mm-train`, a
-MotionMatcher feature-loss training step (LoRA rank 32); `mi-sample`, one guided DDIM step (guidance {GUIDANCE:g},
-object debiasing) with a Motion Inversion adapter. A training step is loss, backward, grad-norm clip, AdamW step
-and zero grad; only the loss computation differs between variants. Variants (details in the script's docstring):
+The random tiny UNet3D of `motiontune.lab.tiny.build_tiny_model`, fp32, one clip of
+{args.frames}×{args.size}×{args.size} pixels ({args.frames}×{h}×{w} latents). Workloads: `mi-train`, a Motion
+Inversion training step; `mm-train`, a MotionMatcher feature-loss training step (LoRA rank 32); `mi-sample`, one
+guided DDIM step (guidance {GUIDANCE:g}, object debiasing) with a Motion Inversion adapter. A training step is
+loss, backward, grad-norm clip, AdamW step and zero grad; only the loss computation differs between variants.
+Variants (details in the script's docstring):
 
 - `ours`: the library (SDPA wherever no map is recorded; MotionMatcher's target features without autograd,
   its LoRA off in peft, both feature passes stopped after the feature-level down block; CFG pair in one call).

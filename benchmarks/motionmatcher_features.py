@@ -21,11 +21,11 @@ import dataclasses
 
 import torch
 
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
 from motiontune.errors import MotiontuneError
+from motiontune.io.video import uint8_to_frames
+from motiontune.lab.shapeworld import NOVEL_MOTIONS, render, sample_clips
 from motiontune.methods import create_method
-from motiontune.shapeworld import NOVEL_MOTIONS, render, sample_clips
-from motiontune.video import uint8_to_frames
 
 NEAREST_KNOWN = {"zigzag": "right", "orbit": "static", "bounce": "up", "diagonal": "right"}
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from motiontune.api import open_backbone
-from motiontune.data import VideoDataset, find_video_items
+from motiontune.app.api import open_backbone
 from motiontune.errors import MotiontuneError
+from motiontune.io.data import VideoDataset, find_video_items
+from motiontune.lab.shapeworld import NOVEL_MOTIONS, sample_clips, write_dataset
 from motiontune.methods import create_method
-from motiontune.shapeworld import NOVEL_MOTIONS, sample_clips, write_dataset
 from motiontune.training import _draw_batch, prepare_examples
 
 ADAM_EPSILON = 1e-8

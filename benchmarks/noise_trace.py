@@ -22,12 +22,12 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
 from motiontune.errors import MotiontuneError
-from motiontune.evaluation import evaluate_video
+from motiontune.io.video import frames_to_uint8, uint8_to_frames
+from motiontune.lab.evaluation import evaluate_video
+from motiontune.lab.shapeworld import KNOWN_MOTIONS, SHAPES, render, sample_clips
 from motiontune.sampling import make_scheduler, sample
-from motiontune.shapeworld import KNOWN_MOTIONS, SHAPES, render, sample_clips
-from motiontune.video import frames_to_uint8, uint8_to_frames
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from motiontune.attention import AttentionController
 from motiontune.backbones.base import ModelComponents
 from motiontune.backbones.unet3d import UNet3DBackbone
-from motiontune.tiny import ZEROSCOPE_SCHEDULER, build_word_tokenizer
+from motiontune.lab.tiny import ZEROSCOPE_SCHEDULER, build_word_tokenizer
 
 ZEROSCOPE_UNET = {
     "block_out_channels": (320, 640, 1280, 1280),

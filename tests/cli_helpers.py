@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from motiontune.shapeworld import Clip, render
-from motiontune.video import write_video
+from motiontune.io.video import write_video
+from motiontune.lab.shapeworld import Clip, render
 
 
 def error_line(capsys) -> str:

@@ -10,10 +10,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
 from motiontune.backbones import BACKBONES
-from motiontune.shapeworld import sample_clips, write_dataset
-from motiontune.tiny import build_tiny_animatediff, build_tiny_model
+from motiontune.lab.shapeworld import sample_clips, write_dataset
+from motiontune.lab.tiny import build_tiny_animatediff, build_tiny_model
 
 REFERENCE_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

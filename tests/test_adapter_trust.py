@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from motiontune.adapters import METADATA_KEY, read_adapter, save_adapter
-from motiontune.api import open_backbone
-from motiontune.cli import main
+from motiontune.app.api import open_backbone
+from motiontune.app.cli import main
 from motiontune.errors import ConfigError, InputError
+from motiontune.io.adapters import METADATA_KEY, read_adapter, save_adapter
+from motiontune.lab.tiny import build_tiny_model
 from motiontune.methods import create_method, load_adapter, load_adapters
-from motiontune.tiny import build_tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,11 +9,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from motiontune.adapters import read_adapter, read_metadata, save_adapter
-from motiontune.api import open_backbone
-from motiontune.data import VideoDataset, find_video_items
+from motiontune.app.api import open_backbone
 from motiontune.errors import ConfigError, InputError
 from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.io.adapters import read_adapter, read_metadata, save_adapter
+from motiontune.io.data import VideoDataset, find_video_items
 from motiontune.methods import create_method, load_adapter
 from motiontune.training import TrainConfig, prepare_examples, train
 

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from cli_helpers import error_line
-from motiontune import api
-from motiontune.cli import main
+from motiontune.app import api
+from motiontune.app.cli import main
+from motiontune.lab.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
+from motiontune.lab.tiny import build_tiny_animatediff
 from motiontune.methods import METHODS
-from motiontune.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
-from motiontune.tiny import build_tiny_animatediff
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SHAPE = ["--frames", "4", "--height", "16", "--width", "16"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from backbone_facts import TEMPORAL_LAYERS
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
 from motiontune.errors import InputError
 
 #: sites of each tiny model with their kind and level (three levels; the mid block works at level 2)
@@ -187,8 +187,8 @@ def test_missing_model_and_missing_component_are_reported(tiny_model_dir, tmp_pa
 
 def test_word_tokenizer_spells_every_vocabulary_word_as_one_token():
     """BPE applies the lowest-ranked merge first: merges of "right" must not split "triangle"."""
-    from motiontune.shapeworld import VOCABULARY
-    from motiontune.tiny import build_word_tokenizer
+    from motiontune.lab.shapeworld import VOCABULARY
+    from motiontune.lab.tiny import build_word_tokenizer
 
     tokenizer = build_word_tokenizer([*VOCABULARY, "sks", "pll"], 24)
     for word in [*VOCABULARY, "sks", "pll"]:

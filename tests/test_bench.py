@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from motiontune.bench import BEGIN, END, bench_prompts, bench_shapeworld
+from motiontune.app.bench import BEGIN, END, bench_prompts, bench_shapeworld
 from motiontune.errors import ConfigError
-from motiontune.tasks import REFERENCE_LOOK
+from motiontune.lab.tasks import REFERENCE_LOOK
 
 
 def test_smoke_bench_row_writes_results_and_replaces_its_report_section(tiny_model_dir, tmp_path):
@@ -44,7 +44,7 @@ def test_prompts_avoid_the_references_look_and_rows_are_checked(tmp_path):
 
 
 def test_wilson_interval_by_hand():
-    from motiontune.bench_common import wilson_interval
+    from motiontune.app.bench_common import wilson_interval
 
     low, high = wilson_interval(8, 16)  # p = 0.5, n = 16: centre 0.5, half 1.96 sqrt(1/64 + 0.96/1024) / 1.24
     assert low == pytest.approx(0.28, abs=0.005) and high == pytest.approx(0.72, abs=0.005)
@@ -53,7 +53,7 @@ def test_wilson_interval_by_hand():
 
 
 def test_summary_pools_training_seeds_per_row_and_motion():
-    from motiontune.bench import markdown_table, summarise
+    from motiontune.app.bench import markdown_table, summarise
 
     def run(row, motion, seed, accuracy):
         return {
@@ -102,7 +102,7 @@ def test_bench_reuses_finished_rows_and_checks_its_options(tiny_model_dir, tmp_p
 def test_the_shipped_models_defaults_teach_motion_inversion_the_zigzag(tmp_path):
     """A direction that fails if learning breaks: with no tuning flag (the shipped model's recommendations)
     Motion Inversion learns the zigzag the base model never makes, and keeps the prompts' appearance."""
-    from motiontune.bench import run_row
+    from motiontune.app.bench import run_row
 
     trained = run_row("motion inversion, 4 videos", tmp_path / "trained", None, None, 4, 1, 25)
     base = run_row("base model", tmp_path / "base", None, None, 4, 1, 25)

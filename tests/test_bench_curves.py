@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from motiontune.bench_curves import BEGIN, END, bench_curves
-from motiontune.cli import main
+from motiontune.app.bench_curves import BEGIN, END, bench_curves
+from motiontune.app.cli import main
 from motiontune.errors import ConfigError
 
 
@@ -45,7 +45,7 @@ def test_smoke_curve_scores_every_checkpoint_and_plots(tiny_model_dir, tmp_path,
     assert "--motion orbit --steps 2" in text
 
     # a rerun with the same settings reuses each finished row; one with other settings measures it again
-    import motiontune.bench_curves as bench_module
+    import motiontune.app.bench_curves as bench_module
 
     def no_training(*_, **__):
         raise AssertionError("a finished row was trained again")

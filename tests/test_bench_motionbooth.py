@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from motiontune.bench_common import wilson_interval
-from motiontune.bench_motionbooth import (
+from motiontune.app.bench_common import wilson_interval
+from motiontune.app.bench_motionbooth import (
     BEGIN,
     CLASS_WORD,
     END,
@@ -25,9 +25,9 @@ from motiontune.bench_motionbooth import (
     summarise,
     write_report_section,
 )
-from motiontune.cli import main
+from motiontune.app.cli import main
 from motiontune.errors import ConfigError
-from motiontune.shapeworld import VOCABULARY, render
+from motiontune.lab.shapeworld import VOCABULARY, render
 
 SMOKE = {"steps": 1, "prompts": 1, "seeds": 1, "sampling": 2}
 
@@ -74,8 +74,8 @@ def test_on_the_shipped_model_the_controls_beat_the_base_model(tmp_path):
 
 
 def test_the_late_window_camera_row_shifts_only_between_t_400_and_100(tiny_model_dir):
-    from motiontune.api import open_backbone
-    from motiontune.bench_motionbooth import ROWS, _control_hooks
+    from motiontune.app.api import open_backbone
+    from motiontune.app.bench_motionbooth import ROWS, _control_hooks
 
     backbone = open_backbone(str(tiny_model_dir))
     clip = camera_requests(1)[0]
@@ -142,8 +142,8 @@ def test_rows_pool_their_training_seeds_with_intervals():
 
 
 def test_reports_name_the_shipped_model_as_such_and_any_other_by_its_folder(tmp_path):
-    from motiontune.api import default_model_dir
-    from motiontune.bench_common import model_label
+    from motiontune.app.api import default_model_dir
+    from motiontune.app.bench_common import model_label
 
     assert model_label(str(default_model_dir())) == "the shipped model"
     assert model_label(str(tmp_path)) == f"`{tmp_path}`"

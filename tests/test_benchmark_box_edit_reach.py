@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from motiontune.api import open_backbone
+from motiontune.app.api import open_backbone
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cli_helpers import error_line, write_clip
-from motiontune.cli import main
-from motiontune.video import count_frames
+from motiontune.app.cli import main
+from motiontune.io.video import count_frames
 
 TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
 PROMPT = "a blue square doing sks"
@@ -137,10 +137,13 @@ def single_thread():
 
 @pytest.fixture(scope="module", autouse=True)
 def console_help():
-    """`python -m motiontune.cli --help` in a real process, started when the module starts: its imports
+    """`python -m motiontune.app.cli --help` in a real process, started when the module starts: its imports
     (torch, diffusers) take seconds, so it runs beside the in-process tests until one waits for it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "motiontune.cli", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "motiontune.app.cli", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     yield process
     if process.poll() is None:
@@ -622,4 +625,4 @@ def test_console_script_runs_and_is_registered(console_help):
     for command in ("train", "generate", "demo", "tiny-model"):
         assert command in stdout
     scripts = {ep.name: ep.value for ep in importlib_metadata.entry_points(group="console_scripts")}
-    assert scripts.get("motiontune") == "motiontune.cli:main"
+    assert scripts.get("motiontune") == "motiontune.app.cli:main"

@@ -11,8 +11,8 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image, ImageSequence
 
+from motiontune.app.cli import main
 from motiontune.attention import SubjectBox
-from motiontune.cli import main
 from motiontune.control import (
     BoxControl,
     CameraShift,
@@ -31,8 +31,8 @@ from motiontune.control import (
 )
 from motiontune.errors import ConfigError, InputError
 from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.lab.tiny import ZEROSCOPE_SCHEDULER
 from motiontune.sampling import StepState, guided_prediction
-from motiontune.tiny import ZEROSCOPE_SCHEDULER
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "motionbooth_scripts"
 SHIPPED = sorted(SCRIPTS.glob("*.json")) if SCRIPTS.is_dir() else []

@@ -1,4 +1,4 @@
-"""Tests for motiontune.data: dataset layouts, validation errors, VideoDataset and check_items."""
+"""Tests for motiontune.io.data: dataset layouts, validation errors, VideoDataset and check_items."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from motiontune.data import VideoDataset, VideoItem, check_items, find_video_items
 from motiontune.errors import ConfigError, InputError
-from motiontune.video import read_video, write_video
+from motiontune.io.data import VideoDataset, VideoItem, check_items, find_video_items
+from motiontune.io.video import read_video, write_video
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
 REFERENCE_CAPTIONS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from motiontune.cli import main
+from motiontune.app.cli import main
 
 
 def test_demo_writes_videos_sheets_and_a_report(tmp_path, capsys):

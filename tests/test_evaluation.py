@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from motiontune import evaluation as ev
-from motiontune.shapeworld import (
+from motiontune.lab import evaluation as ev
+from motiontune.lab.shapeworld import (
     BACKGROUNDS,
     COLOURS,
     KNOWN_MOTIONS,

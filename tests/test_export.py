@@ -8,10 +8,10 @@ import torch
 from diffusers import AnimateDiffPipeline, MotionAdapter
 
 from cli_helpers import error_line
-from motiontune.adapters import read_adapter, save_adapter
-from motiontune.api import open_backbone
-from motiontune.cli import main
+from motiontune.app.api import open_backbone
+from motiontune.app.cli import main
 from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.io.adapters import read_adapter, save_adapter
 from motiontune.methods import create_method, load_adapter
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -21,8 +21,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cli_helpers import error_line, write_clip
-from motiontune.cli import main
-from motiontune.video import write_video
+from motiontune.app.cli import main
+from motiontune.io.video import write_video
 
 TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
 PROMPT = "a blue square doing sks"
@@ -323,7 +323,7 @@ def test_resume_refuses_other_settings(change, named, tiny_model_dir, motion_dat
         next(other.glob("*.txt")).write_text("a circle doing sks")
         change = ["--data", str(other)]
     if change == ["--model", "OTHER"]:
-        from motiontune.tiny import build_tiny_model
+        from motiontune.lab.tiny import build_tiny_model
 
         change = ["--model", str(build_tiny_model(tmp_path / "other-model", seed=1))]
     capsys.readouterr()
@@ -348,7 +348,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(
     elif damage == "optimizer missing":
         (newest / "optimizer.safetensors").unlink()
     else:
-        from motiontune.adapters import read_adapter, save_adapter
+        from motiontune.io.adapters import read_adapter, save_adapter
 
         tensors, metadata = read_adapter(newest / "adapter.safetensors")
         key = next(iter(tensors))
@@ -442,7 +442,7 @@ KILLED_RUN = textwrap.dedent(
     """
     import os, signal, sys
     import motiontune.training as training
-    from motiontune.cli import main
+    from motiontune.app.cli import main
 
     where, count = sys.argv[1], int(sys.argv[2])
     calls = 0

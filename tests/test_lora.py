@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
-from motiontune import api
-from motiontune.adapters import save_adapter
+from motiontune.app import api
 from motiontune.errors import ConfigError
+from motiontune.io.adapters import save_adapter
 from motiontune.methods import create_method, load_adapter
 from motiontune.methods.lora import (
     inject_lora,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from motiontune import api
-from motiontune.adapters import read_metadata
-from motiontune.api import open_backbone
+from motiontune.app import api
+from motiontune.app.api import open_backbone
+from motiontune.app.cli import main
 from motiontune.attention import TemporalEmbedding
-from motiontune.cli import main
 from motiontune.errors import ConfigError, InputError
 from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.io.adapters import read_metadata
 from motiontune.methods import create_method, load_adapter
 from motiontune.methods.motion_inversion import MotionInversion, MotionInversionConfig
 
@@ -129,7 +129,7 @@ def test_low_rank_value_is_an_identity_at_zero_and_smaller(backbone):
 
 @pytest.mark.parametrize("options", [{}, {"value_rank": 2}, {"value": False}])
 def test_adapter_round_trip(backbone, tmp_path, options):
-    from motiontune.adapters import save_adapter
+    from motiontune.io.adapters import save_adapter
 
     method = _prepared(backbone, **options)
     _randomise(method)
@@ -147,7 +147,7 @@ def test_adapter_round_trip(backbone, tmp_path, options):
 
 
 def test_two_adapters_on_the_same_sites_are_refused(backbone, tmp_path):
-    from motiontune.adapters import save_adapter
+    from motiontune.io.adapters import save_adapter
 
     method = _prepared(backbone)
     path = save_adapter(tmp_path / "mi.safetensors", method.adapter_tensors(), method.adapter_metadata())

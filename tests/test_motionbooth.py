@@ -12,10 +12,13 @@ from PIL import Image
 from safetensors import safe_open
 
 from backbone_facts import is_temporal
-from motiontune.api import open_backbone
-from motiontune.cli import main
-from motiontune.data import VideoDataset, find_video_items
+from motiontune.app.api import open_backbone
+from motiontune.app.cli import main
 from motiontune.errors import ConfigError, InputError
+from motiontune.io.data import VideoDataset, find_video_items
+from motiontune.io.subject_data import find_subject_images, prepare_subject_examples, read_subject_image
+from motiontune.lab.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
+from motiontune.lab.tiny import build_tiny_model
 from motiontune.methods import create_method, load_adapter
 from motiontune.methods.motionbooth import (
     TRAINED_GROUPS,
@@ -23,9 +26,6 @@ from motiontune.methods.motionbooth import (
     subject_attention_loss,
     subject_region_loss,
 )
-from motiontune.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
-from motiontune.subject_data import find_subject_images, prepare_subject_examples, read_subject_image
-from motiontune.tiny import build_tiny_model
 from motiontune.training import TrainConfig, _draw_batch, prepare_examples, train
 
 OPTIONS = {"class_word": "star"}

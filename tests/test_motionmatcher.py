@@ -9,11 +9,11 @@ import torch
 from diffusers import DDPMScheduler
 
 from backbone_facts import is_temporal_attention
-from motiontune import api
-from motiontune.adapters import read_metadata, save_adapter
-from motiontune.cli import main
+from motiontune.app import api
+from motiontune.app.cli import main
 from motiontune.diffusion import DiscreteDiffusion
 from motiontune.errors import ConfigError
+from motiontune.io.adapters import read_metadata, save_adapter
 from motiontune.methods import create_method, load_adapter
 from motiontune.methods.motiondirector import appearance_debiased_loss
 from motiontune.sampling import StepState

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from backbone_facts import is_temporal, is_temporal_attention
-from motiontune.data import VideoDataset, find_video_items
 from motiontune.errors import ConfigError, InputError
+from motiontune.io.data import VideoDataset, find_video_items
 from motiontune.methods import create_method
 from motiontune.methods.base import coarse_noise_timesteps, uniform_timesteps
 from motiontune.training import TrainConfig, prepare_examples, train

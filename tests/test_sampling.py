@@ -150,7 +150,7 @@ def test_generation_from_an_inverted_reference(backbone, motion_data):
     with torch.no_grad():
         backbone.unet.conv_out.weight.zero_()
         backbone.unet.conv_out.bias.zero_()
-    from motiontune.video import read_video
+    from motiontune.io.video import read_video
 
     target = backbone.encode_video(read_video(reference, 3, 32, 32)[None])
     latents = generate_latents(backbone, [""], settings=settings)

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from motiontune import api
-from motiontune.cli import main
+from motiontune.app import api
+from motiontune.app.cli import main
 from motiontune.errors import ConfigError
 from motiontune.methods import METHODS
 from motiontune.settings import ModelDefaults, Setting, generation_settings, training_settings
@@ -97,7 +97,7 @@ def test_train_uses_the_models_recommendations_and_says_so(recommending_model, m
     argv = ["train", "--model", str(recommending_model), "--data", str(motion_data), "--output", str(output)]
     code = main([*argv, "--lr", "0.003", "--quiet", "--checkpoint-every", "0"])
     assert code == 0
-    from motiontune.adapters import read_metadata
+    from motiontune.io.adapters import read_metadata
 
     meta = read_metadata(output / "adapter.safetensors")
     assert meta["training"]["steps"] == 2 and meta["training"]["batch_size"] == 2
@@ -139,7 +139,7 @@ def test_a_bad_recommended_option_names_the_model_file(recommending_model, motio
 
 def test_generate_uses_the_models_sampling_settings(recommending_model, tmp_path, monkeypatch):
     import motiontune.generation as generation
-    from motiontune.video import count_frames
+    from motiontune.io.video import count_frames
 
     used = []
     original = generation.generate

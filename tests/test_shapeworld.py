@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from motiontune.cli import main
-from motiontune.data import find_video_items
-from motiontune.shapeworld import (
+from motiontune.app.cli import main
+from motiontune.io.data import find_video_items
+from motiontune.lab.shapeworld import (
     KNOWN_MOTIONS,
     NOVEL_MOTIONS,
     NOVEL_SHAPES,
@@ -35,7 +35,7 @@ def test_rendering_is_deterministic_and_masks_match_the_colour():
     assert np.array_equal(first.frames, second.frames) and np.array_equal(first.masks, second.masks)
     assert first.frames.shape == (8, 32, 32, 3) and first.frames.dtype == np.uint8
     inside = first.frames[first.masks].astype(int)
-    from motiontune.shapeworld import COLOURS
+    from motiontune.lab.shapeworld import COLOURS
 
     assert np.abs(inside.mean(0) - np.array(COLOURS[clip.colour])).max() < 40
 

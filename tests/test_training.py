@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from motiontune.api import open_backbone
-from motiontune.data import VideoDataset, find_video_items
+from motiontune.app.api import open_backbone
 from motiontune.errors import ConfigError
+from motiontune.io.data import VideoDataset, find_video_items
 from motiontune.methods import create_method
 from motiontune.training import TrainConfig, WeightAverage, latest_checkpoint, prepare_examples, train
 

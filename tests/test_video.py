@@ -1,4 +1,4 @@
-"""Tests for motiontune.video: decoding, frame sampling, resizing, errors and atomic outputs."""
+"""Tests for motiontune.io.video: decoding, frame sampling, resizing, errors and atomic outputs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from motiontune import video
 from motiontune.errors import ConfigError, InputError
-from motiontune.video import (
+from motiontune.io import video
+from motiontune.io.video import (
     count_frames,
     frames_to_uint8,
     read_video,

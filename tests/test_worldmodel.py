@@ -9,12 +9,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from motiontune.api import generate, open_backbone
+from motiontune.app.api import generate, open_backbone
 from motiontune.diffusion import DiscreteDiffusion
 from motiontune.errors import ConfigError
+from motiontune.lab.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model, set_noise_schedule
 from motiontune.methods import create_method
 from motiontune.sampling import make_scheduler
-from motiontune.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model, set_noise_schedule
 
 SMOKE = {
     "clips": 12,

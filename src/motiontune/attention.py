@@ -15,6 +15,7 @@ declares. Each processor takes the SDPA fast path unless the controller asks it 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+from .backbones import load_backbone
 from .backbones.base import AttentionSite, Backbone
 
 
@@ -398,3 +400,12 @@ class ControlledProcessor:
         suppress = suppress[:, :, None].expand(shape).flatten(0, 2)
         scores = scores + bias
         return scores.masked_fill(suppress.to(scores.device), torch.finfo(scores.dtype).min)
+
+
+def controlled_backbone(
+    model: str | os.PathLike, device: torch.device | str = "cpu", motion_adapter: str | os.PathLike | None = None
+) -> Backbone:
+    """Load a model folder as a backbone with the attention controller installed on every site."""
+    backbone = load_backbone(model, device, motion_adapter=motion_adapter)
+    AttentionController(backbone)
+    return backbone

@@ -68,7 +68,7 @@ def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) 
     noise = torch.randn(shape, generator=generator).to(backbone.device, backbone.dtype)
     if settings.reference is None or settings.noise_prior == 0:
         return noise
-    from .video import read_video
+    from .io.video import read_video
 
     pixels = read_video(settings.reference, settings.frames, settings.height, settings.width)
     reference = backbone.encode_video(pixels[None])
@@ -139,7 +139,7 @@ def generate(
 
     `hooks` run after the adapters' own (e.g. `control.control_hooks` for boxes and camera motion).
     """
-    from .video import frames_to_uint8, save_outputs
+    from .io.video import frames_to_uint8, save_outputs
 
     settings = settings or GenerationConfig()
     output = Path(output)

@@ -253,7 +253,7 @@ class PerFrameUNetBackbone(Backbone):
         if self.frame_positions and self.controller is None:
             raise ConfigError(
                 f"{self.path}: this model has frame positions, which its attention controller applies: "
-                "load it with motiontune.api.open_backbone"
+                "load it with motiontune.app.api.open_backbone"
             )
         if self.controller is not None:
             self.controller.begin(latents.shape[0], latents.shape[2], tuple(latents.shape[-2:]), conditional)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import read_metadata, read_tensors
 from ..backbones.base import Backbone
 from ..errors import ConfigError
+from ..io.adapters import read_metadata, read_tensors
 from .base import Method
 from .dreambooth import DreamBooth
 from .motion_inversion import MotionInversion

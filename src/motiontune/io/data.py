@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from motiontune.errors import InputError
-from motiontune.video import parse_sampling, probe_video, read_video, sample_indices
+from motiontune.io.video import parse_sampling, probe_video, read_video, sample_indices
 
 __all__ = [
     "METADATA_FILENAMES",

@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from .errors import LOGGER, ConfigError, MotiontuneError
-from .export import FORMATS as EXPORT_FORMATS
-from .utils import MAX_SEED, check_regular_file
+from ..errors import LOGGER, ConfigError, MotiontuneError
+from ..io.export import FORMATS as EXPORT_FORMATS
+from ..utils import MAX_SEED, check_regular_file
 
 FITTED = (
     "(default: the model folder's recommendation for the method in its motiontune.json, else the method's "
@@ -80,7 +80,7 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 
 def _method_fields() -> dict[str, dataclasses.Field]:
-    from .methods import METHODS
+    from ..methods import METHODS
 
     fields: dict[str, dataclasses.Field] = {}
     for cls in METHODS.values():
@@ -91,14 +91,14 @@ def _method_fields() -> dict[str, dataclasses.Field]:
 
 def _method_help() -> str:
     """`train --method` help: every method `train` offers, with its one-line summary."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     offered = [f"{name}: {cls.summary}" for name, cls in METHODS.items() if not cls.internal]
     return "method to train, one of " + "; ".join(offered)
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
-    from .methods import METHODS
+    from ..methods import METHODS
 
     group = parser.add_argument_group("method options (each applies to the methods whose config has it)")
     for name, item in _method_fields().items():
@@ -180,7 +180,7 @@ def _add_video_counts(parser: argparse.ArgumentParser, prompts: int, per: str) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods.motion_inversion import DEBIAS_MODES
+    from ..methods.motion_inversion import DEBIAS_MODES
 
     parser = OneLineParser(
         prog="motiontune",
@@ -573,7 +573,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 
 def _method_options(args: argparse.Namespace, method_name: str) -> dict:
-    from .methods import method_class
+    from ..methods import method_class
 
     cls = method_class(method_name)
     own = {f.name for f in dataclasses.fields(cls.Config)}
@@ -639,8 +639,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from ..control import parse_box_option, parse_camera_speed, parse_shift_window
     from . import api
-    from .control import parse_box_option, parse_camera_speed, parse_shift_window
 
     if args.script is None:
         _require(args, "prompt")
@@ -694,7 +694,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_world(args: argparse.Namespace) -> int:
-    from . import shapeworld
+    from ..lab import shapeworld
 
     if args.world_command == "render":
         names = {
@@ -715,7 +715,7 @@ def run_world(args: argparse.Namespace) -> int:
         )
         print(shapeworld.write_dataset(args.output, clips, args.frames, args.size, args.token))
         return 0
-    from .worldmodel import BaseModelConfig, build_base_model, evaluate_base_model
+    from ..lab.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model
 
     if args.world_command == "evaluate":
         from .api import default_model_dir
@@ -747,8 +747,8 @@ def run_bench(args: argparse.Namespace) -> int:
     """`bench curves`: learning curves. `bench shapeworld|motionbooth`: one row in this process (`--row`, as
     each row's process is started), or every chosen row in a process of its own."""
     if args.bench_command == "curves":
+        from ..lab.shapeworld import NOVEL_MOTIONS
         from .bench_curves import bench_curves, markdown_table
-        from .shapeworld import NOVEL_MOTIONS
 
         if args.motion not in NOVEL_MOTIONS:
             raise ConfigError(f"--motion must be one of {', '.join(NOVEL_MOTIONS)}, got '{args.motion}'")
@@ -796,7 +796,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import build_tiny_animatediff, build_tiny_model
+    from ..lab.tiny import build_tiny_animatediff, build_tiny_model
 
     if args.motion_adapter is not None and args.architecture != "animatediff":
         raise ConfigError("--motion-adapter needs --architecture animatediff")
@@ -808,8 +808,8 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..io.export import export_lora, export_motion_adapter
     from .api import open_backbone
-    from .export import export_lora, export_motion_adapter
 
     check_regular_file(args.adapter, "adapter")
     if args.format == "diffusers-lora":

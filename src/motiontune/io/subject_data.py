@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .backbones.base import Backbone
-from .errors import InputError
-from .training import Example
+from ..backbones.base import Backbone
+from ..errors import InputError
+from ..training import Example
 from .video import IMAGE_EXTENSIONS, uint8_to_frames
 
 __all__ = [

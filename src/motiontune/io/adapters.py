@@ -13,9 +13,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import __version__
-from .errors import ConfigError, InputError
-from .utils import atomic_file
+from .. import __version__
+from ..errors import ConfigError, InputError
+from ..utils import atomic_file
 
 FORMAT = "motiontune.adapter"
 FORMAT_VERSION = 1

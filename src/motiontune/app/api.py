@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .backbones import load_backbone
-from .backbones.base import Backbone, resolve_model_dir
-from .data import check_items, check_video_source, find_video_items
-from .errors import ConfigError, warn
-from .settings import (
+from ..backbones.base import Backbone, resolve_model_dir
+from ..errors import ConfigError, warn
+from ..io.data import check_items, check_video_source, find_video_items
+from ..settings import (
     FALLBACK,
     NATIVE_KEYS,
     ModelDefaults,
@@ -32,7 +31,7 @@ from .settings import (
     option_settings,
     training_settings,
 )
-from .utils import (
+from ..utils import (
     atomic_write_text,
     check_output_files,
     check_writable_folder,
@@ -40,7 +39,7 @@ from .utils import (
 )
 
 if TYPE_CHECKING:
-    from .generation import GeneratedVideo
+    from ..generation import GeneratedVideo
 
 PathLike = str | os.PathLike
 
@@ -61,12 +60,10 @@ def open_backbone(
 ) -> Backbone:
     """Load a model folder (the shipped default when `model` is None) with the attention controller installed;
     `motion_adapter` is the `MotionAdapter` folder that makes a Stable Diffusion folder AnimateDiff."""
-    from .attention import AttentionController
+    from ..attention import controlled_backbone
 
     model = model if model is not None else default_model_dir()
-    backbone = load_backbone(model, _checked_device(device), motion_adapter=motion_adapter)
-    AttentionController(backbone)
-    return backbone
+    return controlled_backbone(model, _checked_device(device), motion_adapter)
 
 
 def _checked_device(device: str | torch.device | None) -> torch.device:
@@ -174,7 +171,7 @@ def _remove_previous_run(output: Path) -> None:
     """`--overwrite`: remove what an earlier motiontune run wrote in `output` (adapter, log, run settings,
     checkpoint and validation folders of its own naming), nothing else; the latent cache stays (its entries
     are keyed by content)."""
-    from .training import checkpoint_folders, remove_staging_folders
+    from ..training import checkpoint_folders, remove_staging_folders
 
     for name in ("adapter.safetensors", "training_log.jsonl", RUN_FILE):
         (output / name).unlink(missing_ok=True)
@@ -194,7 +191,7 @@ def _remove_previous_run(output: Path) -> None:
 def _clean_failed_run(output: Path, created: bool) -> None:
     """After a run failed before its first checkpoint, leave nothing half-written: the output folder if this
     run created it, else the log and settings it wrote. A run with a checkpoint stays, to resume."""
-    from .training import completed_checkpoints
+    from ..training import completed_checkpoints
 
     if completed_checkpoints(output):
         return
@@ -264,11 +261,11 @@ def train(
     """
     import time
 
-    from .data import VideoDataset
-    from .methods import create_method, method_class
-    from .subject_data import find_subject_images, prepare_subject_examples
-    from .training import TrainConfig, prepare_examples
-    from .training import train as run_training
+    from ..io.data import VideoDataset
+    from ..io.subject_data import find_subject_images, prepare_subject_examples
+    from ..methods import create_method, method_class
+    from ..training import TrainConfig, prepare_examples
+    from ..training import train as run_training
 
     cls = method_class(method)
     subject_images = cls.training_data == "subject images"
@@ -462,12 +459,12 @@ def generate_video(
     `camera_speed` (fraction of the frame travelled, dx, dy) are given; `subject` fills its
     '[rare token] [class name]' placeholder. The other control options are those of `control.ControlOptions`.
     """
-    from .adapters import read_metadata
-    from .control import ControlOptions, control_hooks, motion_script, sampling_timesteps
-    from .generation import GenerationConfig
-    from .generation import generate as run_generation
-    from .methods import load_adapters
-    from .video import output_paths
+    from ..control import ControlOptions, control_hooks, motion_script, sampling_timesteps
+    from ..generation import GenerationConfig
+    from ..generation import generate as run_generation
+    from ..io.adapters import read_metadata
+    from ..io.video import output_paths
+    from ..methods import load_adapters
 
     motion = motion_script(prompt, script, subject, boxes, camera_speed)
     if not motion.prompt.strip():

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..lab.shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
+from ..lab.tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
-from .errors import ConfigError
-from .shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
-from .tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
 
 KNOWN_DIRECTIONS = ("left", "right", "up", "down")
 
@@ -224,7 +224,7 @@ def run_row(
 ) -> dict:
     """Train (with `training_seed`, which also draws the task's clips) and score one row on the task of
     `motion` in this process; returns its measurements."""
-    from .utils import peak_memory_mb
+    from ..utils import peak_memory_mb
 
     started = time.perf_counter()
     result, references, generation = train_row(ROWS[name], workdir, model, steps, motion=motion, seed=training_seed)
@@ -265,12 +265,12 @@ def score_adapter(
     score the videos with `task_scores`, adding `produced` (how many videos did which motion). With
     `retention`, also prompt the same appearances with known directions (no token) and add `known_kept`, the
     share that still moves as asked (what regularization should preserve). Returns the backbone and scores."""
+    from ..generation import GenerationConfig, generate_latents
+    from ..io.video import frames_to_uint8
+    from ..lab.evaluation import evaluate_video
+    from ..methods import load_adapter
+    from ..settings import ModelDefaults, generation_settings
     from . import api
-    from .evaluation import evaluate_video
-    from .generation import GenerationConfig, generate_latents
-    from .methods import load_adapter
-    from .settings import ModelDefaults, generation_settings
-    from .video import frames_to_uint8
 
     backbone = api.open_backbone(model)
     adapters = [load_adapter(adapter, backbone)] if adapter is not None else []

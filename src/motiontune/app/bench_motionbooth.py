@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..lab.shapeworld import COLOURS, MOTION_PHRASES, Clip
+from ..utils import atomic_write_text
 from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
-from .errors import ConfigError
-from .shapeworld import COLOURS, MOTION_PHRASES, Clip
-from .utils import atomic_write_text
 
 TOKEN = "sks"
 CLASS_WORD = "star"
@@ -147,7 +147,7 @@ def camera_requests(count: int) -> list[Clip]:
 
 def regularization_clips() -> list[Clip]:
     """MotionBooth's video preservation data: captioned clips of known motions, shapes and backgrounds."""
-    from .shapeworld import sample_clips
+    from ..lab.shapeworld import sample_clips
 
     return sample_clips(6, 1, motions=SUBJECT_MOTIONS)
 
@@ -167,8 +167,8 @@ def train_subject(
     """Write the subject stills and preservation clips under `workdir` and train MotionBooth on them with
     training seed `seed` (steps, learning rate and options the model recommends where not given; the attention
     loss at MotionBooth's default level, or the nearest level with cross-attention)."""
+    from ..lab.shapeworld import write_dataset, write_subject_images
     from . import api
-    from .shapeworld import write_dataset, write_subject_images
 
     images = write_subject_images(workdir / "subject", subject_images(), SIZE)
     regularization = write_dataset(workdir / "regularization", regularization_clips(), FRAMES, SIZE)
@@ -195,7 +195,7 @@ def train_subject(
 
 def _control_hooks(backbone, row: Row, clip: Clip, requested: np.ndarray | None, sampling: int, seed: int) -> list:
     """The box edit (subject words = colour and shape, background words kept outside) or the latent shift."""
-    from .control import ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
+    from ..control import ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
 
     if not row.control:
         return []
@@ -212,7 +212,7 @@ def _control_hooks(backbone, row: Row, clip: Clip, requested: np.ndarray | None,
 
 def _scores(row: Row, clip: Clip, video: np.ndarray, requested: np.ndarray | None) -> dict[str, float]:
     """The row's per-video measurements (see the module docstring)."""
-    from .evaluation import box_iou, boxes, evaluate_video, pan_error, segment
+    from ..lab.evaluation import box_iou, boxes, evaluate_video, pan_error, segment
 
     if row.task == "subject":
         result = evaluate_video(video, clip)
@@ -241,9 +241,9 @@ def run_row(
 ) -> dict:
     """Train (subject rows with training, with `training_seed`) and score one row in this process; returns its
     measurements: the mean of each score and, under `per_video`, every video's."""
+    from ..methods import load_adapter
+    from ..utils import peak_memory_mb
     from . import api
-    from .methods import load_adapter
-    from .utils import peak_memory_mb
 
     chosen_rows([name], ROWS)
     row = ROWS[name]
@@ -271,9 +271,9 @@ def run_row(
 def measure(backbone, row: Row, methods: list, prompts: int, seeds: int, sampling: int) -> tuple[list[dict], float]:
     """Generate the row's `prompts` requests at seeds 0..seeds-1 with `methods` (adapters) and the row's control;
     returns each video's scores and the seconds spent sampling."""
-    from .generation import GenerationConfig, generate_latents
-    from .shapeworld import render
-    from .video import frames_to_uint8
+    from ..generation import GenerationConfig, generate_latents
+    from ..io.video import frames_to_uint8
+    from ..lab.shapeworld import render
 
     requests = {"subject": subject_prompts, "boxes": box_requests, "camera": camera_requests}[row.task](prompts)
     measured: list[dict[str, float]] = []

@@ -24,7 +24,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .utils import atomic_directory
+from ..utils import atomic_directory
 
 DEFAULT_WORDS = [
     "a",

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..utils import atomic_write_text
 from .api import default_model_dir
-from .errors import ConfigError
-from .utils import atomic_write_text
 
 
 def chosen_rows(rows: list[str] | None, known: Iterable[str]) -> list[str]:
@@ -28,7 +28,7 @@ def chosen_rows(rows: list[str] | None, known: Iterable[str]) -> list[str]:
 
 def default_or_tiny_model(output: Path) -> tuple[Path, bool]:
     """The shipped model, else a tiny random one built (once) under `output/model`."""
-    from .tiny import build_tiny_model
+    from ..lab.tiny import build_tiny_model
 
     try:
         return default_model_dir(), True
@@ -74,7 +74,7 @@ def run_rows(
     results = []
     for index, (name, variant) in enumerate(jobs):
         folder = output / row_folder(name, variant)
-        command = [sys.executable, "-m", "motiontune.cli", "bench", bench, "--row", name, "--output", str(folder)]
+        command = [sys.executable, "-m", "motiontune.app.cli", "bench", bench, "--row", name, "--output", str(folder)]
         command += [str(part) for flag, value in {**options, **variant}.items() for part in (flag, value)]
         saved = folder / "result.json"
         if saved.is_file() and _same_run(json.loads(saved.read_text()).get("command"), command[1:]):

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..lab.shapeworld import Clip
+from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores
+from ..utils import atomic_write_text, check_writable_folder
 from .bench import ROWS, train_row
 from .bench_common import default_or_tiny_model
 from .bench_motionbooth import subject_images
-from .errors import ConfigError
-from .shapeworld import Clip
-from .tasks import NOVEL_MOTION, TOKEN, task_scores
-from .utils import atomic_write_text, check_writable_folder
 
 PROMPTS = [
     Clip("square", "blue", "gray", NOVEL_MOTION),
@@ -50,7 +50,7 @@ def run_demo(
     Each method trains for `steps`, or what the model recommends for it (`motiontune.json`). Every score is
     taken on the frames as generated (the MP4/GIF files are written from them). A folder that holds a finished
     demo (its report.md) is redone only with `overwrite`."""
-    from .video import write_contact_sheet
+    from ..io.video import write_contact_sheet
 
     output = Path(output)
     check_writable_folder(output, "--output")
@@ -89,12 +89,12 @@ def _generate_prompts(
 ) -> tuple[list[np.ndarray], list[dict]]:
     """All `PROMPTS` in one batch (seed 0) with `adapter` (or none) at the model's sampling settings; writes
     `videos/<name>_<i>.mp4` (+ GIF, PNG) and returns the frames and their evaluations."""
+    from ..generation import GenerationConfig, generate_latents
+    from ..io.video import frames_to_uint8, save_outputs
+    from ..lab.evaluation import evaluate_video
+    from ..methods import load_adapter
+    from ..settings import ModelDefaults, generation_settings
     from . import api
-    from .evaluation import evaluate_video
-    from .generation import GenerationConfig, generate_latents
-    from .methods import load_adapter
-    from .settings import ModelDefaults, generation_settings
-    from .video import frames_to_uint8, save_outputs
 
     backbone = api.open_backbone(model, device)
     adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
@@ -123,9 +123,9 @@ def _compose(
     adapter and no control, for comparison; a still camera's pan error is the requested pan's length."""
     from dataclasses import replace
 
+    from ..control import SubjectPath
+    from ..lab.shapeworld import render, write_subject_images
     from . import api
-    from .control import SubjectPath
-    from .shapeworld import render, write_subject_images
 
     if progress:
         print(f"training motionbooth ({steps or 'the model recommends the'} steps)", flush=True)
@@ -178,7 +178,7 @@ def _compose(
 
 def _composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[str, float]:
     """Subject correct (a blue star), zigzag, box IoU against the `filmed` boxes and camera pan error."""
-    from .evaluation import box_iou, boxes, evaluate_video, pan_error, segment
+    from ..lab.evaluation import box_iou, boxes, evaluate_video, pan_error, segment
 
     results = [evaluate_video(video, COMPOSED) for video in videos]
     return {
@@ -190,7 +190,7 @@ def _composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[st
 
 
 def _read_mp4(path: Path) -> np.ndarray:
-    from .video import count_frames, frames_to_uint8, read_video
+    from ..io.video import count_frames, frames_to_uint8, read_video
 
     frames = count_frames(path)
     return frames_to_uint8(read_video(path, frames, 32, 32))

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, InputError, warn
-from .utils import atomic_directory, check_output_files
+from ..errors import ConfigError, InputError, warn
+from ..utils import atomic_directory, check_output_files
 
 if TYPE_CHECKING:
-    from .backbones import Backbone
+    from ..backbones import Backbone
 
 FORMATS = {
     "diffusers-lora": "the LoRA factors as a diffusers / peft LoRA file (pipe.load_lora_weights(FILE))",
@@ -67,8 +67,8 @@ def export_motion_adapter(
 ) -> Path:
     """Apply a full-weight adapter to `backbone` and write its temporal layers as the model's own adapter format
     (AnimateDiff: a `MotionAdapter` folder); refused when the adapter changes anything else."""
+    from ..methods import load_adapter
     from .adapters import read_adapter
-    from .methods import load_adapter
 
     adapter, output = Path(adapter), Path(output)
     if output.exists() and not overwrite:

@@ -2,7 +2,7 @@
 
 Every function takes plain numpy arrays: a video is RGB `(F, H, W, 3)` (uint8, or float in [0, 1]), masks
 are bool `(F, H, W)`, positions are fractions of the frame (x right, y down) like
-:mod:`motiontune.shapeworld`. Generated videos are noisy and blurry, so thresholds are relative where they can
+:mod:`motiontune.lab.shapeworld`. Generated videos are noisy and blurry, so thresholds are relative where they can
 be (half of the object's own peak chroma), per-video answers are medians over frames, and a function that finds
 no plausible object answers ``None`` (or ``"none"`` for the background) instead of guessing.
 

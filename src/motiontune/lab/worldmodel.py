@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..io.video import frames_to_uint8, uint8_to_frames, write_contact_sheet
+from ..utils import atomic_directory, atomic_write_text, default_device
 from .shapeworld import KNOWN_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
-from .utils import atomic_directory, atomic_write_text
-from .video import frames_to_uint8, uint8_to_frames, write_contact_sheet
 
 if TYPE_CHECKING:
-    from .methods.pretrain import PretrainConfig
+    from ..methods.pretrain import PretrainConfig
 
 
 @dataclass
@@ -102,7 +102,7 @@ class BaseModelConfig:
 
     def pretrain_config(self) -> PretrainConfig:
         """The UNet pre-training options (checked: a bad value fails here, before any clip is rendered)."""
-        from .methods.pretrain import PretrainConfig
+        from ..methods.pretrain import PretrainConfig
 
         return PretrainConfig(self.snr_gamma, self.caption_dropout, self.box_edit_rate)
 
@@ -198,13 +198,13 @@ def evaluate_base_model(
     Prompts come from an independent seed; clips (positions, sizes, phases, textures) and noise are unseen.
     Also asks for each novel motion by name and reports how often the model produces it (it should not).
     """
-    from .api import open_backbone
+    from ..attention import controlled_backbone
+    from ..generation import GenerationConfig, generate_latents
+    from ..methods import load_adapter
     from .evaluation import evaluate_video
-    from .generation import GenerationConfig, generate_latents
-    from .methods import load_adapter
     from .shapeworld import NOVEL_MOTIONS
 
-    backbone = open_backbone(model)
+    backbone = controlled_backbone(model, default_device())
     methods = [load_adapter(path, backbone, allow_other_model) for path in adapters]
     recipe = Path(model) / "recipe.json"
     trained = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
@@ -245,10 +245,10 @@ def build_base_model(
     With `init`, the autoencoder, text encoder and UNet come from that model folder and the UNet goes on
     training from its weights (the config's `vae`, `unet` and `vae_*` options are then not used).
     """
-    from .api import open_backbone
-    from .methods.pretrain import Pretrain
+    from ..attention import controlled_backbone
+    from ..methods.pretrain import Pretrain
+    from ..training import Example, TrainConfig, train
     from .tiny import build_tiny_model
-    from .training import Example, TrainConfig, train
 
     if init is not None and not (Path(init) / "model_index.json").exists():
         raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
@@ -281,7 +281,7 @@ def build_base_model(
             scheduler_config=_scheduler_config(config),
             seed=config.seed,
         )
-        backbone = open_backbone(folder, "cpu")
+        backbone = controlled_backbone(folder, "cpu")
         frames = np.concatenate([r.frames for r in rendered])
         losses = train_autoencoder(backbone.vae, frames, config, progress)
         summary["autoencoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
@@ -292,7 +292,7 @@ def build_base_model(
     summary["autoencoder_seconds"] = round(time.perf_counter() - started, 1)
 
     set_noise_schedule(untrained, config)
-    backbone = open_backbone(untrained, "cpu")
+    backbone = controlled_backbone(untrained, "cpu")
     if config.frame_positions and not backbone.frame_positions:
         backbone.add_frame_positions(config.frames)
     torch.manual_seed(config.seed)

@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..lab.tasks import NOVEL_MOTION
+from ..utils import atomic_write_text
 from .bench import DEFAULT_ROWS, ROWS, bench_prompts, score_adapter, train_row
 from .bench_common import bench_model, chosen_rows, model_label, row_folder, write_marked_section
-from .errors import ConfigError
-from .tasks import NOVEL_MOTION
-from .utils import atomic_write_text
 
 SUBJECT_ROW = "motionbooth subject"
 CURVE_ROWS = (*DEFAULT_ROWS, SUBJECT_ROW)
@@ -68,10 +68,10 @@ def subject_curve(
 ) -> list[dict]:
     """MotionBooth's subject task (`bench motionbooth`) with a checkpoint every `every` steps; each point's
     `subject_accuracy` is the share of videos showing the learned subject (shape and colour right)."""
+    from ..methods import load_adapter
     from . import api
     from .bench_motionbooth import ROWS as SUBJECT_ROWS
     from .bench_motionbooth import measure, train_subject
-    from .methods import load_adapter
 
     row = SUBJECT_ROWS["subject, motionbooth"]
     result = train_subject(workdir, model, row, steps, None, checkpoint_every=every)

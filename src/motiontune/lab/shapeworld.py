@@ -229,7 +229,7 @@ def write_dataset(
     folder: str | os.PathLike, clips: list[Clip], frames: int = 8, size: int = 32, token: str | None = None
 ) -> Path:
     """Write clips as `name.mp4` + `name.txt` (caption) + `name.json` (clip, boxes, centres) + `name.masks.npz`."""
-    from .video import write_video
+    from ..io.video import write_video
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

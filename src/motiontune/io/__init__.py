@@ -1,0 +1,2 @@
+"""Reading and writing what users bring and take: captioned videos, subject images, adapter files and
+their exports to other tools' formats."""
