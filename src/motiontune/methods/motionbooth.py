@@ -18,7 +18,16 @@ One image batch (all subject images, up to `image_batch_size`) alternates with o
 update gets 1/2 grad(L_sub + lambda_2 L_stca) + 1/2 grad(lambda_1 L_vid), as the official code does.
 Without videos every micro-step is an image batch. t ~ U{0..T-1}; text encoder, VAE and the token
 embedding stay frozen (the token's embedding trains with `train_token`, an option beyond the paper).
-Motion control at inference is training-free (`motiontune.control`).
+
+Where the rest of MotionBooth lives (each piece where its layer is):
+* subject images and masks, "a <token> <class word>" examples: `motiontune.io.subject_data`;
+* the cross-attention box edit (Eq. 6-7, amplify then suppress outside the boxes): `attention.BoxEdit`,
+  armed per step by `control.BoxControl`;
+* the camera latent shift (Eq. 8, fill strips from the unshifted frame): `control.shift_frame` and
+  `control.CameraShift`; its deviations from the official `shift_latent` in docs/design.md;
+* control scripts (the official JSON), `--box`, `--camera-speed`, `--shift-window`: `control.motion_script`,
+  `control.read_script`, `control.control_hooks`;
+* the paper's claims measured on ShapeWorld: `motiontune bench motionbooth` (`app/bench_motionbooth.py`).
 """
 
 from __future__ import annotations
