@@ -179,15 +179,8 @@ def _add_video_counts(parser: argparse.ArgumentParser, prompts: int, per: str) -
     parser.add_argument("--sampling-steps", type=_positive_int, default=25, help="DDIM steps per video")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..methods.motion_inversion import DEBIAS_MODES
-
-    parser = OneLineParser(
-        prog="motiontune",
-        description="Teach text-to-video diffusion models new motions and subjects, and steer them at inference.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune train`: every option, with the method options of every method."""
     train = commands.add_parser(
         "train",
         help="customize a model on a few reference videos and write an adapter",
@@ -255,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_method_options(train)
 
+
+def _add_generate_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune generate`: prompt, adapters, sampling and the training-free controls."""
+    from ..methods.motion_inversion import DEBIAS_MODES
+
     generate = commands.add_parser(
         "generate",
         help="generate a video, optionally with adapters",
@@ -309,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_motion_controls(generate)
 
+
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune demo`."""
     demo = commands.add_parser(
         "demo",
         help="run the main job end to end on the shipped default and write a report",
@@ -321,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--overwrite", action="store_true", help="run again in a folder that holds a finished demo")
 
+
+def _add_world_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune world render|base|evaluate`: the ShapeWorld lab."""
     world = commands.add_parser("world", help="ShapeWorld: render clips, train the base model")
     world_commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
     render = world_commands.add_parser(
@@ -376,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=ALLOW_OTHER_MODEL_HELP,
     )
 
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune bench shapeworld|curves|motionbooth`."""
     bench = commands.add_parser("bench", help="measure methods and ablations on a task")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     shapeworld_bench = bench_commands.add_parser(
@@ -468,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     motionbooth_bench.add_argument("--quiet", action="store_true", help="no progress lines")
 
+
+def _add_tiny_model_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune tiny-model`."""
     tiny = commands.add_parser(
         "tiny-model",
         help="write a tiny random text-to-video model folder (diffusers layout) for tests and trials",
@@ -489,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         "here instead (the other form AnimateDiff is kept in)",
     )
 
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune export`: adapters in other tools' formats."""
     export = commands.add_parser(
         "export",
         help="write an adapter in a format other tools load (diffusers LoRA file, AnimateDiff MotionAdapter)",
@@ -506,6 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(export)
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per `_add_*_command`."""
+    parser = OneLineParser(
+        prog="motiontune",
+        description="Teach text-to-video diffusion models new motions and subjects, and steer them at inference.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_command(commands)
+    _add_generate_command(commands)
+    _add_demo_command(commands)
+    _add_world_command(commands)
+    _add_bench_command(commands)
+    _add_tiny_model_command(commands)
+    _add_export_command(commands)
     return parser
 
 
