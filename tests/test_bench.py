@@ -41,6 +41,17 @@ def test_prompts_avoid_the_references_look_and_rows_are_checked(tmp_path):
         assert clip.colour not in REFERENCE_LOOK["colours"] and clip.motion == "zigzag"
     with pytest.raises(ConfigError, match="unknown bench row"):
         bench_shapeworld(tmp_path, "unused", ["newmove, spatial kv"], progress=False)
+    with pytest.raises(ConfigError, match=r"motion 'wiggle': learn a novel motion .* or a path of your own"):
+        bench_shapeworld(tmp_path, "unused", ["newmove"], motions=("wiggle",), progress=False)
+    with pytest.raises(ConfigError, match="motion 'path:0 0': a path is"):
+        bench_shapeworld(tmp_path, "unused", ["newmove"], motions=("path:0 0",), progress=False)
+
+
+def test_two_paths_that_differ_only_in_signs_get_their_own_row_folders():
+    from motiontune.app.bench_common import row_folder
+
+    folders = {row_folder("newmove", {"--motion": m}) for m in ("path:0 0;0.2 0", "path:0 0;-0.2 0", "zigzag")}
+    assert len(folders) == 3 and row_folder("newmove", {"--motion": "zigzag"}) == "newmove--motion-zigzag"
 
 
 def test_wilson_interval_by_hand():

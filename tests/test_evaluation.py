@@ -379,3 +379,43 @@ def test_float_video_in_unit_range_is_accepted():
     assert as_float["accuracy"] == 1.0
     with pytest.raises(ValueError):
         ev.segment(np.zeros((4, 8, 8)))
+
+
+# --------------------------------------------------------------------------------------------- paths of your own
+
+SQUARE_LOOP = "path:-0.15 -0.15;0.15 -0.15;0.15 0.15;-0.15 0.15;-0.15 -0.15"
+HOOK = "path:-0.2 -0.2;-0.2 0.15;0.2 0.15"
+
+
+def test_a_path_of_your_own_is_drawn_through_its_keyframes_centred_on_the_start():
+    from motiontune.lab.shapeworld import motion_path
+
+    path = motion_path("path:0 0;0.4 0;0.4 0.2", 5, start=(0.5, 0.5))
+    # keyframes at frames 0, 2, 4; the path's box (0.4 x 0.2) is centred on the start
+    np.testing.assert_allclose(path, [[0.3, 0.4], [0.5, 0.4], [0.7, 0.4], [0.7, 0.5], [0.7, 0.6]], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("motion", "problem"),
+    [
+        ("path:0 0", "two or more"),
+        ("path:0 0;x 1", "two or more"),
+        ("path:0 0;0 0", "span more than nothing"),
+        ("path:0 0;0.6 0", "at most 0.5"),
+    ],
+)
+def test_a_malformed_path_is_refused_naming_it(motion, problem):
+    from motiontune.lab.shapeworld import path_keyframes
+
+    with pytest.raises(ValueError, match=problem):
+        path_keyframes(motion)
+
+
+@pytest.mark.parametrize(("motion", "nearest_named"), [(SQUARE_LOOP, "orbit"), (HOOK, "diagonal")])
+def test_a_rendered_path_is_recognised_as_itself_and_not_as_a_named_motion(motion, nearest_named):
+    clip = Clip("circle", "red", "white", motion)
+    result = ev.evaluate_video(render(clip, 8, 32).frames, clip)
+    assert result["motion"] == motion and result["correct"]["motion"]
+    assert ev.classify_motion(result["centres"]) == nearest_named  # what a named-only classifier would say
+    zigzag = Clip("circle", "red", "white", "zigzag")
+    assert not ev.evaluate_video(render(zigzag, 8, 32).frames, replace(zigzag, motion=motion))["correct"]["motion"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..lab.shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
-from ..lab.tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, task_scores, write_task
+from ..lab.tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, check_task_motion, task_scores, write_task
 from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
 
 KNOWN_DIRECTIONS = ("left", "right", "up", "down")
@@ -312,9 +312,10 @@ def bench_shapeworld(
     write `output/results.json` (and a markdown table to `report`)."""
     if training_seeds < 1:
         raise ConfigError(f"--training-seeds must be at least 1, got {training_seeds}")
-    unknown = [m for m in motions if m not in NOVEL_MOTIONS]
-    if unknown or not motions:
-        raise ConfigError(f"--motions must be novel motions ({', '.join(NOVEL_MOTIONS)}), got {', '.join(motions)}")
+    if not motions:
+        raise ConfigError(f"--motions must name novel motions ({', '.join(NOVEL_MOTIONS)}) or 'path:' motions")
+    for motion in motions:
+        check_task_motion(motion)
     rows = chosen_rows(rows, ROWS)
     output = Path(output)
     model = bench_model(model, output)

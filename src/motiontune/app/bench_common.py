@@ -3,6 +3,7 @@ report section between markers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -109,7 +110,16 @@ def _same_run(saved: list[str] | None, command: list[str]) -> bool:
 def row_folder(name: str, variant: dict[str, object]) -> str:
     """A folder name for one row and variant, e.g. `newmove-no-regularization--motion-orbit--training-seed-1`."""
     parts = [name, *(f"{flag.strip('-')} {value}" for flag, value in variant.items())]
-    return "--".join(re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") for part in parts)
+    return "--".join(_slug(part) for part in parts)
+
+
+def _slug(text: str) -> str:
+    """Lower-case letters and digits joined by dashes; a `path:` motion, whose signs and decimals the slug would
+    lose, keeps a short hash of its text so that two paths never share a folder."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if "path:" in text:
+        slug = f"{slug[:40].rstrip('-')}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    return slug
 
 
 def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple[float, float]:

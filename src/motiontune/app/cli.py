@@ -397,7 +397,10 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "--steps", type=_positive_int, default=None, help="training steps per row (default: the model's recommendation)"
     )
     shapeworld_bench.add_argument(
-        "--motions", default="zigzag", help="comma list of novel motions to learn: zigzag, orbit, bounce, diagonal"
+        "--motions",
+        default="zigzag",
+        help="comma list of motions to learn: the novel zigzag, orbit, bounce, diagonal, or a path of your own "
+        "('path:x y;x y;...', keyframe offsets in fractions of the frame, e.g. 'path:0 0;0.3 0;0.3 0.3')",
     )
     shapeworld_bench.add_argument(
         "--training-seeds", type=_positive_int, default=1, help="training runs per row and motion (seeds 0..N-1)"

@@ -33,6 +33,7 @@ from .shapeworld import (
     SHAPES,
     SIZES,
     Clip,
+    is_custom_motion,
     mask_boxes,
     motion_path,
     render,
@@ -440,11 +441,12 @@ _TEMPLATE_PHASES = np.linspace(0, 2 * math.pi, 24, endpoint=False)
 
 
 @functools.cache
-def motion_templates(frames: int) -> dict[str, np.ndarray]:
+def motion_templates(frames: int, custom: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Per-frame displacement templates `(P, F-1, 2)` of every moving motion, from `motion_path` over 24 phases
-    (phase changes the orbit's starting angle, the bounce's timing and the diagonal's direction)."""
+    (phase changes the orbit's starting angle, the bounce's timing and the diagonal's direction), and of the
+    `custom` (`path:`) motions, which have one template each."""
     out = {}
-    for motion in ALL_MOTIONS:
+    for motion in (*ALL_MOTIONS, *custom):
         if motion != "static":
             steps = [np.diff(motion_path(motion, frames, (0.5, 0.5), float(p)), axis=0) for p in _TEMPLATE_PHASES]
             out[motion] = np.unique(np.round(np.array(steps), 9), axis=0)
@@ -463,17 +465,19 @@ def static_threshold(frames: int) -> float:
     return 0.25 * float(min(spreads))
 
 
-def motion_scores(centres: np.ndarray, *, min_presence: float = 0.5) -> dict[str, float] | None:
-    """Similarity of the path to each moving motion: max over the family's templates t of the cosine
-    <v, t> / (|v| |t|) between the flattened per-frame displacements (speed-invariant); None if the track
-    has too few frames."""
+def motion_scores(
+    centres: np.ndarray, *, min_presence: float = 0.5, custom: tuple[str, ...] = ()
+) -> dict[str, float] | None:
+    """Similarity of the path to each moving motion (and each `custom` one): max over the family's templates t
+    of the cosine <v, t> / (|v| |t|) between the flattened per-frame displacements (speed-invariant); None if
+    the track has too few frames."""
     path = _fill_gaps(centres, min_presence)
     if path is None:
         return None
     steps = np.diff(path, axis=0).ravel()
     norm = float(np.linalg.norm(steps))
     scores = {}
-    for motion, templates in motion_templates(len(path)).items():
+    for motion, templates in motion_templates(len(path), custom).items():
         flat = templates.reshape(len(templates), -1)
         cos = flat @ steps / np.maximum(np.linalg.norm(flat, axis=1) * norm, 1e-12)
         scores[motion] = float(cos.max())
@@ -481,9 +485,15 @@ def motion_scores(centres: np.ndarray, *, min_presence: float = 0.5) -> dict[str
 
 
 def classify_motion(
-    centres: np.ndarray, *, min_similarity: float = 0.3, min_presence: float = 0.5, static: float | None = None
+    centres: np.ndarray,
+    *,
+    min_similarity: float = 0.3,
+    min_presence: float = 0.5,
+    static: float | None = None,
+    custom: tuple[str, ...] = (),
 ) -> str | None:
-    """One of the nine motions for a centre track `(F, 2)` (NaN rows are interpolated).
+    """One of the nine motions (or of the `custom` `path:` motions) for a centre track `(F, 2)` (NaN rows are
+    interpolated).
 
     "static" when the RMS spread of positions is below `static` (default `static_threshold(F)`, about 0.03
     of the frame for 8 frames); otherwise the motion with the highest `motion_scores`. None when the object
@@ -495,7 +505,7 @@ def classify_motion(
     threshold = static_threshold(len(path)) if static is None else static
     if np.sqrt(((path - path.mean(0)) ** 2).sum(1).mean()) < threshold:
         return "static"
-    scores = motion_scores(path, min_presence=min_presence)
+    scores = motion_scores(path, min_presence=min_presence, custom=custom)
     best = max(scores, key=scores.get)
     return best if scores[best] >= min_similarity else None
 
@@ -684,9 +694,12 @@ def evaluate_video(frames: np.ndarray, prompt: Mapping | Clip | None = None, *, 
     `temporal_consistency` entries. On a textured background with `compensate_camera`, motion is classified
     on the world track centres_k - sum_{j<k} camera_pan_j, so a panning camera is not read as object motion.
     With a `prompt` (a dict or `Clip` holding colour/shape/background/motion) it adds "correct" (attribute ->
-    bool) and "accuracy" (their mean).
+    bool) and "accuracy" (their mean). A prompt's `path:` motion joins the motions the track is classified
+    among (it is correct when it fits the track better than all nine).
     """
     video = _as_video(frames)
+    motion = (prompt.motion if isinstance(prompt, Clip) else (prompt or {}).get("motion")) or ""
+    custom = (motion,) if is_custom_motion(motion) else ()
     masks = segment(video)
     centres = trajectory(masks)
     background = classify_background(video, masks)
@@ -701,7 +714,7 @@ def evaluate_video(frames: np.ndarray, prompt: Mapping | Clip | None = None, *, 
         "colour": classify_colour(video, masks),
         "shape": classify_shape(masks, video),
         "background": background,
-        "motion": classify_motion(world),
+        "motion": classify_motion(world, custom=custom),
         "centres": centres,
         "boxes": boxes(masks),
         "camera": camera,

@@ -62,6 +62,8 @@ class Clip:
             phrase = MOTION_PHRASES[self.motion]
         elif token:
             phrase = f"doing {token}"
+        elif is_custom_motion(self.motion):
+            phrase = "moving along a path"
         else:
             phrase = f"moving in a {self.motion}" if self.motion != "orbit" else "moving in an orbit"
         return f"a {self.colour} {self.shape} {phrase} on a {self.background} background"
@@ -70,13 +72,49 @@ class Clip:
         return asdict(self)
 
 
+#: a motion no code names: `path:` and keyframe offsets "x y" (fractions of the frame, y down) joined by ";"
+PATH_PREFIX = "path:"
+#: the widest a `path:` motion may span (fraction of the frame), so that random starts keep the object inside
+MAX_PATH_EXTENT = 0.5
+
+
+def is_custom_motion(motion: str) -> bool:
+    return motion.startswith(PATH_PREFIX)
+
+
+def path_keyframes(motion: str) -> np.ndarray:
+    """The keyframes `(K, 2)` of a `path:` motion, e.g. "path:0 0;0.3 0;0.3 0.3" (at least two, spanning at most
+    `MAX_PATH_EXTENT` of the frame each way); ValueError naming the motion otherwise."""
+    text = motion.removeprefix(PATH_PREFIX)
+    try:
+        points = np.array([[float(v) for v in point.split()] for point in text.split(";")], dtype=float)
+    except ValueError:
+        points = np.zeros((0, 0))
+    if points.ndim != 2 or points.shape[1:] != (2,) or len(points) < 2 or not np.isfinite(points).all():
+        raise ValueError(f"motion '{motion}': a path is '{PATH_PREFIX}' and two or more 'x y' offsets joined by ';'")
+    extent = np.ptp(points, axis=0)
+    if extent.max() > MAX_PATH_EXTENT or extent.max() == 0:
+        raise ValueError(
+            f"motion '{motion}': the path must span more than nothing and at most {MAX_PATH_EXTENT} of the frame "
+            "each way (so the object stays inside it)"
+        )
+    return points
+
+
 def motion_path(motion: str, frames: int, start: tuple[float, float] = (0.5, 0.5), phase: float = 0.0) -> np.ndarray:
-    """Centre positions `(F, 2)` as (x, y) fractions of the frame (y down) for a named motion.
+    """Centre positions `(F, 2)` as (x, y) fractions of the frame (y down) for a named motion, or for a
+    `path:` motion of your own (its keyframes spread evenly over the frames, joined by straight lines, centred
+    on `start`; `phase` does not apply).
 
     Straight motions travel `TRAVEL` of the frame at constant speed; `start` is the path's midpoint.
     """
     s = np.linspace(-0.5, 0.5, frames)
     x0, y0 = start
+    if is_custom_motion(motion):
+        keys = path_keyframes(motion)
+        at = np.linspace(0, len(keys) - 1, frames)
+        path = np.stack([np.interp(at, np.arange(len(keys)), keys[:, i]) for i in range(2)], 1)
+        return path - (path.max(0) + path.min(0)) / 2 + np.array([x0, y0])
     straight = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "static": (0, 0)}
     if motion in straight:
         dx, dy = straight[motion]

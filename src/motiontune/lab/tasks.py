@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .shapeworld import Clip, sample_clips, write_dataset
+from ..errors import ConfigError
+from .shapeworld import NOVEL_MOTIONS, Clip, is_custom_motion, path_keyframes, sample_clips, write_dataset
 
 TOKEN = "sks"
 SUBJECT_LOOK = ("colour", "shape")  # what NewMove's copy score is about: the subject, not the background
@@ -41,3 +42,17 @@ def task_scores(
         "appearance": float(np.mean([p["correct"]["colour"] and p["correct"]["shape"] for p in predicted])),
         "copy": copies["any"],
     }
+
+
+def check_task_motion(motion: str) -> None:
+    """A motion to learn is a novel motion of the world or a `path:` motion of your own; ConfigError otherwise."""
+    if is_custom_motion(motion):
+        try:
+            path_keyframes(motion)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    elif motion not in NOVEL_MOTIONS:
+        raise ConfigError(
+            f"motion '{motion}': learn a novel motion ({', '.join(NOVEL_MOTIONS)}) or a path of your own "
+            "('path:x y;x y;...', offsets in fractions of the frame)"
+        )
