@@ -20,6 +20,14 @@ from motiontune.io.adapters import METADATA_KEY, read_adapter, save_adapter
 from motiontune.lab.tiny import build_tiny_model
 from motiontune.methods import create_method, load_adapter, load_adapters
 
+
+@pytest.fixture
+def backbone(unet3d_backbone):
+    """The tiny UNet3D only: adapter checks read files and the contract;
+    test_adapters.py round-trips on every backbone."""
+    return unet3d_backbone
+
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 LATENT_SHAPE = torch.Size([4, 4, 8, 8])

@@ -97,3 +97,40 @@ def test_a_stable_diffusion_folder_plus_motion_adapter_is_the_same_model(
     assert "--motion-adapter needs a Stable Diffusion folder" in error_line(capsys)
     assert main([*generate[:3], "--motion-adapter", str(tmp_path / "nope"), *generate[5:]]) == 2
     assert "motion adapter folder does not exist" in error_line(capsys)
+
+
+def test_adapters_of_two_methods_compose_in_one_generation_on_animatediff(tiny_animatediff_dir, motion_data, tmp_path):
+    adapters = []
+    for method in ("motiondirector", "motion-inversion"):
+        result = api.train(
+            method,
+            data=motion_data,
+            output=tmp_path / method,
+            model=tiny_animatediff_dir,
+            token="sks",
+            steps=1,
+            frames=4,
+            height=16,
+            width=16,
+            learning_rate=0.05,
+            progress=False,
+        )
+        adapters.append(result.adapter)
+
+    def frames(chosen):
+        video = api.generate_video(
+            "a red circle doing sks",
+            tmp_path / f"{len(chosen)}-{chosen[0].parent.name}.mp4",
+            model=tiny_animatediff_dir,
+            adapters=chosen,
+            frames=4,
+            height=16,
+            width=16,
+            steps=2,
+            progress=False,
+        )
+        return video.frames.astype(int)
+
+    both = frames(adapters)
+    for alone in (frames(adapters[:1]), frames(adapters[1:])):
+        assert abs(both - alone).max() > 0

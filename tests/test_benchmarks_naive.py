@@ -10,6 +10,12 @@ from diffusers.models.attention_processor import AttnProcessor
 
 
 @pytest.fixture
+def backbone(unet3d_backbone):
+    """The tiny UNet3D only: the naive references mirror the official UNet3D code."""
+    return unet3d_backbone
+
+
+@pytest.fixture
 def bench(load_benchmark):
     """The benchmark script as a module (it imports its sibling engine_cpu)."""
     return load_benchmark("methods_vs_naive")

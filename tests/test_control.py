@@ -34,6 +34,14 @@ from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.lab.tiny import ZEROSCOPE_SCHEDULER
 from motiontune.sampling import StepState, guided_prediction
 
+
+@pytest.fixture
+def backbone(unet3d_backbone):
+    """The tiny UNet3D only: controls act through the attention controller and the contract;
+    test_animatediff.py runs boxes and the camera pan on AnimateDiff."""
+    return unet3d_backbone
+
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "motionbooth_scripts"
 SHIPPED = sorted(SCRIPTS.glob("*.json")) if SCRIPTS.is_dir() else []
 CROSS_SITE = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"

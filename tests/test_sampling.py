@@ -18,6 +18,13 @@ from motiontune.sampling import (
 )
 
 
+@pytest.fixture
+def backbone(unet3d_backbone):
+    """The tiny UNet3D only: the sampling loop, inversion and noise process only call the contract;
+    test_animatediff.py samples and inverts on AnimateDiff."""
+    return unet3d_backbone
+
+
 def _settings(**overrides) -> GenerationConfig:
     return GenerationConfig(**{"frames": 3, "height": 32, "width": 32, "steps": 4, "progress": False, **overrides})
 

@@ -16,6 +16,13 @@ from motiontune.lab.worldmodel import BaseModelConfig, build_base_model, evaluat
 from motiontune.methods import create_method
 from motiontune.sampling import make_scheduler
 
+
+@pytest.fixture
+def backbone(unet3d_backbone):
+    """The tiny UNet3D only: the ShapeWorld base model is a UNet3D."""
+    return unet3d_backbone
+
+
 SMOKE = {
     "clips": 12,
     "vae_steps": 3,
