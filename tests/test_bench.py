@@ -104,7 +104,7 @@ def test_bench_reuses_finished_rows_and_checks_its_options(tiny_model_dir, tmp_p
     monkeypatch.chdir(tmp_path.parent)  # the same work folder named relatively is the same run
     relative = bench_shapeworld(tmp_path.name, str(tiny_model_dir), ["base model"], motions=("orbit",), **options)
     assert relative == first
-    with pytest.raises(ConfigError, match="--motions must be novel motions"):
+    with pytest.raises(ConfigError, match=r"motion 'left': learn a novel motion \(zigzag"):
         bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], motions=("left",), **options)
     with pytest.raises(ConfigError, match="--training-seeds must be at least 1"):
         bench_shapeworld(tmp_path, str(tiny_model_dir), ["base model"], training_seeds=0, **options)
