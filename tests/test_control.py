@@ -218,9 +218,9 @@ def test_box_hook_edits_the_conditional_attention_only_where_it_should(backbone)
         return uncond_half, cond_half.mean(1)
 
     plain_uncond, plain = split(_cross_maps(backbone, latents, text, uncond))
-    hook.before_step(StepState(0, 900, 2, latents, None))
+    hook.before_step(StepState(0, 900, 0.9, 2, latents, None))
     amp_uncond, amplified = split(_cross_maps(backbone, latents, text, uncond))
-    hook.before_step(StepState(1, 500, 2, latents, None))
+    hook.before_step(StepState(1, 500, 0.5, 2, latents, None))
     _, late = split(_cross_maps(backbone, latents, text, uncond))
     hook.after_sampling()
     assert backbone.controller.box_edit is None
@@ -236,7 +236,7 @@ def test_box_hook_edits_the_conditional_attention_only_where_it_should(backbone)
 
     kept = ControlOptions(box_strength=5.0, amplify_until=600, keep_other_words=True)
     (keep_hook,) = control_hooks(backbone, script, frames, [900, 500], kept)
-    keep_hook.before_step(StepState(0, 900, 2, latents, None))
+    keep_hook.before_step(StepState(0, 900, 0.9, 2, latents, None))
     _, kept_map = split(_cross_maps(backbone, latents, text, uncond))
     keep_hook.after_sampling()
     assert torch.all(kept_map[..., sks].sum(-1)[~inside] == 0)
@@ -286,10 +286,15 @@ def _indexed_latents(frames: int, h: int, w: int) -> torch.Tensor:
     return torch.stack([c, r, f, f * 10000 + r * 100 + c]).float()[None]
 
 
+def _levels(timesteps: list[int]) -> list[float]:
+    """Noise levels of a 1000-step DDPM model's timesteps."""
+    return [t / 1000 for t in timesteps]
+
+
 def _run_shift(hook: CameraShift, latents: torch.Tensor, timesteps: list[int], seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     for index, timestep in enumerate(timesteps):
-        state = StepState(index, timestep, len(timesteps), latents, generator)
+        state = StepState(index, timestep, timestep / 1000, len(timesteps), latents, generator)
         hook.before_step(state)
         latents = state.latents
     return latents
@@ -298,7 +303,7 @@ def _run_shift(hook: CameraShift, latents: torch.Tensor, timesteps: list[int], s
 def test_horizontal_shift_moves_content_and_fills_from_the_same_row_outside_the_box():
     frames, h, w = 4, 6, 8
     box = SubjectBox([1], torch.tensor([[0.0, 0.0, 0.5, 1.0]] * frames))
-    hook = CameraShift((0.5, 0.0), [900, 700, 500, 300, 100], (800, 200), [box])
+    hook = CameraShift((0.5, 0.0), _levels([900, 700, 500, 300, 100]), (800, 200), [box])
     assert hook.window_steps == {1: 1, 2: 2, 3: 3}
     shifted = _run_shift(hook, _indexed_latents(frames, h, w), [900, 700, 500, 300, 100])[0]
     for f, expected in enumerate([0, 1, 3, 4]):  # round(0.5 * 8 * f / 3)
@@ -315,8 +320,8 @@ def test_what_a_multistep_sampler_remembers_moves_with_the_latents():
     frames, h, w = 3, 6, 8
     latents = _indexed_latents(frames, h, w)
     box = SubjectBox([1], torch.tensor([[0.0, 0.0, 0.5, 0.5]] * frames))
-    hook = CameraShift((0.5, 0.5), [700, 500], (800, 400), [box])
-    state = StepState(0, 700, 2, latents, torch.Generator().manual_seed(0), [latents * 10, latents - 1])
+    hook = CameraShift((0.5, 0.5), _levels([700, 500]), (800, 400), [box])
+    state = StepState(0, 700, 0.7, 2, latents, torch.Generator().manual_seed(0), [latents * 10, latents - 1])
     hook.before_step(state)
     assert not torch.equal(state.latents, latents)
     assert torch.equal(state.history[0], state.latents * 10) and torch.equal(state.history[1], state.latents - 1)
@@ -324,7 +329,7 @@ def test_what_a_multistep_sampler_remembers_moves_with_the_latents():
 
 def test_vertical_shift_fills_from_the_same_column():
     frames, h, w = 3, 8, 5
-    hook = CameraShift((0.0, -0.5), [700, 500], (800, 400))
+    hook = CameraShift((0.0, -0.5), _levels([700, 500]), (800, 400))
     shifted = _run_shift(hook, _indexed_latents(frames, h, w), [700, 500])[0]
     for f, expected in enumerate([0, 2, 4]):  # content moves down by round(0.5 * 8 * f / 2)
         column, row, frame, _ = shifted[:, f]
@@ -350,7 +355,7 @@ def test_boxes_of_every_subject_follow_the_shift():
     first = SubjectBox([1], torch.tensor([[0.5, 0.5, 0.75, 0.75]] * frames))
     second = SubjectBox([2], torch.tensor([[0.0, 0.25, 0.25, 0.5]] * frames))
     originals = [first.boxes.clone(), second.boxes.clone()]
-    hook = CameraShift((0.5, 0.25), [700, 650, 500], (800, 600), [first, second])
+    hook = CameraShift((0.5, 0.25), _levels([700, 650, 500]), (800, 600), [first, second])
     _run_shift(hook, _indexed_latents(frames, h, w), [700, 650, 500])
     moved = torch.tensor([[0, 0], [2, 1], [4, 2]], dtype=torch.float32) / torch.tensor([w, h])
     for subject, original in zip((first, second), originals, strict=True):
@@ -366,7 +371,7 @@ def test_total_shift_is_independent_of_the_number_of_steps(speed):
         scheduler.set_timesteps(steps)
         timesteps = [int(t) for t in scheduler.timesteps]
         box = SubjectBox([1], torch.tensor([[0.2, 0.2, 0.4, 0.4]] * frames))
-        hook = CameraShift(speed, timesteps, (800, 600), [box])
+        hook = CameraShift(speed, _levels(timesteps), (800, 600), [box])
         assert len(hook.window_steps) == {10: 2, 25: 5, 50: 10}[steps]
         results.append((_run_shift(hook, _indexed_latents(frames, h, w), timesteps), hook.moved, box.boxes))
     last = round(abs(speed[0]) * w), round(abs(speed[1]) * h)
@@ -380,7 +385,7 @@ def test_total_shift_is_independent_of_the_number_of_steps(speed):
 
 
 def test_few_steps_still_shift_once_after_the_window_start():
-    hook = CameraShift((0.5, 0.0), [501, 1], (800, 600))
+    hook = CameraShift((0.5, 0.0), _levels([501, 1]), (800, 600))
     assert hook.window_steps == {0: 1}
     shifted = _run_shift(hook, _indexed_latents(2, 2, 4), [501, 1])[0]
     assert torch.equal(shifted[0, 1, :, :2], torch.tensor([[2.0, 3.0]] * 2))

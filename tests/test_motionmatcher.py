@@ -207,7 +207,7 @@ def test_lora_is_on_only_from_the_window_start_and_composes_with_other_adapters(
     (window,) = method.inference_hooks()
 
     def at(timestep):
-        window.before_step(StepState(0, timestep, 50, batch["latents"], None))
+        window.before_step(StepState(0, timestep, timestep / 1000, 50, batch["latents"], None))
         return _output(backbone, batch)
 
     assert not torch.allclose(at(600), base)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from motiontune.diffusion import DiscreteDiffusion, min_snr_weight, to_clean, to_epsilon, training_target
+from motiontune.diffusion import (
+    DiscreteDiffusion,
+    FlowMatching,
+    min_snr_weight,
+    to_clean,
+    to_epsilon,
+    training_target,
+    window_level,
+)
 from motiontune.errors import ConfigError
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.sampling import (
@@ -197,3 +205,32 @@ def test_the_noise_process_adds_noise_and_converts_as_the_scheduler_does(backbon
     torch.testing.assert_close(v_process.to_epsilon(v_process.target(clean, noise, t), noisy, t), noise)
     torch.testing.assert_close(process.to_clean(noise, noisy, t), clean, atol=1e-4, rtol=1e-4)
     assert process.num_timesteps == 1000 and process.noise_level(700) == 0.7
+
+
+def test_the_flow_matching_process_by_hand():
+    """s = t / T = 0.25: x_t = 0.75 x0 + 0.25 eps, v = eps - x0; x0 = x_t - s v, eps = x_t + (1 - s) v."""
+    process = FlowMatching(1000)
+    clean, noise, t = torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([250])
+    noisy = process.add_noise(clean, noise, t)
+    velocity = process.target(clean, noise, t)
+    assert noisy.item() == pytest.approx(1.5) and velocity.item() == pytest.approx(2.0)
+    assert process.to_clean(velocity, noisy, t).item() == pytest.approx(1.0)
+    assert process.to_epsilon(velocity, noisy, t).item() == pytest.approx(3.0)
+    assert process.noise_level(250) == 0.25 == window_level(250)
+
+
+def test_timestep_windows_compare_noise_levels(backbone):
+    """A hook sees each step's noise level; on this 1000-step model it is t / 1000, the window values' scale."""
+
+    class Levels:
+        def __init__(self):
+            self.seen: list[tuple[int, float]] = []
+
+        def before_step(self, state):
+            self.seen.append((state.timestep, state.noise_level))
+
+    recorder = Levels()
+    latents = torch.randn(1, 4, 2, 4, 4)
+    text = backbone.encode_prompt(["a red circle"])
+    sample(backbone, latents, text, None, make_scheduler(backbone), 4, 1.0, hooks=[recorder], progress=False)
+    assert recorder.seen and all(level == t / 1000 for t, level in recorder.seen)

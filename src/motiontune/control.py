@@ -26,6 +26,7 @@ import torch
 
 from .attention import AttentionController, BoxEdit, SubjectBox, box_span
 from .backbones.base import Backbone
+from .diffusion import window_level
 from .errors import ConfigError, InputError
 from .sampling import StepHook, StepState, make_scheduler
 from .utils import check_regular_file
@@ -328,7 +329,8 @@ def motion_script(
 
 
 class BoxControl:
-    """Step hook arming the controller's box edit: amplify while `t > amplify_until`, suppress always.
+    """Step hook arming the controller's box edit: amplify while the noise level is above `amplify_until` / 1000
+    (t > amplify_until on a 1000-step DDPM model), suppress always.
 
     The edit holds the subjects' box tensors themselves, so a `CameraShift` that moves them in place
     is seen by the next denoiser call. After sampling the controller gets back its previous edit.
@@ -344,7 +346,7 @@ class BoxControl:
     def before_step(self, state: StepState) -> None:
         if not self._armed:
             self._previous, self._armed = self.controller.box_edit, True
-        self.edit.amplify = state.timestep > self.amplify_until
+        self.edit.amplify = state.noise_level > window_level(self.amplify_until)
         self.controller.box_edit = self.edit
 
     def after_sampling(self) -> None:
@@ -415,8 +417,9 @@ def shift_frame(
 class CameraShift:
     """Step hook of the latent shift: the camera travels `speed` of the frame over the video.
 
-    Frame f must move `speed * size * f / (F - 1)` latent cells in all; the steps of `timesteps`
-    inside the window (`start >= t > end`) share that evenly. Each step moves the rounded cumulative
+    Frame f must move `speed * size * f / (F - 1)` latent cells in all; the sampling steps whose noise levels
+    (`noise_levels`, one per step) lie inside the window (`start >= 1000 level > end`: `start >= t > end` on a
+    1000-step DDPM model) share that evenly. Each step moves the rounded cumulative
     target minus what was already moved, so fractions carry over and the total is exact. When no
     step falls inside the window (very few steps), the first step after `start` does the whole shift.
     The subjects' boxes move with the scene; `after_sampling` puts them back, so a hook can be reused.
@@ -425,17 +428,17 @@ class CameraShift:
     def __init__(
         self,
         speed: tuple[float, float],
-        timesteps: Sequence[int],
+        noise_levels: Sequence[float],
         window: tuple[int, int] = (800, 600),
         subjects: Sequence[SubjectBox] = (),
         seed: int = 0,
     ):
-        start, end = window
+        start, end = window_level(window[0]), window_level(window[1])
         self.speed = speed
-        self.timesteps = [int(t) for t in timesteps]
-        steps = [i for i, t in enumerate(self.timesteps) if end < t <= start]
+        self.noise_levels = [float(level) for level in noise_levels]
+        steps = [i for i, level in enumerate(self.noise_levels) if end < level <= start]
         if not steps:
-            steps = [i for i, t in enumerate(self.timesteps) if t <= start][:1]
+            steps = [i for i, level in enumerate(self.noise_levels) if level <= start][:1]
         self.window_steps = {index: k + 1 for k, index in enumerate(steps)}
         self.subjects = list(subjects)
         self.initial_boxes = [subject.boxes.clone() for subject in self.subjects]
@@ -452,7 +455,7 @@ class CameraShift:
         position = self.window_steps.get(state.index)
         if position is None:
             return
-        if state.num_steps != len(self.timesteps) or state.timestep != self.timesteps[state.index]:
+        if state.num_steps != len(self.noise_levels) or state.noise_level != self.noise_levels[state.index]:
             raise RuntimeError("CameraShift was built for another schedule than the one being sampled")
         latents = state.latents
         frames, grid = latents.shape[2], tuple(latents.shape[-2:])
@@ -511,7 +514,8 @@ def control_hooks(
     subjects = subject_boxes(backbone, prompt, script, frames)
     hooks: list[StepHook] = []
     if any(script.camera_speed):
-        hooks.append(CameraShift(script.camera_speed, timesteps, options.shift_window, subjects, seed))
+        levels = [backbone.noise_process.noise_level(t) for t in timesteps]
+        hooks.append(CameraShift(script.camera_speed, levels, options.shift_window, subjects, seed))
     if subjects:
         if backbone.controller is None:
             raise ConfigError("box control needs the attention controller (open the model with api.open_backbone)")

@@ -1,13 +1,17 @@
 """The noise process a denoiser was trained on: adding noise, the training target, and every conversion between
-the denoiser's output kinds. The one place prediction types (eps, v [Salimans & Ho 2022], x0) are told apart.
+the denoiser's output kinds. The one place prediction types (eps, v [Salimans & Ho 2022], x0, flow velocity) are
+told apart.
 
 A backbone hands its process out as `Backbone.noise_process`; methods, training and sampling ask it, never a
-scheduler's config. Timesteps are the model's own integers; `noise_level(t) = t / T` puts them on [0, 1]
-(0 = clean, 1 = pure noise), the scale on which a flow-matching model's sigmas also live, so that timestep
-windows can be stated once for every backbone.
+scheduler's config. Timesteps are the model's own numbers; `noise_level(t)` puts them on [0, 1] (0 = clean,
+1 = pure noise) for every process, so timestep windows are stated once for every backbone: a window value w
+(`--amplify-until 700`, `--shift-window 800,600`, MotionMatcher's LoRA window 500) is the noise level
+w / `WINDOW_SCALE`, i.e. timestep w of a 1000-step DDPM model, sigma w / 1000 of a flow-matching one.
 """
 
 from __future__ import annotations
+
+import abc
 
 import torch
 
@@ -65,7 +69,53 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> tor
     return clipped
 
 
-class DiscreteDiffusion:
+#: window values are noise levels times this (the timesteps of a 1000-step DDPM model)
+WINDOW_SCALE = 1000
+
+
+def window_level(value: float) -> float:
+    """The noise level a timestep-window value stands for (`value / WINDOW_SCALE`)."""
+    return value / WINDOW_SCALE
+
+
+class NoiseProcess(abc.ABC):
+    """What methods, training and sampling may ask of a forward noise process."""
+
+    num_timesteps: int
+
+    @abc.abstractmethod
+    def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t for clean latents `(B, ...)`, noise of the same shape and one timestep per row."""
+
+    @abc.abstractmethod
+    def target(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to output for x_t."""
+
+    @abc.abstractmethod
+    def to_epsilon(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noise a denoiser output implies."""
+
+    @abc.abstractmethod
+    def to_clean(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean latent a denoiser output implies."""
+
+    @abc.abstractmethod
+    def noise_level(self, timestep: int | float) -> float:
+        """The timestep's place on [0, 1] (0 clean, 1 pure noise)."""
+
+    def noised(
+        self, clean: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw eps (CPU generator) and return `(x_t, eps, target)`."""
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+        return self.add_noise(clean, noise, timesteps), noise, self.target(clean, noise, timesteps)
+
+    @staticmethod
+    def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.to(like.device, torch.float32).view(-1, *[1] * (like.ndim - 1))
+
+
+class DiscreteDiffusion(NoiseProcess):
     """A DDPM forward process over T discrete timesteps (Ho et al. 2020, Eq. 4),
     `x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`, with the cumulative alphas and prediction type of a diffusers
     scheduler (so a zero-terminal-SNR or v-prediction folder is served as its config says)."""
@@ -78,8 +128,7 @@ class DiscreteDiffusion:
 
     def alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """a_t for each batch row, shaped to broadcast over `like` `(B, ...)`, in float32 on its device."""
-        alpha = self.alphas_cumprod.to(like.device)[timesteps.to(like.device)]
-        return alpha.view(-1, *[1] * (like.ndim - 1))
+        return self._rows(self.alphas_cumprod[timesteps.cpu()], like)
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha_bar(timesteps, clean)
@@ -88,13 +137,6 @@ class DiscreteDiffusion:
     def target(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha_bar(timesteps, clean)
         return training_target(clean.float(), noise.float(), alpha, self.prediction_type).to(clean.dtype)
-
-    def noised(
-        self, clean: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw eps (CPU generator) and return `(x_t, eps, target)`."""
-        noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
-        return self.add_noise(clean, noise, timesteps), noise, self.target(clean, noise, timesteps)
 
     def to_epsilon(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return to_epsilon(output, noisy, self.alpha_bar(timesteps, noisy), self.prediction_type)
@@ -108,4 +150,32 @@ class DiscreteDiffusion:
 
     def noise_level(self, timestep: int | float) -> float:
         """The timestep's place on [0, 1] (0 clean, 1 pure noise): t / T."""
+        return float(timestep) / self.num_timesteps
+
+
+class FlowMatching(NoiseProcess):
+    """Rectified flow / flow matching (Lipman et al. 2023; Esser et al. 2024, as Wan and diffusers'
+    `FlowMatchEulerDiscreteScheduler` use it): `x_t = (1 - s) x0 + s eps` with s = t / T, the denoiser predicts
+    the velocity `v = eps - x0`, so `x0 = x_t - s v` and `eps = x_t + (1 - s) v`; the noise level is s itself."""
+
+    def __init__(self, num_timesteps: int = 1000) -> None:
+        self.num_timesteps = int(num_timesteps)
+
+    def sigma(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self._rows(timesteps.float().cpu() / self.num_timesteps, like)
+
+    def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        s = self.sigma(timesteps, clean)
+        return ((1 - s) * clean.float() + s * noise.float()).to(clean.dtype)
+
+    def target(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return noise - clean
+
+    def to_epsilon(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return noisy + (1 - self.sigma(timesteps, noisy)) * output
+
+    def to_clean(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return noisy - self.sigma(timesteps, noisy) * output
+
+    def noise_level(self, timestep: int | float) -> float:
         return float(timestep) / self.num_timesteps

@@ -47,6 +47,8 @@ class StepState:
 
     index: int
     timestep: int
+    #: the timestep's noise level in [0, 1] (`NoiseProcess.noise_level`): what timestep windows compare against
+    noise_level: float
     num_steps: int
     latents: torch.Tensor
     generator: torch.Generator | None
@@ -136,7 +138,8 @@ def sample(
     for index, timestep in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         slots = _history_slots(scheduler)
         history = [_read_slot(scheduler, slot) for slot in slots]
-        state = StepState(index, int(timestep), num_steps, latents, generator, history)
+        level = backbone.noise_process.noise_level(int(timestep))
+        state = StepState(index, int(timestep), level, num_steps, latents, generator, history)
         for hook in hooks:
             hook.before_step(state)
         latents = state.latents

@@ -155,7 +155,8 @@ def _add_motion_controls(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=700,
         metavar="TIMESTEP",
-        help="tau: amplify inside the boxes while the timestep is above this (700 = the first 15 of 50 steps)",
+        help="tau: amplify inside the boxes while the timestep is above this (700 = the first 15 of 50 steps; "
+        "timesteps of a 1000-step model, i.e. noise level x 1000 on any model)",
     )
     group.add_argument(
         "--keep-other-words",
@@ -167,8 +168,8 @@ def _add_motion_controls(parser: argparse.ArgumentParser) -> None:
         "--shift-window",
         default=None,
         metavar="START,END",
-        help="camera shift at the steps with START >= timestep > END (default: the model's recommendation, else "
-        "MotionBooth's 800,600 = steps 10-19 of 50)",
+        help="camera shift at the steps with START >= timestep > END (noise level x 1000; default: the model's "
+        "recommendation, else MotionBooth's 800,600 = steps 10-19 of 50)",
     )
 
 

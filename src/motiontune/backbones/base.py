@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from ..diffusion import DiscreteDiffusion
+from ..diffusion import DiscreteDiffusion, NoiseProcess
 from ..errors import ConfigError, InputError
 
 SiteKind = Literal["spatial_self", "cross", "temporal"]
@@ -167,7 +167,7 @@ class Backbone(abc.ABC):
         self.controller = None
         self.frame_positions: dict[str, torch.nn.Parameter] = {}
         self._fingerprint: str | None = None
-        self._noise_process: DiscreteDiffusion | None = None
+        self._noise_process: NoiseProcess | None = None
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -346,7 +346,7 @@ class Backbone(abc.ABC):
 
     # --- noise process -------------------------------------------------------------------------------
     @property
-    def noise_process(self) -> DiscreteDiffusion:
+    def noise_process(self) -> NoiseProcess:
         """The forward process the denoiser was trained on (`diffusion.py`): adding noise, the training target,
         output conversions, noise levels. Here the folder scheduler's DDPM process; a flow-matching family
         overrides it."""

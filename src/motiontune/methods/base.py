@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Backbone
-from ..diffusion import DiscreteDiffusion
+from ..diffusion import NoiseProcess
 from ..errors import ConfigError, InputError
 from ..sampling import StepHook
 
@@ -75,7 +75,7 @@ def uniform_picks(examples: Sequence, size: int, generator: torch.Generator) -> 
 
 
 def denoising_loss(
-    backbone: Backbone, diffusion: DiscreteDiffusion, batch: dict, timesteps: torch.Tensor, generator
+    backbone: Backbone, diffusion: NoiseProcess, batch: dict, timesteps: torch.Tensor, generator
 ) -> torch.Tensor:
     """The simple diffusion loss E ||eps - eps_theta(x_t, c, t)||^2 (element mean), Eq. 1 of NewMove, on the
     target of the noise process (eps, v or x0)."""

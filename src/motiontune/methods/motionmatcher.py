@@ -33,6 +33,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import window_level
 from ..errors import ConfigError
 from ..sampling import StepHook, StepState
 from .base import check_timestep_sampling, denoising_loss, drawn_timesteps
@@ -82,7 +83,8 @@ class MotionMatcherConfig:
         default=False, metadata={"help": "also train the token's text embedding (prompts must then hold the token)"}
     )
     lora_window_start: int = field(
-        default=500, metadata={"help": "at inference the LoRA is on only for timesteps >= this"}
+        default=500,
+        metadata={"help": "at inference the LoRA is on only for timesteps >= this (noise level x 1000 on any model)"},
     )
     feature_autocast: bool = field(
         default=False,
@@ -106,14 +108,15 @@ class MotionMatcherConfig:
 
 
 class LoraWindow:
-    """Step hook: one adapter on for timesteps >= `start`, off below; switched back on after sampling."""
+    """Step hook: one adapter on for timesteps >= `start` (a window value: noise level start / 1000), off below;
+    switched back on after sampling."""
 
     def __init__(self, method: LoraMethod, start: int):
         self.method = method
         self.start = start
 
     def before_step(self, state: StepState) -> None:
-        self.method.set_lora_enabled(state.timestep >= self.start)
+        self.method.set_lora_enabled(state.noise_level >= window_level(self.start))
 
     def after_sampling(self) -> None:
         self.method.set_lora_enabled(True)

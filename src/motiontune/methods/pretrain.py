@@ -22,6 +22,7 @@ import torch
 
 from ..attention import BoxEdit, RowBoxEdits, SubjectBox
 from ..control import ControlOptions
+from ..diffusion import window_level
 from ..errors import ConfigError
 from .base import Method, copy_into_parameters, copy_tensors, uniform_timesteps
 
@@ -120,7 +121,7 @@ class Pretrain(Method):
             except ValueError:
                 raise ConfigError(f"caption {caption!r} does not contain its subject words {subject!r}") from None
             edit = options.box_edit([SubjectBox(positions, batch["boxes"][row])], self.backbone.prompt_length(caption))
-            edit.amplify = int(timesteps[row]) > options.amplify_until
+            edit.amplify = self.diffusion.noise_level(int(timesteps[row])) > window_level(options.amplify_until)
             edits.append(edit)
         return RowBoxEdits(edits)
 
