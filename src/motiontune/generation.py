@@ -13,6 +13,7 @@ import torch
 
 from .backbones.base import Backbone
 from .errors import ConfigError, warn
+from .io.video import frames_to_uint8, read_video, save_outputs
 from .methods.base import Method
 from .sampling import StepHook, ddim_invert, make_scheduler, noise_prior, sample
 from .utils import check_seed
@@ -68,7 +69,6 @@ def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) 
     noise = torch.randn(shape, generator=generator).to(backbone.device, backbone.dtype)
     if settings.reference is None or settings.noise_prior == 0:
         return noise
-    from .io.video import read_video
 
     pixels = read_video(settings.reference, settings.frames, settings.height, settings.width)
     reference = backbone.encode_video(pixels[None])
@@ -139,7 +139,6 @@ def generate(
 
     `hooks` run after the adapters' own (e.g. `control.control_hooks` for boxes and camera motion).
     """
-    from .io.video import frames_to_uint8, save_outputs
 
     settings = settings or GenerationConfig()
     output = Path(output)

@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .errors import ConfigError, InputError, MotiontuneError, TrainingDiverged, warn
+from .generation import GenerationConfig, generate_latents
 from .io.adapters import atomic_save_tensors, read_adapter, save_adapter
 from .io.data import VideoDataset
+from .io.video import frames_to_uint8, save_outputs
 from .methods.base import Method, uniform_picks
 from .utils import atomic_directory, atomic_write_text, check_seed, peak_memory_mb
 
@@ -500,8 +502,6 @@ def _log_lines(log_path: Path) -> list[str]:
 
 
 def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:
-    from .generation import GenerationConfig, generate_latents
-    from .io.video import frames_to_uint8, save_outputs
 
     backbone = method.backbone
     _, latent_frames, h, w = latent_shape

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from ..errors import InputError
 from .base import ModelComponents
@@ -60,7 +61,6 @@ class AnimateDiffBackbone(PerFrameUNetBackbone):
 def attach_motion_adapter(components: ModelComponents, folder: str | os.PathLike) -> ModelComponents:
     """A Stable Diffusion folder's components with its image UNet turned into a `UNetMotionModel` by the motion
     adapter in `folder` (`UNetMotionModel.from_unet2d`, as `AnimateDiffPipeline` does when it is built)."""
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     path = Path(folder).expanduser()
     if not path.is_dir():

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
+from diffusers import DDPMScheduler
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file, save_file
 
 from ..diffusion import DiscreteDiffusion, NoiseProcess
 from ..errors import ConfigError, InputError
@@ -95,7 +98,6 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
         if hub_id is not None:
             raise InputError(f"{model}: not a hub model id (expected hf:org/name)")
         raise InputError(f"{path}: model folder does not exist")
-    from huggingface_hub import snapshot_download
 
     offline = hub_id is None or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
@@ -222,7 +224,6 @@ class Backbone(abc.ABC):
 
     def load_frame_positions(self, path: Path) -> None:
         """Read frame positions saved by `save_frame_positions`, checking sites and channels."""
-        from safetensors.torch import load_file
 
         tensors = load_file(path)
         temporal = {site.name for site in self.sites if site.kind == "temporal"}
@@ -235,7 +236,6 @@ class Backbone(abc.ABC):
             self.frame_positions[name].data.copy_(tensor)
 
     def save_frame_positions(self, folder: Path) -> None:
-        from safetensors.torch import save_file
 
         tensors = {name: positions.detach().cpu().contiguous() for name, positions in self.frame_positions.items()}
         save_file(tensors, Path(folder) / FRAME_POSITIONS_FILE)
@@ -351,8 +351,6 @@ class Backbone(abc.ABC):
         output conversions, noise levels. Here the folder scheduler's DDPM process; a flow-matching family
         overrides it."""
         if self._noise_process is None:
-            from diffusers import DDPMScheduler
-
             self._noise_process = DiscreteDiffusion(DDPMScheduler.from_config(self.scheduler.config))
         return self._noise_process
 

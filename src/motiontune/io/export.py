@@ -10,6 +10,7 @@
 What an export cannot carry is named, never dropped silently: a trained token embedding (diffusers LoRA
 files hold no text embedding) is a warning; a LoRA window (MotionMatcher's "LoRA on for t >= 500") is a warning,
 as other tools apply a LoRA at every step; weights outside the motion modules refuse a MotionAdapter export.
+The command line reads `FORMATS` when it starts, so torch-heavy imports wait inside the export functions.
 """
 
 from __future__ import annotations

@@ -14,7 +14,11 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
+
+from ..io.video import write_video
 
 SHAPES = ("circle", "square", "triangle")
 NOVEL_SHAPES = ("star", "ring")
@@ -160,7 +164,6 @@ def texture(size: int, seed: int) -> np.ndarray:
     coarse = rng.uniform(70, 190, (12, 12))
     cell = -(-size // 4)
     fine = np.kron(coarse, np.ones((cell, cell)))[: 3 * size, : 3 * size]
-    import cv2
 
     return cv2.GaussianBlur(fine.astype(np.float32), (0, 0), max(size / 32, 0.8))
 
@@ -267,7 +270,6 @@ def write_dataset(
     folder: str | os.PathLike, clips: list[Clip], frames: int = 8, size: int = 32, token: str | None = None
 ) -> Path:
     """Write clips as `name.mp4` + `name.txt` (caption) + `name.json` (clip, boxes, centres) + `name.masks.npz`."""
-    from ..io.video import write_video
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -284,7 +286,6 @@ def write_dataset(
 
 def write_subject_images(folder: str | os.PathLike, clips: list[Clip], size: int = 32) -> Path:
     """Write the first frame of each clip as `name.png` with its exact mask as `masks/name.png` (a subject dataset)."""
-    from PIL import Image
 
     folder = Path(folder)
     (folder / "masks").mkdir(parents=True, exist_ok=True)

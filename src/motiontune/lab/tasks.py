@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .evaluation import copy_rates
 from .shapeworld import NOVEL_MOTIONS, Clip, is_custom_motion, path_keyframes, sample_clips, write_dataset
 
 TOKEN = "sks"
@@ -34,7 +35,6 @@ def task_scores(
 ) -> dict[str, float]:
     """Motion accuracy (the object does `motion`), appearance accuracy (colour and shape follow the prompt)
     and copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
-    from .evaluation import copy_rates
 
     copies = copy_rates(predicted, [c.to_dict() for c in prompts], [c.to_dict() for c in references], SUBJECT_LOOK)
     return {

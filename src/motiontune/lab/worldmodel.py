@@ -30,19 +30,24 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import yaml
+from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
+from ..attention import controlled_backbone
 from ..errors import ConfigError
+from ..generation import GenerationConfig, generate_latents
 from ..io.video import frames_to_uint8, uint8_to_frames, write_contact_sheet
+from ..methods import load_adapter
+from ..methods.pretrain import Pretrain, PretrainConfig
+from ..training import Example, TrainConfig, train
 from ..utils import atomic_directory, atomic_write_text, default_device
-from .shapeworld import KNOWN_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
-
-if TYPE_CHECKING:
-    from ..methods.pretrain import PretrainConfig
+from .evaluation import evaluate_video
+from .shapeworld import KNOWN_MOTIONS, NOVEL_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
+from .tiny import TINY_VAE, build_tiny_model
 
 
 @dataclass
@@ -84,7 +89,6 @@ class BaseModelConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> BaseModelConfig:
-        import yaml
 
         if not path.is_file():
             raise ConfigError(f"{path}: config file does not exist")
@@ -102,7 +106,6 @@ class BaseModelConfig:
 
     def pretrain_config(self) -> PretrainConfig:
         """The UNet pre-training options (checked: a bad value fails here, before any clip is rendered)."""
-        from ..methods.pretrain import PretrainConfig
 
         return PretrainConfig(self.snr_gamma, self.caption_dropout, self.box_edit_rate)
 
@@ -137,7 +140,6 @@ def _tuples(values: dict) -> dict:
 
 
 def _vae_config(config: BaseModelConfig) -> dict:
-    from .tiny import TINY_VAE
 
     levels = len(config.vae["block_out_channels"])
     blocks = {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels}
@@ -156,7 +158,6 @@ def _scheduler_config(config: BaseModelConfig) -> dict:
 def set_noise_schedule(model: Path, config: BaseModelConfig) -> None:
     """Rewrite the model folder's scheduler config with the recipe's noise schedule (so a resumed run may
     switch to a zero-terminal-SNR schedule and go on training)."""
-    from diffusers import DDIMScheduler
 
     folder = Path(model) / "scheduler"
     current = DDIMScheduler.from_pretrained(folder)
@@ -198,11 +199,6 @@ def evaluate_base_model(
     Prompts come from an independent seed; clips (positions, sizes, phases, textures) and noise are unseen.
     Also asks for each novel motion by name and reports how often the model produces it (it should not).
     """
-    from ..attention import controlled_backbone
-    from ..generation import GenerationConfig, generate_latents
-    from ..methods import load_adapter
-    from .evaluation import evaluate_video
-    from .shapeworld import NOVEL_MOTIONS
 
     backbone = controlled_backbone(model, default_device())
     methods = [load_adapter(path, backbone, allow_other_model) for path in adapters]
@@ -245,10 +241,6 @@ def build_base_model(
     With `init`, the autoencoder, text encoder and UNet come from that model folder and the UNet goes on
     training from its weights (the config's `vae`, `unet` and `vae_*` options are then not used).
     """
-    from ..attention import controlled_backbone
-    from ..methods.pretrain import Pretrain
-    from ..training import Example, TrainConfig, train
-    from .tiny import build_tiny_model
 
     if init is not None and not (Path(init) / "model_index.json").exists():
         raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from ..backbones.base import Backbone
 from ..errors import ConfigError
@@ -128,7 +129,6 @@ def _refuse_duplicates(paths: list[Path]) -> None:
 
 
 def _holds_lora(path: Path) -> bool:
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         return any(".lora_A." in key for key in handle.keys())  # noqa: SIM118
@@ -143,7 +143,6 @@ def load_adapters(paths: list[str | os.PathLike], backbone: Backbone, allow_othe
     of `paths` does not change the result. Methods come back in the order of `paths`. Every file's metadata is
     checked, and an adapter given twice refused, before any is applied; `load_adapter` checks the rest.
     """
-    from safetensors import safe_open
 
     paths = [Path(p) for p in paths]
     for path in paths:

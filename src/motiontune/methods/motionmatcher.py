@@ -33,6 +33,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..attention import AttentionController
 from ..diffusion import window_level
 from ..errors import ConfigError
 from ..sampling import StepHook, StepState
@@ -200,7 +201,6 @@ class MotionMatcher(LoraMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """M_CA `(B, F, h*w, T)` and M_TSA `(B, h*w, F, F)` at the feature level, averaged over heads and
         layers; the denoiser runs only up to the end of that level's down block."""
-        from ..attention import AttentionController
 
         backbone = self.backbone
         controller = backbone.controller or AttentionController(backbone)
