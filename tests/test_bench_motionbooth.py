@@ -53,7 +53,8 @@ def test_smoke_subject_row_runs_in_a_fresh_process_and_replaces_its_report_secti
 def test_control_rows_measure_box_iou_and_pan_error(tiny_model_dir, tmp_path):
     boxes = run_row("boxes, box edit", tmp_path, str(tiny_model_dir), **SMOKE)
     camera = run_row("camera, latent shift", tmp_path, str(tiny_model_dir), **SMOKE)
-    assert 0 <= boxes["box_hit_rate"] <= 1 and 0 <= boxes["box_iou"] <= 1
+    # frames at IoU >= 0.5 alone lift the mean IoU to at least half their share (direction tests below)
+    assert boxes["box_iou"] >= 0.5 * boxes["box_hit_rate"] and boxes["box_iou"] <= 1
     assert boxes["train_seconds"] is None and boxes["adapter_mb"] is None
     first_pan = np.linalg.norm(PANS["left"])  # the first camera request pans left
     assert camera["pan_error"] >= 0
