@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import huggingface_hub
 import torch
 from diffusers import DDPMScheduler
-from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
 
 from ..diffusion import DiscreteDiffusion, NoiseProcess
@@ -101,7 +101,7 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
 
     offline = hub_id is None or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        return Path(snapshot_download(name, local_files_only=offline))
+        return Path(huggingface_hub.snapshot_download(name, local_files_only=offline))
     except Exception as error:
         if hub_id is None:
             raise InputError(
