@@ -139,7 +139,6 @@ def generate(
 
     `hooks` run after the adapters' own (e.g. `control.control_hooks` for boxes and camera motion).
     """
-
     settings = settings or GenerationConfig()
     output = Path(output)
     if output.suffix.lower() != ".mp4":

@@ -502,7 +502,6 @@ def _log_lines(log_path: Path) -> list[str]:
 
 
 def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:
-
     backbone = method.backbone
     _, latent_frames, h, w = latent_shape
     scale = backbone.vae_scale_factor

@@ -61,7 +61,6 @@ class AnimateDiffBackbone(PerFrameUNetBackbone):
 def attach_motion_adapter(components: ModelComponents, folder: str | os.PathLike) -> ModelComponents:
     """A Stable Diffusion folder's components with its image UNet turned into a `UNetMotionModel` by the motion
     adapter in `folder` (`UNetMotionModel.from_unet2d`, as `AnimateDiffPipeline` does when it is built)."""
-
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise InputError(f"{path}: motion adapter folder does not exist")

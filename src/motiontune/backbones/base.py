@@ -224,7 +224,6 @@ class Backbone(abc.ABC):
 
     def load_frame_positions(self, path: Path) -> None:
         """Read frame positions saved by `save_frame_positions`, checking sites and channels."""
-
         tensors = load_file(path)
         temporal = {site.name for site in self.sites if site.kind == "temporal"}
         if set(tensors) != temporal:
@@ -236,7 +235,6 @@ class Backbone(abc.ABC):
             self.frame_positions[name].data.copy_(tensor)
 
     def save_frame_positions(self, folder: Path) -> None:
-
         tensors = {name: positions.detach().cpu().contiguous() for name, positions in self.frame_positions.items()}
         save_file(tensors, Path(folder) / FRAME_POSITIONS_FILE)
 

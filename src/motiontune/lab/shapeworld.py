@@ -270,7 +270,6 @@ def write_dataset(
     folder: str | os.PathLike, clips: list[Clip], frames: int = 8, size: int = 32, token: str | None = None
 ) -> Path:
     """Write clips as `name.mp4` + `name.txt` (caption) + `name.json` (clip, boxes, centres) + `name.masks.npz`."""
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for index, clip in enumerate(clips):
@@ -286,7 +285,6 @@ def write_dataset(
 
 def write_subject_images(folder: str | os.PathLike, clips: list[Clip], size: int = 32) -> Path:
     """Write the first frame of each clip as `name.png` with its exact mask as `masks/name.png` (a subject dataset)."""
-
     folder = Path(folder)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     for index, clip in enumerate(clips):

@@ -35,7 +35,6 @@ def task_scores(
 ) -> dict[str, float]:
     """Motion accuracy (the object does `motion`), appearance accuracy (colour and shape follow the prompt)
     and copy score (colour or shape taken from the references instead of the prompt) of evaluated videos."""
-
     copies = copy_rates(predicted, [c.to_dict() for c in prompts], [c.to_dict() for c in references], SUBJECT_LOOK)
     return {
         "motion": float(np.mean([p["motion"] == motion for p in predicted])),

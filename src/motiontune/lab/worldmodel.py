@@ -89,7 +89,6 @@ class BaseModelConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> BaseModelConfig:
-
         if not path.is_file():
             raise ConfigError(f"{path}: config file does not exist")
         values = yaml.safe_load(path.read_text()) or {}
@@ -106,7 +105,6 @@ class BaseModelConfig:
 
     def pretrain_config(self) -> PretrainConfig:
         """The UNet pre-training options (checked: a bad value fails here, before any clip is rendered)."""
-
         return PretrainConfig(self.snr_gamma, self.caption_dropout, self.box_edit_rate)
 
 
@@ -140,7 +138,6 @@ def _tuples(values: dict) -> dict:
 
 
 def _vae_config(config: BaseModelConfig) -> dict:
-
     levels = len(config.vae["block_out_channels"])
     blocks = {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels}
     return _tuples({**TINY_VAE, **blocks, **config.vae})
@@ -158,7 +155,6 @@ def _scheduler_config(config: BaseModelConfig) -> dict:
 def set_noise_schedule(model: Path, config: BaseModelConfig) -> None:
     """Rewrite the model folder's scheduler config with the recipe's noise schedule (so a resumed run may
     switch to a zero-terminal-SNR schedule and go on training)."""
-
     folder = Path(model) / "scheduler"
     current = DDIMScheduler.from_pretrained(folder)
     wanted = _scheduler_config(config)
@@ -199,7 +195,6 @@ def evaluate_base_model(
     Prompts come from an independent seed; clips (positions, sizes, phases, textures) and noise are unseen.
     Also asks for each novel motion by name and reports how often the model produces it (it should not).
     """
-
     backbone = controlled_backbone(model, default_device())
     methods = [load_adapter(path, backbone, allow_other_model) for path in adapters]
     recipe = Path(model) / "recipe.json"
@@ -241,7 +236,6 @@ def build_base_model(
     With `init`, the autoencoder, text encoder and UNet come from that model folder and the UNet goes on
     training from its weights (the config's `vae`, `unet` and `vae_*` options are then not used).
     """
-
     if init is not None and not (Path(init) / "model_index.json").exists():
         raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
     pretraining = config.pretrain_config()

@@ -143,7 +143,6 @@ def load_adapters(paths: list[str | os.PathLike], backbone: Backbone, allow_othe
     of `paths` does not change the result. Methods come back in the order of `paths`. Every file's metadata is
     checked, and an adapter given twice refused, before any is applied; `load_adapter` checks the rest.
     """
-
     paths = [Path(p) for p in paths]
     for path in paths:
         read_metadata(path)

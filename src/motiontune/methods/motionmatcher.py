@@ -201,7 +201,6 @@ class MotionMatcher(LoraMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """M_CA `(B, F, h*w, T)` and M_TSA `(B, h*w, F, F)` at the feature level, averaged over heads and
         layers; the denoiser runs only up to the end of that level's down block."""
-
         backbone = self.backbone
         controller = backbone.controller or AttentionController(backbone)
         level = self.feature_level
