@@ -99,9 +99,9 @@ class NoiseProcess(abc.ABC):
     def to_clean(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The clean latent a denoiser output implies."""
 
-    @abc.abstractmethod
     def noise_level(self, timestep: int | float) -> float:
-        """The timestep's place on [0, 1] (0 clean, 1 pure noise)."""
+        """The timestep's place on [0, 1] (0 clean, 1 pure noise): t / T, for DDPM and flow matching alike."""
+        return float(timestep) / self.num_timesteps
 
     def noised(
         self, clean: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
@@ -148,10 +148,6 @@ class DiscreteDiffusion(NoiseProcess):
         alpha = self.alphas_cumprod[timesteps.cpu()]
         return min_snr_weight(alpha / (1 - alpha), gamma, self.prediction_type)
 
-    def noise_level(self, timestep: int | float) -> float:
-        """The timestep's place on [0, 1] (0 clean, 1 pure noise): t / T."""
-        return float(timestep) / self.num_timesteps
-
 
 class FlowMatching(NoiseProcess):
     """Rectified flow / flow matching (Lipman et al. 2023; Esser et al. 2024, as Wan and diffusers'
@@ -176,6 +172,3 @@ class FlowMatching(NoiseProcess):
 
     def to_clean(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return noisy - self.sigma(timesteps, noisy) * output
-
-    def noise_level(self, timestep: int | float) -> float:
-        return float(timestep) / self.num_timesteps

@@ -22,7 +22,7 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from ..errors import InputError
-from .base import ModelComponents
+from .base import ModelComponents, first_line
 from .per_frame_unet import FEED_FORWARD, PROJECTIONS, SPATIAL_GROUPS, SPATIAL_LORA_TARGETS, PerFrameUNetBackbone
 
 
@@ -72,8 +72,7 @@ def attach_motion_adapter(components: ModelComponents, folder: str | os.PathLike
     try:
         adapter = MotionAdapter.from_pretrained(path, dtype=components.unet.dtype)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: cannot load the motion adapter ({first_line})") from None
+        raise InputError(f"{path}: cannot load the motion adapter ({first_line(error)})") from None
     try:
         unet = UNetMotionModel.from_unet2d(components.unet, adapter)
     except (RuntimeError, ValueError) as error:

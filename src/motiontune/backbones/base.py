@@ -111,6 +111,12 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
         raise InputError(f"{model}: not available from the hub ({' '.join(str(error).split())[:200]})") from None
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (its type name when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32) -> ModelComponents:
     """Load unet, vae, text encoder, tokenizer and scheduler from a standard diffusers folder.
 
@@ -136,8 +142,7 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
             else:
                 loaded[name] = cls.from_pretrained(folder, dtype=dtype)
         except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"{folder}: cannot load {name} ({first_line})") from None
+            raise InputError(f"{folder}: cannot load {name} ({first_line(error)})") from None
     return ModelComponents(path=path, **loaded)
 
 
