@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -848,8 +849,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "diffusers-lora":
         print(export_lora(args.adapter, args.output, args.overwrite))
     else:
-        backbone = open_backbone(args.model, args.device, args.motion_adapter)
-        print(export_motion_adapter(backbone, args.adapter, args.output, args.overwrite))
+        model = functools.partial(open_backbone, args.model, args.device, args.motion_adapter)
+        print(export_motion_adapter(model, args.adapter, args.output, args.overwrite))
     return 0
 
 

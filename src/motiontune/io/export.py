@@ -16,11 +16,12 @@ The command line reads `FORMATS` when it starts, so torch-heavy imports wait ins
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, InputError, warn
-from ..utils import atomic_directory, check_output_files
+from ..utils import atomic_directory, check_output_files, check_writable_folder
 
 if TYPE_CHECKING:
     from ..backbones import Backbone
@@ -64,18 +65,18 @@ def export_lora(adapter: str | os.PathLike, output: str | os.PathLike, overwrite
 
 
 def export_motion_adapter(
-    backbone: Backbone, adapter: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False
+    open_model: Callable[[], Backbone], adapter: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False
 ) -> Path:
-    """Apply a full-weight adapter to `backbone` and write its temporal layers as the model's own adapter format
-    (AnimateDiff: a `MotionAdapter` folder); refused when the adapter changes anything else."""
+    """Apply a full-weight adapter to the model `open_model()` loads and write its temporal layers as the model's
+    own adapter format (AnimateDiff: a `MotionAdapter` folder); refused when the adapter changes anything else.
+    The output and the adapter's kind are checked before the model loads."""
     from ..methods import load_adapter
     from .adapters import read_adapter
 
     adapter, output = Path(adapter), Path(output)
+    check_writable_folder(output, "--output")
     if output.exists() and not overwrite:
         raise InputError(f"--output {output}: already exists (pass --overwrite to replace it)")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output}: is a file; a motion adapter is a folder")
     tensors, _ = read_adapter(adapter)
     weights = [key.removeprefix(UNET_PREFIX) for key in tensors if key.startswith(UNET_PREFIX)]
     if not weights or any(key.endswith(LORA_SUFFIXES) for key in weights):
@@ -83,6 +84,7 @@ def export_motion_adapter(
             f"{adapter}: a motion adapter export needs full weights of the temporal layers (NewMove with the default "
             "--adapter full); export a LoRA as diffusers-lora"
         )
+    backbone = open_model()
     temporal = set(backbone.parameter_names("temporal"))
     outside = sorted(set(weights) - temporal)
     if outside:
