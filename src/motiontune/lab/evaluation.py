@@ -698,7 +698,9 @@ def evaluate_video(frames: np.ndarray, prompt: Mapping | Clip | None = None, *, 
     among (it is correct when it fits the track better than all nine).
     """
     video = _as_video(frames)
-    motion = (prompt.motion if isinstance(prompt, Clip) else (prompt or {}).get("motion")) or ""
+    if isinstance(prompt, Clip):
+        prompt = prompt.to_dict()
+    motion = (prompt or {}).get("motion") or ""
     custom = (motion,) if is_custom_motion(motion) else ()
     masks = segment(video)
     centres = trajectory(masks)
@@ -721,8 +723,6 @@ def evaluate_video(frames: np.ndarray, prompt: Mapping | Clip | None = None, *, 
         **temporal_consistency(video, masks),
     }
     if prompt is not None:
-        if isinstance(prompt, Clip):
-            prompt = prompt.to_dict()
         correct = {a: result[a] == prompt[a] for a in ATTRIBUTES if a in prompt}
         result["correct"] = correct
         result["accuracy"] = float(np.mean(list(correct.values()))) if correct else math.nan
