@@ -121,7 +121,7 @@ def measure_training(backbone: Backbone, config: dict) -> dict:
     generator = torch.Generator().manual_seed(0)
     baseline = rss_mb()
 
-    backbone.unet.train()
+    backbone.denoiser.train()
     times = []
     other = OtherCpu()
     for index in range(config["warmup"] + config["steps"]):
@@ -142,7 +142,7 @@ def measure_training(backbone: Backbone, config: dict) -> dict:
         **_summary(times),
         "other_cpu": other.share,
         "baseline_mb": baseline,
-        "unet_parameters": sum(p.numel() for p in backbone.unet.parameters()),
+        "unet_parameters": sum(p.numel() for p in backbone.denoiser.parameters()),
         "trainable_parameters": sum(p.numel() for p in trainable),
     }
 

@@ -134,7 +134,7 @@ def prepare_case(workload: str, backbone: Backbone, frames: int, size: int, seed
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     if workload == "mi-sample":
         method.prepare_inference(SimpleNamespace(debias="object"))
-    backbone.unet.train(workload != "mi-sample")  # training steps run in training mode (LoRA dropout on)
+    backbone.denoiser.train(workload != "mi-sample")  # training steps run in training mode (LoRA dropout on)
     sampler = make_scheduler(backbone, "ddim")
     sampler.set_timesteps(SAMPLING_STEPS, device=device)
     batch = {"latents": latents, "text": text, "captions": [CAPTION]}

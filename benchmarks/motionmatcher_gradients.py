@@ -52,7 +52,7 @@ def gradient_scales(model: str | None, motion: str, clips: int, lora_layers: str
         method.prepare_for_training()
         parameters = method.trainable_parameters()
         with torch.no_grad():
-            for parameter_name, parameter in backbone.unet.named_parameters():
+            for parameter_name, parameter in backbone.denoiser.named_parameters():
                 if ".lora_B." in parameter_name:
                     parameter.normal_(0, 1e-3)
         generator = torch.Generator().manual_seed(seed)

@@ -230,7 +230,7 @@ def _model_state(backbone) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The base weights (by their names before any LoRA wraps a layer) and the denoiser's output on fixed inputs."""
     weights = {
         name.replace(".base_layer", ""): parameter.detach().clone()
-        for name, parameter in backbone.unet.named_parameters()
+        for name, parameter in backbone.denoiser.named_parameters()
         if ".lora_" not in name
     }
     weights["embedding"] = backbone.text_encoder.get_input_embeddings().weight.detach().clone()

@@ -47,7 +47,7 @@ def test_adapter_holds_only_what_changed_with_metadata(backbone, motion_data, tm
     tensors, metadata = read_adapter(path)
     expected = {f"unet.{n}" for g in ("temporal", "cross_kv") for n in backbone.parameter_names(g)}
     assert set(tensors) == expected
-    assert sum(t.numel() for t in tensors.values()) < sum(p.numel() for p in backbone.unet.parameters())
+    assert sum(t.numel() for t in tensors.values()) < sum(p.numel() for p in backbone.denoiser.parameters())
     assert metadata["method"] == "newmove" and metadata["backbone"] == backbone.name and metadata["token"] == "sks"
     assert metadata["hyperparameters"]["spatial"] == "kv" and metadata["hyperparameters"]["coarse_alpha"] == 0.5
     assert metadata["targets"]["groups"] == ["temporal", "cross_kv"]
@@ -119,7 +119,7 @@ def test_full_weight_adapters_compose_by_adding_their_deltas(any_model_dir, tmp_
     from motiontune.methods import load_adapters
 
     base = open_backbone(any_model_dir, "cpu")
-    original = {name: p.detach().clone() for name, p in base.unet.named_parameters()}
+    original = {name: p.detach().clone() for name, p in base.denoiser.named_parameters()}
     first = _perturbed_adapter(base, tmp_path / "a.safetensors", {}, seed=1)
     second = _perturbed_adapter(base, tmp_path / "b.safetensors", {"temporal": False, "spatial": "all"}, seed=2)
     shared = sorted(set(first) & set(second))
@@ -127,7 +127,7 @@ def test_full_weight_adapters_compose_by_adding_their_deltas(any_model_dir, tmp_
 
     composed = open_backbone(any_model_dir, "cpu")
     load_adapters([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], composed)
-    parameters = dict(composed.unet.named_parameters())
+    parameters = dict(composed.denoiser.named_parameters())
     for key in shared:
         name = key.removeprefix("unet.")
         expected = first[key] + second[key] - original[name]
@@ -137,7 +137,7 @@ def test_full_weight_adapters_compose_by_adding_their_deltas(any_model_dir, tmp_
 
     reversed_order = open_backbone(any_model_dir, "cpu")
     load_adapters([tmp_path / "b.safetensors", tmp_path / "a.safetensors"], reversed_order)
-    for name, parameter in reversed_order.unet.named_parameters():
+    for name, parameter in reversed_order.denoiser.named_parameters():
         assert torch.allclose(parameter, parameters[name], atol=1e-6), name
 
 

@@ -107,7 +107,7 @@ def test_row_edits_change_only_their_rows_attention(backbone):
         backbone.predict_noise(latents, torch.tensor(300), text)
     half = plain.shape[0] // 2
     assert torch.allclose(maps[CROSS_SITE][:half], plain[:half], atol=1e-6)
-    heads = backbone.unet.get_submodule(CROSS_SITE).heads
+    heads = backbone.denoiser.get_submodule(CROSS_SITE).heads
     edited = maps[CROSS_SITE][half:].view(2, heads, 16, 16, -1)[..., token].sum(-1)
     assert torch.all(edited[:, :, 8:] == 0) and torch.all(edited[:, :, :, 8:] == 0)
     assert torch.all(edited[:, :, :8, :8] > 0)
@@ -121,7 +121,7 @@ def test_box_edit_moves_subject_attention_into_the_box_per_frame(backbone):
     edit = BoxEdit(
         [SubjectBox(token, boxes)], strength=5.0, prompt_length=len(backbone.token_ids("a red sks square")) + 2
     )
-    heads = backbone.unet.get_submodule(CROSS_SITE).heads
+    heads = backbone.denoiser.get_submodule(CROSS_SITE).heads
 
     def subject_map(with_edit):
         controller = backbone.controller
@@ -162,7 +162,7 @@ def test_zero_initialised_embeddings_are_an_identity(backbone):
     before = backbone.predict_noise(latents, torch.tensor(300), text)
     site = backbone.controller.sites[temporal_site(backbone)]
     h, w = backbone.grid_at_level((16, 16), site.level)
-    channels = backbone.unet.get_submodule(temporal_site(backbone)).to_q.in_features
+    channels = backbone.denoiser.get_submodule(temporal_site(backbone)).to_q.in_features
     backbone.controller.embeddings[temporal_site(backbone)] = TemporalEmbedding(channels, 8, value_grid=(h, w))
     after = backbone.predict_noise(latents, torch.tensor(300), text)
     assert torch.allclose(before, after, atol=1e-6)
@@ -173,7 +173,7 @@ def test_zero_initialised_embeddings_are_an_identity(backbone):
 
 def test_embeddings_enter_query_key_and_value_as_in_motion_inversion(backbone):
     """TA(x) = softmax(Wq(x + m_qk) (Wk(x + m_qk))^T / sqrt(d)) Wv(x + m_v), computed by hand."""
-    attn = backbone.unet.get_submodule(temporal_site(backbone))
+    attn = backbone.denoiser.get_submodule(temporal_site(backbone))
     channels, frames, pixels = attn.to_q.in_features, 3, 4
     torch.manual_seed(0)
     embedding = TemporalEmbedding(channels, 5, value_grid=(2, 2))
@@ -215,7 +215,7 @@ def test_zero_frame_positions_are_an_identity_and_trained_ones_change_the_output
 
 def test_frame_positions_add_to_a_motion_inversion_query_key(backbone):
     """x + p_f + m_qk feeds Wq and Wk: the base model's positions and an adapter's embedding sum."""
-    attn = backbone.unet.get_submodule(temporal_site(backbone))
+    attn = backbone.denoiser.get_submodule(temporal_site(backbone))
     channels, frames = attn.to_q.in_features, 3
     torch.manual_seed(0)
     backbone.add_frame_positions(5)

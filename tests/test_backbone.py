@@ -44,7 +44,7 @@ def test_sites_are_classified_with_their_levels(backbone):
     sites = {site.name: site for site in backbone.sites}
     for name, (kind, level) in EXPECTED_SITES[backbone.name].items():
         assert (sites[name].kind, sites[name].level) == (kind, level), name
-    assert len(sites) == len(backbone.unet.attn_processors)
+    assert len(sites) == len(backbone.denoiser.attn_processors)
     assert {site.kind for site in backbone.sites} == {"spatial_self", "cross", "temporal"}
 
 
@@ -56,7 +56,7 @@ def test_recorded_layouts_match_each_site(backbone, latent_hw):
     with backbone.controller.record(lambda site: True) as maps:
         backbone.predict_noise(latents, torch.tensor(10), text)
     for site in backbone.sites:
-        attn = backbone.unet.get_submodule(site.name)
+        attn = backbone.denoiser.get_submodule(site.name)
         h, w = backbone.grid_at_level(latent_hw, site.level)
         probs = maps[site.name]
         if site.kind == "temporal":
@@ -74,7 +74,7 @@ def test_temporal_rows_follow_pixel_layout(backbone):
     latents = torch.randn(1, 4, 3, 16, 16)
     text = backbone.encode_prompt([""])
     site = next(s.name for s in backbone.sites if s.kind == "temporal" and s.level == 0)
-    transformer = backbone.unet.get_submodule(site.split(".transformer_blocks.")[0])
+    transformer = backbone.denoiser.get_submodule(site.split(".transformer_blocks.")[0])
 
     def maps_with(change: float) -> torch.Tensor:
         def perturb(module, args):
@@ -108,26 +108,26 @@ def test_parameter_groups_select_the_right_layers(backbone):
     assert not any(temporal_layer.search(n) for n in cross_kv)
     spatial = set(backbone.parameter_names("spatial"))
     assert spatial.isdisjoint(temporal) and set(cross_kv) <= spatial
-    assert len(spatial) + len(temporal) == len(list(backbone.unet.parameters()))
+    assert len(spatial) + len(temporal) == len(list(backbone.denoiser.parameters()))
     with pytest.raises(KeyError, match="no parameter group 'nope'"):
         backbone.parameter_names("nope")
 
 
 def test_lora_targets_hit_only_their_group(backbone):
-    names = [name for name, _ in backbone.unet.named_modules()]
+    names = [name for name, _ in backbone.denoiser.named_modules()]
     temporal = [n for n in names if re.fullmatch(backbone.lora_target(["temporal"]), n)]
     cross_kv = [n for n in names if re.fullmatch(backbone.lora_target(["cross_kv"]), n)]
     temporal_layer = TEMPORAL_LAYERS[backbone.name]
     assert temporal and all(temporal_layer.search(n) for n in temporal)
-    assert all(isinstance(backbone.unet.get_submodule(n), torch.nn.Linear) for n in temporal + cross_kv)
+    assert all(isinstance(backbone.denoiser.get_submodule(n), torch.nn.Linear) for n in temporal + cross_kv)
     assert cross_kv and all(n.endswith(("attn2.to_k", "attn2.to_v")) and not temporal_layer.search(n) for n in cross_kv)
 
 
 def test_gradient_checkpointing_keeps_names_loss_and_gradients(backbone):
-    names_before = [n for n, _ in backbone.unet.named_parameters()]
+    names_before = [n for n, _ in backbone.denoiser.named_parameters()]
     latents = torch.randn(1, 4, 3, 8, 8)
     text = backbone.encode_prompt(["a red circle"])
-    weight = backbone.unet.get_parameter(backbone.parameter_names("temporal_attention")[0])
+    weight = backbone.denoiser.get_parameter(backbone.parameter_names("temporal_attention")[0])
     weight.requires_grad_(True)
 
     def loss_and_grad():
@@ -139,7 +139,7 @@ def test_gradient_checkpointing_keeps_names_loss_and_gradients(backbone):
     plain_loss, plain_grad = loss_and_grad()
     backbone.enable_gradient_checkpointing()
     ckpt_loss, ckpt_grad = loss_and_grad()
-    assert [n for n, _ in backbone.unet.named_parameters()] == names_before
+    assert [n for n, _ in backbone.denoiser.named_parameters()] == names_before
     assert torch.allclose(plain_loss, ckpt_loss)
     assert torch.allclose(plain_grad, ckpt_grad, atol=1e-6)
     backbone.disable_gradient_checkpointing()
@@ -255,7 +255,7 @@ def test_every_backbone_member_the_rest_of_the_code_uses_is_declared_by_the_cont
     from motiontune.backbones.base import Backbone
 
     declared = set(dir(Backbone)) | set(vars(Backbone).get("__annotations__", {}))
-    declared |= {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "path", "controller", "frame_positions"}
+    declared |= {"denoiser", "vae", "text_encoder", "tokenizer", "scheduler", "path", "controller", "frame_positions"}
     root = Path(motiontune.__file__).parent
     used = {
         (match.group(1), path.name)

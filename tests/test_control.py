@@ -207,7 +207,7 @@ def test_box_hook_edits_the_conditional_attention_only_where_it_should(backbone)
     options = ControlOptions(box_strength=5.0, amplify_until=600)
     (hook,) = control_hooks(backbone, script, frames, [900, 500], options)
     assert isinstance(hook, BoxControl)
-    heads = backbone.unet.get_submodule(CROSS_SITE).heads
+    heads = backbone.denoiser.get_submodule(CROSS_SITE).heads
     sks = backbone.phrase_positions(PROMPT, "sks")
     others = [p for p in range(1, len(backbone.token_ids(PROMPT)) + 1) if p not in sks]
     inside = torch.zeros(frames, *hw, dtype=torch.bool)

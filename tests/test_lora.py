@@ -39,7 +39,7 @@ def _output(backbone) -> torch.Tensor:
 
 
 def test_names_are_unique_and_files_use_peft_keys(backbone):
-    unet = backbone.unet
+    unet = backbone.denoiser
     target = backbone.lora_target(["temporal"])
     first, second = inject_lora(unet, target, 4, "demo"), inject_lora(unet, target, 4, "demo")
     assert (first, second) == ("demo", "demo_2")
@@ -64,7 +64,7 @@ def test_names_are_unique_and_files_use_peft_keys(backbone):
 
 
 def test_switching_one_adapter_leaves_the_others_active(backbone):
-    unet = backbone.unet
+    unet = backbone.denoiser
     target = backbone.lora_target(["temporal"])
     first, second = inject_lora(unet, target, 4, "demo"), inject_lora(unet, target, 4, "demo")
     layers = lora_layers(unet, first)
@@ -85,8 +85,8 @@ def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, any_model_dir
     newmove.prepare_for_training()
     assert newmove.adapter_name == "newmove"
     assert not {id(p) for p in newmove.trainable_parameters()} & {id(p) for p in matcher.trainable_parameters()}
-    _trained_looking(backbone.unet, matcher.adapter_name, seed=1)
-    _trained_looking(backbone.unet, newmove.adapter_name, seed=2)
+    _trained_looking(backbone.denoiser, matcher.adapter_name, seed=1)
+    _trained_looking(backbone.denoiser, newmove.adapter_name, seed=2)
     files = {}
     for method in (matcher, newmove):
         tensors, metadata = method.adapter_tensors(), method.adapter_metadata()
@@ -95,7 +95,7 @@ def test_newmove_lora_composes_with_a_motionmatcher_lora(backbone, any_model_dir
     composed = api.open_backbone(any_model_dir, "cpu")
     loaded_matcher = load_adapter(files["motionmatcher"], composed)
     loaded_newmove = load_adapter(files["newmove"], composed)
-    unet = composed.unet
+    unet = composed.denoiser
     matcher_layers = lora_layers(unet, loaded_matcher.adapter_name)
     newmove_layers = lora_layers(unet, loaded_newmove.adapter_name)
     assert all(loaded_matcher.adapter_name in layer.active_adapters for layer in matcher_layers)

@@ -68,7 +68,7 @@ def test_zero_initialised_embeddings_are_an_identity_and_only_they_train(backbon
     assert torch.allclose(before, backbone.predict_noise(latents, torch.tensor(500), text), atol=1e-6)
     batch = {"latents": latents, "text": text, "captions": ["a red circle"], "sources": ["target"]}
     method.loss(batch, torch.Generator().manual_seed(0)).backward()
-    assert all(p.grad is None for p in backbone.unet.parameters())
+    assert all(p.grad is None for p in backbone.denoiser.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.trainable_parameters())
 
 

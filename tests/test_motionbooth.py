@@ -142,7 +142,7 @@ def test_default_attention_loss_trains_on_a_two_level_unet(tmp_path, subject_ima
     batch = _draw_batch(_subject_examples(backbone, subject_images), 1, torch.Generator().manual_seed(0), "cpu")
     loss = method.loss(batch, torch.Generator().manual_seed(1))
     loss.backward()
-    key = backbone.unet.get_submodule(method.attention_sites[0].name).to_k.weight
+    key = backbone.denoiser.get_submodule(method.attention_sites[0].name).to_k.weight
     assert method.attention_level == 1 and torch.isfinite(loss) and key.grad.abs().sum() > 0
 
 
@@ -158,7 +158,7 @@ def test_attention_loss_is_recorded_with_gradients(backbone, subject_images):
     assert 0 < difference.item() < 10  # a BCE of probabilities against a mask
     difference.backward()
     site = with_attention.attention_sites[0].name
-    key = backbone.unet.get_submodule(site).to_k.weight
+    key = backbone.denoiser.get_submodule(site).to_k.weight
     assert key.grad is not None and key.grad.abs().sum() > 0
 
 
@@ -170,9 +170,9 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_the_attention_loss
             backbone.enable_gradient_checkpointing()
         method = create_method("motionbooth", backbone, {**OPTIONS, "trained_parameters": "cross"}, token="sks")
         method.prepare_for_training()
-        backbone.unet.zero_grad(set_to_none=True)
+        backbone.denoiser.zero_grad(set_to_none=True)
         method.loss(batch, torch.Generator().manual_seed(1)).backward()
-        grads.append({n: p.grad.clone() for n, p in backbone.unet.named_parameters() if p.grad is not None})
+        grads.append({n: p.grad.clone() for n, p in backbone.denoiser.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
 
@@ -227,13 +227,13 @@ def test_gradients_reach_only_the_chosen_group(backbone, subject_images, regular
     method = create_method("motionbooth", backbone, {**OPTIONS, "trained_parameters": option}, token="sks")
     method.prepare_for_training()
     group = set(backbone.parameter_names(TRAINED_GROUPS[option]))
-    trainable = {n for n, p in backbone.unet.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in backbone.denoiser.named_parameters() if p.requires_grad}
     assert trainable == group
     examples = _subject_examples(backbone, subject_images) + _video_examples(backbone, regularization_data)
     generator = torch.Generator().manual_seed(0)
     for micro_step in range(2):
         method.loss(_draw_batch(examples, 1, generator, "cpu", method, micro_step), generator).backward()
-    with_grad = {n for n, p in backbone.unet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    with_grad = {n for n, p in backbone.denoiser.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad and with_grad <= group
     assert all(p.grad is None for p in backbone.text_encoder.parameters())
     assert all(p.grad is None for p in backbone.vae.parameters())
@@ -257,7 +257,7 @@ def test_adapter_round_trip_stores_only_the_trained_group(any_model_dir, backbon
     assert metadata["subject"] == {"phrase": "sks star", "caption": "a sks star"}
 
     fresh = open_backbone(any_model_dir, "cpu")
-    trained, restored = dict(backbone.unet.named_parameters()), dict(fresh.unet.named_parameters())
+    trained, restored = dict(backbone.denoiser.named_parameters()), dict(fresh.denoiser.named_parameters())
     assert not all(torch.equal(trained[name], restored[name]) for name in trained)
     loaded = load_adapter(adapter, fresh)
     assert loaded.name == "motionbooth" and loaded.subject_phrase == "sks star"

@@ -54,8 +54,8 @@ def _matcher(backbone, options=None):
 
 def test_lora_covers_spatial_self_attention_ff_and_temporal_layers(backbone):
     method = _matcher(backbone)
-    names = {n for n, p in backbone.unet.named_parameters() if p.requires_grad}
-    assert names == {n for n, _ in backbone.unet.named_parameters() if ".lora_" in n}
+    names = {n for n, p in backbone.denoiser.named_parameters() if p.requires_grad}
+    assert names == {n for n, _ in backbone.denoiser.named_parameters() if ".lora_" in n}
     assert any(".attentions." in n and ".attn1.to_q." in n for n in names)
     assert any(".attentions." in n and ".ff.net.2." in n for n in names)
     assert not any(".attentions." in n and ".attn2." in n for n in names)
@@ -131,12 +131,12 @@ def test_feature_gradients_reach_only_the_lora(backbone):
     batch = _batch(backbone)
     same = method.feature_loss(batch["latents"], batch["latents"], torch.tensor([600]), batch["text"])
     assert same.item() == 0.0
-    backbone.unet.train()
+    backbone.denoiser.train()
     method.loss(batch, torch.Generator().manual_seed(0)).backward()
-    with_grad = {n for n, p in backbone.unet.named_parameters() if p.grad is not None}
+    with_grad = {n for n, p in backbone.denoiser.named_parameters() if p.grad is not None}
     assert with_grad and all(".lora_A." in n or ".lora_B." in n for n in with_grad)
     assert all(p.grad is None for p in backbone.text_encoder.parameters())
-    assert any(".lora_A." in n and backbone.unet.get_parameter(n).grad.abs().sum() > 0 for n in with_grad)
+    assert any(".lora_A." in n and backbone.denoiser.get_parameter(n).grad.abs().sum() > 0 for n in with_grad)
 
 
 def test_frozen_extractor_runs_without_the_lora_and_without_dropout(backbone):
@@ -151,12 +151,12 @@ def test_frozen_extractor_runs_without_the_lora_and_without_dropout(backbone):
     base = down_output()
     method = _matcher(backbone)
     _trained_looking(method)
-    backbone.unet.train()
+    backbone.denoiser.train()
     with method.frozen_extractor():
         frozen = [down_output(), down_output()]
-        assert not backbone.unet.training
-    assert backbone.unet.training
-    backbone.unet.eval()
+        assert not backbone.denoiser.training
+    assert backbone.denoiser.training
+    backbone.denoiser.eval()
     torch.testing.assert_close(frozen[0], base)
     torch.testing.assert_close(frozen[1], base)
     assert not torch.allclose(down_output(), base)
@@ -164,7 +164,7 @@ def test_frozen_extractor_runs_without_the_lora_and_without_dropout(backbone):
 
 def test_target_pass_runs_once_without_grad_and_mid_up_blocks_are_skipped(backbone):
     method = _matcher(backbone)
-    unet = backbone.unet
+    unet = backbone.denoiser
     grad_modes: list[bool] = []
     counts = {"down_after_feature_level": 0, "mid": 0, "up": 0}
     unet.down_blocks[0].register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
@@ -184,13 +184,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(backbone):
     method = _matcher(backbone)
     _trained_looking(method)
     batch = _batch(backbone)
-    backbone.unet.train()
+    backbone.denoiser.train()
 
     def gradients():
         torch.manual_seed(0)
         method.loss(batch, torch.Generator().manual_seed(0)).backward()
         grads = [p.grad.clone() for p in method.trainable_parameters()]
-        backbone.unet.zero_grad(set_to_none=True)
+        backbone.denoiser.zero_grad(set_to_none=True)
         return grads
 
     plain = gradients()
@@ -323,12 +323,12 @@ def test_appearance_debiased_loss_by_hand():
 def test_motiondirector_trains_only_a_temporal_lora(backbone, tmp_path):
     method = create_method("motiondirector", backbone, {"lora_rank": 4})
     method.prepare_for_training()
-    before = {n: p.detach().clone() for n, p in backbone.unet.named_parameters()}
+    before = {n: p.detach().clone() for n, p in backbone.denoiser.named_parameters()}
     batch = _batch(backbone)
     example = Example(batch["latents"][0], batch["captions"][0], batch["text"][0], "target", "clip.mp4")
     config = TrainConfig(tmp_path / "md", steps=2, learning_rate=1e-2, checkpoint_every=0, progress=False)
     train(method, [example], config)
-    changed = {n for n, p in backbone.unet.named_parameters() if n in before and not torch.equal(p, before[n])}
+    changed = {n for n, p in backbone.denoiser.named_parameters() if n in before and not torch.equal(p, before[n])}
     assert changed and all(".lora_B." in n or ".lora_A." in n for n in changed)
     assert all(is_temporal_attention(backbone, n) for n in changed)
     assert method.inference_hooks() == []

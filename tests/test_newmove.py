@@ -33,9 +33,9 @@ def _train(method, examples, tmp_path, steps=3, lr=1e-3):
 
 def test_newmove_changes_only_temporal_layers_and_cross_attention_kv(backbone, motion_data, tmp_path):
     examples = _examples(backbone, motion_data)
-    unet, text, vae = _snapshot(backbone.unet), _snapshot(backbone.text_encoder), _snapshot(backbone.vae)
+    unet, text, vae = _snapshot(backbone.denoiser), _snapshot(backbone.text_encoder), _snapshot(backbone.vae)
     _train(create_method("newmove", backbone, token="sks"), examples, tmp_path)
-    changed = _changed(unet, backbone.unet)
+    changed = _changed(unet, backbone.denoiser)
     allowed = set(backbone.parameter_names("temporal")) | set(backbone.parameter_names("cross_kv"))
     assert changed <= allowed
     assert changed & set(backbone.parameter_names("cross_kv"))
@@ -54,7 +54,7 @@ def test_newmove_changes_only_temporal_layers_and_cross_attention_kv(backbone, m
 def test_ablation_switches_select_the_trained_parameters(backbone, options, groups):
     method = create_method("newmove", backbone, options, token="sks")
     method.prepare_for_training()
-    trainable = {n for n, p in backbone.unet.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in backbone.denoiser.named_parameters() if p.requires_grad}
     assert trainable == {n for g in groups for n in backbone.parameter_names(g)}
 
 
@@ -111,12 +111,12 @@ def test_newmove_draws_coarse_or_uniform_timesteps_by_switch(backbone):
 
 def test_lora_variant_trains_only_low_rank_factors(backbone, motion_data, tmp_path):
     examples = _examples(backbone, motion_data)
-    before = _snapshot(backbone.unet)
+    before = _snapshot(backbone.denoiser)
     method = create_method("newmove", backbone, {"adapter": "lora", "lora_rank": 4}, token="sks")
     path = _train(method, examples, tmp_path)
-    trainable = {n for n, p in backbone.unet.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in backbone.denoiser.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
-    assert not _changed(before, backbone.unet)
+    assert not _changed(before, backbone.denoiser)
     keys = method.adapter_tensors().keys()
     assert all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in keys)
     assert any(is_temporal_attention(backbone, k) for k in keys) and any("attn2.to_k" in k for k in keys)
@@ -135,9 +135,9 @@ def test_token_training_changes_only_the_token_rows(backbone, motion_data, tmp_p
 
 def test_dreambooth_baseline_trains_spatial_layers_only(backbone, motion_data, tmp_path):
     examples = _examples(backbone, motion_data)
-    before = _snapshot(backbone.unet)
+    before = _snapshot(backbone.denoiser)
     _train(create_method("dreambooth", backbone, token="sks"), examples, tmp_path)
-    changed = _changed(before, backbone.unet)
+    changed = _changed(before, backbone.denoiser)
     assert changed and changed <= set(backbone.parameter_names("spatial"))
     assert not changed & set(backbone.parameter_names("temporal"))
 

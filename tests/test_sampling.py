@@ -115,8 +115,8 @@ def test_hooks_see_and_may_replace_what_a_multistep_sampler_remembers(backbone, 
 
 def test_ddim_inversion_round_trips_exactly_when_the_model_predicts_no_noise(backbone):
     with torch.no_grad():
-        backbone.unet.conv_out.weight.zero_()
-        backbone.unet.conv_out.bias.zero_()
+        backbone.denoiser.conv_out.weight.zero_()
+        backbone.denoiser.conv_out.bias.zero_()
     x0 = torch.randn(1, 4, 3, 8, 8) * 0.5
     uncond = backbone.encode_prompt([""])
     inverted = ddim_invert(backbone, x0, uncond, 10, progress=False)
@@ -126,8 +126,8 @@ def test_ddim_inversion_round_trips_exactly_when_the_model_predicts_no_noise(bac
 
 def test_ddim_inversion_comes_back_close_and_closer_with_more_steps(backbone):
     with torch.no_grad():
-        backbone.unet.conv_out.weight.mul_(0.1)
-        backbone.unet.conv_out.bias.mul_(0.1)
+        backbone.denoiser.conv_out.weight.mul_(0.1)
+        backbone.denoiser.conv_out.bias.mul_(0.1)
     x0 = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
     uncond = backbone.encode_prompt([""])
     errors = []
@@ -163,8 +163,8 @@ def test_generation_from_an_inverted_reference(backbone, motion_data):
     reference = sorted(motion_data.glob("*.mp4"))[0]
     settings = _settings(reference=reference, noise_prior=1.0, steps=6, guidance_scale=1.0)
     with torch.no_grad():
-        backbone.unet.conv_out.weight.zero_()
-        backbone.unet.conv_out.bias.zero_()
+        backbone.denoiser.conv_out.weight.zero_()
+        backbone.denoiser.conv_out.bias.zero_()
     from motiontune.io.video import read_video
 
     target = backbone.encode_video(read_video(reference, 3, 32, 32)[None])

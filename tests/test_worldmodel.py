@@ -229,7 +229,7 @@ def test_box_edit_rate_denoises_clips_under_the_box_edit_at_their_own_boxes(back
     site = next(s.name for s in backbone.sites if s.kind == "cross" and s.level == 0)
     with torch.no_grad(), backbone.controller.record(lambda s: s.name == site) as maps:
         method.loss(batch, torch.Generator().manual_seed(0))
-    heads = backbone.unet.get_submodule(site).heads
+    heads = backbone.denoiser.get_submodule(site).heads
     share = maps[site].view(2, frames, heads, 8, 8, -1)[..., positions].sum(-1)
     outside = torch.ones(2, 8, 8, dtype=torch.bool)
     outside[0, :4, :4] = outside[1, 4:, 4:] = False

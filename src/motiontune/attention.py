@@ -233,7 +233,7 @@ class AttentionController:
         self._explicit = AttnProcessor()
         self._explicit_select: Callable[[AttentionSite], bool] | None = None
         processors = {f"{name}.processor": ControlledProcessor(self, site) for name, site in self.sites.items()}
-        backbone.unet.set_attn_processor(processors)
+        backbone.denoiser.set_attn_processor(processors)
         backbone.controller = self
 
     def sites_of(self, kind: str) -> list[AttentionSite]:

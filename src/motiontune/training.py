@@ -153,7 +153,7 @@ class _TrainingModule(torch.nn.Module):
 
     def __init__(self, method: Method):
         super().__init__()
-        self.unet = method.backbone.unet
+        self.denoiser = method.backbone.denoiser
         self.extra = method.extra_modules()
         self.method = [method]  # a list, so the method's own modules are not registered twice
 

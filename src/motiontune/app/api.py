@@ -493,7 +493,7 @@ def generate_video(
     elif defaults.native:
         native = tuple(defaults.native.get(key, FALLBACK[key]) for key in NATIVE_KEYS)
     else:
-        size = (backbone.unet.config.sample_size or 32) * backbone.vae_scale_factor
+        size = (backbone.denoiser.config.sample_size or 32) * backbone.vae_scale_factor
         native = (16, size, size)
     settings = GenerationConfig(
         frames=frames or native[0],

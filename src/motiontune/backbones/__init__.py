@@ -22,9 +22,9 @@ IMAGE_UNETS = ("UNet2DConditionModel",)
 
 def backbone_for(components: ModelComponents) -> type[Backbone]:
     """The backbone class that declares it serves the folder's denoiser (as `model_index.json` named it)."""
-    class_name = type(components.unet).__name__
+    class_name = type(components.denoiser).__name__
     for cls in BACKBONES.values():
-        if class_name in cls.unet_class_names:
+        if class_name in cls.denoiser_class_names:
             return cls
     if class_name in IMAGE_UNETS:
         raise InputError(

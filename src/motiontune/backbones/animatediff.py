@@ -30,7 +30,7 @@ class AnimateDiffBackbone(PerFrameUNetBackbone):
     """AnimateDiff: an SD 1.5 UNet with motion modules (`UNetMotionModel`)."""
 
     name = "animatediff"
-    unet_class_names = ("UNetMotionModel",)
+    denoiser_class_names = ("UNetMotionModel",)
     parameter_group_patterns: ClassVar[dict[str, str]] = {
         **SPATIAL_GROUPS,
         "temporal": r"\.motion_modules\.",
@@ -55,7 +55,7 @@ class AnimateDiffBackbone(PerFrameUNetBackbone):
 
     def save_temporal_layers(self, folder: Path) -> None:
         """The motion modules as a `MotionAdapter` folder (diffusers' `UNetMotionModel.save_motion_modules`)."""
-        self.unet.save_motion_modules(str(folder))
+        self.denoiser.save_motion_modules(str(folder))
 
 
 def attach_motion_adapter(components: ModelComponents, folder: str | os.PathLike) -> ModelComponents:
@@ -64,18 +64,18 @@ def attach_motion_adapter(components: ModelComponents, folder: str | os.PathLike
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise InputError(f"{path}: motion adapter folder does not exist")
-    if not isinstance(components.unet, UNet2DConditionModel):
+    if not isinstance(components.denoiser, UNet2DConditionModel):
         raise InputError(
             f"{components.path}: --motion-adapter needs a Stable Diffusion folder (an image UNet), this model's "
-            f"denoiser is a {type(components.unet).__name__}"
+            f"denoiser is a {type(components.denoiser).__name__}"
         )
     try:
-        adapter = MotionAdapter.from_pretrained(path, dtype=components.unet.dtype)
+        adapter = MotionAdapter.from_pretrained(path, dtype=components.denoiser.dtype)
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: cannot load the motion adapter ({first_line(error)})") from None
     try:
-        unet = UNetMotionModel.from_unet2d(components.unet, adapter)
+        unet = UNetMotionModel.from_unet2d(components.denoiser, adapter)
     except (RuntimeError, ValueError) as error:
         raise InputError(f"{path}: motion adapter does not fit the UNet of {components.path} ({error})") from None
     unet.requires_grad_(False)
-    return replace(components, unet=unet, motion_adapter=path)
+    return replace(components, denoiser=unet, motion_adapter=path)

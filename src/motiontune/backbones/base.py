@@ -57,22 +57,29 @@ class AttentionSite:
 
 @dataclass
 class ModelComponents:
-    """The five parts of a text-to-video model folder."""
+    """The five parts of a text-to-video model folder. `denoiser` is the folder's `unet/` or `transformer/`."""
 
-    unet: torch.nn.Module
+    denoiser: torch.nn.Module
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     tokenizer: object
     scheduler: object
     path: Path
-    #: the motion adapter folder merged into `unet`, when the folder is an image model plus one
+    #: the motion adapter folder merged into `denoiser`, when the folder is an image model plus one
     motion_adapter: Path | None = None
+    #: a second expert for low noise levels (Wan 2.2 A14B's `transformer_2`) and the noise level (t / T) below
+    #: which it takes over from `denoiser` (the folder's `boundary_ratio`)
+    denoiser_2: torch.nn.Module | None = None
+    boundary_ratio: float | None = None
 
 
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+COMPONENTS = ("denoiser", "vae", "text_encoder", "tokenizer", "scheduler")
+#: the subfolders a denoiser may live in (UNets in `unet/`, diffusion transformers in `transformer/`)
+DENOISER_FOLDERS = ("unet", "transformer")
+SECOND_EXPERT = "transformer_2"
 AUTO_CLASSES = {
-    "unet": ("diffusers", "AutoModel"),
-    "vae": ("diffusers", "AutoencoderKL"),
+    "denoiser": ("diffusers", "AutoModel"),
+    "vae": ("diffusers", "AutoModel"),
     "text_encoder": ("transformers", "AutoModel"),
     "tokenizer": ("transformers", "AutoTokenizer"),
     "scheduler": ("diffusers", "DDIMScheduler"),
@@ -117,8 +124,25 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _load_part(path: Path, index: dict, folder_name: str, kind: str, dtype: torch.dtype):
+    """One component from its subfolder, with the class `model_index.json` names (the auto class as fallback)."""
+    folder = path / folder_name
+    library, class_name = index.get(folder_name) or AUTO_CLASSES[kind]
+    cls = getattr(importlib.import_module(library), class_name, None) if library else None
+    if cls is None:
+        library, class_name = AUTO_CLASSES[kind]
+        cls = getattr(importlib.import_module(library), class_name)
+    try:
+        if kind in ("tokenizer", "scheduler"):
+            return cls.from_pretrained(folder)
+        return cls.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{folder}: cannot load {folder_name} ({first_line(error)})") from None
+
+
 def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32) -> ModelComponents:
-    """Load unet, vae, text encoder, tokenizer and scheduler from a standard diffusers folder.
+    """Load the denoiser (`unet/` or `transformer/`), vae, text encoder, tokenizer and scheduler from a standard
+    diffusers folder, and a second denoiser (`transformer_2/`, Wan 2.2's low-noise expert) where the folder has one.
 
     Classes come from the folder's `model_index.json` (any tokenizer or scheduler it names), with
     auto classes as the fallback, so a folder the project has never seen loads without special cases.
@@ -127,30 +151,24 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
     index_file = path / "model_index.json"
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
     loaded = {}
-    for name in COMPONENTS:
-        folder = path / name
-        if not folder.is_dir():
-            raise InputError(f"{path}: model folder has no '{name}/' subfolder (expected a diffusers layout)")
-        library, class_name = index.get(name) or AUTO_CLASSES[name]
-        cls = getattr(importlib.import_module(library), class_name, None)
-        if cls is None:
-            library, class_name = AUTO_CLASSES[name]
-            cls = getattr(importlib.import_module(library), class_name)
-        try:
-            if name in ("tokenizer", "scheduler"):
-                loaded[name] = cls.from_pretrained(folder)
-            else:
-                loaded[name] = cls.from_pretrained(folder, dtype=dtype)
-        except (OSError, ValueError) as error:
-            raise InputError(f"{folder}: cannot load {name} ({first_line(error)})") from None
-    return ModelComponents(path=path, **loaded)
+    for kind in COMPONENTS:
+        names = DENOISER_FOLDERS if kind == "denoiser" else (kind,)
+        folder_name = next((name for name in names if (path / name).is_dir()), None)
+        if folder_name is None:
+            wanted = " or ".join(f"'{name}/'" for name in names)
+            raise InputError(f"{path}: model folder has no {wanted} subfolder (expected a diffusers layout)")
+        loaded[kind] = _load_part(path, index, folder_name, kind, dtype)
+    second = None
+    if (path / SECOND_EXPERT).is_dir() and (index.get(SECOND_EXPERT) or [None])[0] is not None:
+        second = _load_part(path, index, SECOND_EXPERT, "denoiser", dtype)
+    return ModelComponents(path=path, **loaded, denoiser_2=second, boundary_ratio=index.get("boundary_ratio"))
 
 
 class Backbone(abc.ABC):
     """Every architecture-specific fact of one text-to-video architecture, behind one interface: the contract.
 
     Methods, controls, training and sampling ask a backbone only what this class declares. A subclass
-    declares which model class it serves (`unet_class_names`), its attention sites (`sites`), its parameter
+    declares which model class it serves (`denoiser_class_names`), its attention sites (`sites`), its parameter
     groups and LoRA targets (regexes over the denoiser's names, `parameter_group_patterns`,
     `lora_target_patterns`), and implements every abstract member below: latent geometry, the video
     autoencoder, text encoding with its tokenizer's layout, the denoiser call, and gradient checkpointing.
@@ -159,13 +177,13 @@ class Backbone(abc.ABC):
     """
 
     name: ClassVar[str]
-    unet_class_names: ClassVar[tuple[str, ...]]
+    denoiser_class_names: ClassVar[tuple[str, ...]]
     parameter_group_patterns: ClassVar[dict[str, str]]
     lora_target_patterns: ClassVar[dict[str, str]]
     sites: list[AttentionSite]
 
     def __init__(self, components: ModelComponents):
-        self.unet = components.unet
+        self.denoiser = components.denoiser
         self.vae = components.vae
         self.text_encoder = components.text_encoder
         self.tokenizer = components.tokenizer
@@ -175,7 +193,7 @@ class Backbone(abc.ABC):
         self.frame_positions: dict[str, torch.nn.Parameter] = {}
         self._fingerprint: str | None = None
         self._noise_process: NoiseProcess | None = None
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.denoiser, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
 
@@ -186,10 +204,10 @@ class Backbone(abc.ABC):
         (`load_backbone` asks at load, before training changes any weight), then cached."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            digest.update(_config_json(dict(self.unet.config)).encode())
+            digest.update(_config_json(dict(self.denoiser.config)).encode())
             digest.update(_config_json(self.text_encoder.config.to_dict()).encode())
             embedding = self.text_encoder.get_input_embeddings().weight
-            named = [*self.unet.named_parameters(), ("text_encoder.input_embeddings", embedding)]
+            named = [*self.denoiser.named_parameters(), ("text_encoder.input_embeddings", embedding)]
             for name, parameter in named:
                 flat = parameter.detach().reshape(-1)
                 ends = torch.cat([flat[:FINGERPRINT_VALUES], flat[-FINGERPRINT_VALUES:]])
@@ -200,14 +218,14 @@ class Backbone(abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.denoiser.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        return next(self.denoiser.parameters()).dtype
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.denoiser, self.vae, self.text_encoder):
             module.to(device) if dtype is None else module.to(device, dtype)
         for positions in self.frame_positions.values():
             positions.data = positions.data.to(device) if dtype is None else positions.data.to(device, dtype)
@@ -223,7 +241,7 @@ class Backbone(abc.ABC):
         """
         for site in self.sites:
             if site.kind == "temporal":
-                channels = self.unet.get_submodule(site.name).to_q.in_features
+                channels = self.denoiser.get_submodule(site.name).to_q.in_features
                 zeros = torch.zeros(1, frames, channels, device=self.device, dtype=self.dtype)
                 self.frame_positions[site.name] = torch.nn.Parameter(zeros, requires_grad=False)
 
@@ -373,7 +391,7 @@ class Backbone(abc.ABC):
             known = ", ".join(sorted(self.parameter_group_patterns))
             raise KeyError(f"backbone '{self.name}' has no parameter group '{group}' (known: {known})")
         pattern = re.compile(self.parameter_group_patterns[group])
-        return [name for name, _ in self.unet.named_parameters() if pattern.search(name)]
+        return [name for name, _ in self.denoiser.named_parameters() if pattern.search(name)]
 
     def save_temporal_layers(self, folder: Path) -> None:
         """Write the denoiser's temporal layers in the format the model family shares them in (AnimateDiff: a

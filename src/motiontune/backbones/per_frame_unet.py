@@ -79,9 +79,9 @@ class PerFrameUNetBackbone(Backbone):
         self.sites = self._find_sites()
 
     def _find_sites(self) -> list[AttentionSite]:
-        num_levels = len(self.unet.config.block_out_channels)
+        num_levels = len(self.denoiser.config.block_out_channels)
         sites = []
-        for key in self.unet.attn_processors:
+        for key in self.denoiser.attn_processors:
             name = key.removesuffix(".processor")
             if not re.match(r"(?:down_blocks|up_blocks|mid_block)\.", name):
                 block, level = "in", 0
@@ -108,11 +108,11 @@ class PerFrameUNetBackbone(Backbone):
 
     @property
     def latent_channels(self) -> int:
-        return self.unet.config.in_channels
+        return self.denoiser.config.in_channels
 
     @property
     def num_levels(self) -> int:
-        return len(self.unet.config.block_out_channels)
+        return len(self.denoiser.config.block_out_channels)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.vae_scale_factor, width // self.vae_scale_factor
@@ -159,7 +159,7 @@ class PerFrameUNetBackbone(Backbone):
         and the block's output hidden states `(B*F, C, h, w)` are appended to the yielded list; code
         after the call inside the block does not run.
         """
-        block = self.unet.down_blocks[-1 if last_level is None else last_level]
+        block = self.denoiser.down_blocks[-1 if last_level is None else last_level]
         outputs: list[torch.Tensor] = []
 
         def stop(module, args, output):
@@ -258,7 +258,7 @@ class PerFrameUNetBackbone(Backbone):
         if self.controller is not None:
             self.controller.begin(latents.shape[0], latents.shape[2], tuple(latents.shape[-2:]), conditional)
         text = self.denoiser_text(text, latents.shape[2])
-        return self.unet(latents, timesteps, encoder_hidden_states=text, return_dict=False)[0]
+        return self.denoiser(latents, timesteps, encoder_hidden_states=text, return_dict=False)[0]
 
     def denoiser_text(self, text: torch.Tensor, frames: int) -> torch.Tensor:
         """Text embeddings `(B, L, D)` as the denoiser takes them for `frames` frames (as they are by default)."""
@@ -269,7 +269,7 @@ class PerFrameUNetBackbone(Backbone):
 
         Done through diffusers' hook registry, so module names (and so adapter keys) do not change.
         """
-        for name, module in self.unet.named_modules():
+        for name, module in self.denoiser.named_modules():
             if self.checkpoint_units.match(name):
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 if registry.get_hook(CHECKPOINT_HOOK) is None:
@@ -289,6 +289,6 @@ class PerFrameUNetBackbone(Backbone):
             _CHECKPOINTING_PAUSED.reset(token)
 
     def disable_gradient_checkpointing(self) -> None:
-        for name, module in self.unet.named_modules():
+        for name, module in self.denoiser.named_modules():
             if self.checkpoint_units.match(name) and hasattr(module, "_diffusers_hook"):
                 module._diffusers_hook.remove_hook(CHECKPOINT_HOOK, recurse=False)

@@ -20,7 +20,7 @@ class UNet3DBackbone(PerFrameUNetBackbone):
     """ZeroScope / ModelScope text-to-video UNet (`UNet3DConditionModel`)."""
 
     name = "unet3d"
-    unet_class_names = ("UNet3DConditionModel",)
+    denoiser_class_names = ("UNet3DConditionModel",)
     parameter_group_patterns: ClassVar[dict[str, str]] = {
         **SPATIAL_GROUPS,
         "temporal": r"^(?:transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",

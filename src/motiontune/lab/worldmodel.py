@@ -319,10 +319,10 @@ def build_base_model(
 
 def export_model(backbone, autoencoded: Path, target: Path, config: BaseModelConfig, summary: dict) -> Path:
     """Write the trained model as a diffusers folder with its native size and the recipe beside it."""
-    backbone.unet.register_to_config(sample_size=config.size // backbone.vae_scale_factor)
+    backbone.denoiser.register_to_config(sample_size=config.size // backbone.vae_scale_factor)
     with atomic_directory(target) as staging:
         shutil.copytree(autoencoded, staging, dirs_exist_ok=True)
-        backbone.unet.save_pretrained(staging / "unet")
+        backbone.denoiser.save_pretrained(staging / "unet")
         if backbone.frame_positions:
             backbone.save_frame_positions(staging)
         (staging / "recipe.json").write_text(json.dumps(summary, indent=2))

@@ -149,7 +149,7 @@ def load_adapters(paths: list[str | os.PathLike], backbone: Backbone, allow_othe
     _refuse_duplicates(paths)
     if len(paths) == 1:
         return [load_adapter(paths[0], backbone, allow_other_model)]
-    parameters = dict(backbone.unet.named_parameters())
+    parameters = dict(backbone.denoiser.named_parameters())
     base: dict[str, torch.Tensor] = {}
     loaded: dict[int, Method] = {}
     for index in sorted(range(len(paths)), key=lambda i: _holds_lora(paths[i])):

@@ -159,7 +159,7 @@ class LoraMethod(Method):
         if self.adapter_name is not None:
             return
         target = self.backbone.lora_target(self.lora_groups)
-        unet = self.backbone.unet
+        unet = self.backbone.denoiser
         self.adapter_name = inject_lora(unet, target, self.config.lora_rank, self.name, self.config.lora_dropout)
         self.lora_layers = lora_layers(unet, self.adapter_name)
 
@@ -182,12 +182,12 @@ class LoraMethod(Method):
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         self._inject()
-        tensors = lora_tensors(self.backbone.unet, self.adapter_name)
+        tensors = lora_tensors(self.backbone.denoiser, self.adapter_name)
         return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         self._inject()
-        load_lora_tensors(self.backbone.unet, self.adapter_name, tensors, source)
+        load_lora_tensors(self.backbone.denoiser, self.adapter_name, tensors, source)
         if self.trained_token is not None:
             self.trained_token.load(tensors, source)
 

@@ -166,13 +166,13 @@ class MotionBooth(Method):
     def prepare_for_training(self) -> None:
         if self.config.attention_loss_weight and self.backbone.controller is None:
             raise ConfigError("motionbooth's attention loss needs the attention controller (use api.open_backbone)")
-        unet = self.backbone.unet
+        unet = self.backbone.denoiser
         unet.requires_grad_(False)
         for name in self.backbone.parameter_names(self._group()):
             unet.get_parameter(name).requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.backbone.unet.parameters() if p.requires_grad]
+        return [p for p in self.backbone.denoiser.parameters() if p.requires_grad]
 
     def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
         """Even micro-steps: up to `image_batch_size` distinct subject images; odd ones: `size` videos."""
@@ -241,13 +241,13 @@ class MotionBooth(Method):
 
     # --- adapter ------------------------------------------------------------------------------
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        unet = self.backbone.unet
+        unet = self.backbone.denoiser
         names = self.backbone.parameter_names(self._group())
         tensors = {f"unet.{name}": unet.get_parameter(name).detach().clone() for name in names}
         return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        copy_into_parameters(self.backbone.unet, tensors, "unet.", source)
+        copy_into_parameters(self.backbone.denoiser, tensors, "unet.", source)
         if self.trained_token is not None:
             self.trained_token.load(tensors, source)
 

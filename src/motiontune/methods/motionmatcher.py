@@ -184,7 +184,7 @@ class MotionMatcher(LoraMethod):
         checkpointing (its recompute in backward would run with the LoRA back on) and, unless
         `feature_autocast`, no mixed-precision autocast (the maps of close videos differ by less than bf16
         resolves)."""
-        unet = self.backbone.unet
+        unet = self.backbone.denoiser
         training = unet.training
         unet.eval()
         precision = contextlib.nullcontext()

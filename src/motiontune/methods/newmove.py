@@ -102,20 +102,20 @@ class NewMove(Method):
         if self.config.adapter == "lora":
             if groups:
                 target = self.backbone.lora_target(groups)
-                self.adapter_name = inject_lora(self.backbone.unet, target, self.config.lora_rank, self.name)
+                self.adapter_name = inject_lora(self.backbone.denoiser, target, self.config.lora_rank, self.name)
             return
-        self.backbone.unet.requires_grad_(False)
+        self.backbone.denoiser.requires_grad_(False)
         for group in groups:
             for name in self.backbone.parameter_names(group):
-                self.backbone.unet.get_parameter(name).requires_grad_(True)
+                self.backbone.denoiser.get_parameter(name).requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.config.adapter == "lora":
             self._inject()
             if self.adapter_name is None:
                 return []
-            return lora_parameters(lora_layers(self.backbone.unet, self.adapter_name), self.adapter_name)
-        return [p for p in self.backbone.unet.parameters() if p.requires_grad]
+            return lora_parameters(lora_layers(self.backbone.denoiser, self.adapter_name), self.adapter_name)
+        return [p for p in self.backbone.denoiser.parameters() if p.requires_grad]
 
     def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
         """Each clip is a regularization video with probability `regularization_share`, else a target video
@@ -135,7 +135,7 @@ class NewMove(Method):
 
     # --- adapter ------------------------------------------------------------------------------
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        unet = self.backbone.unet
+        unet = self.backbone.denoiser
         if self.config.adapter == "lora":
             self._inject()
             tensors = lora_tensors(unet, self.adapter_name) if self.adapter_name is not None else {}
@@ -145,7 +145,7 @@ class NewMove(Method):
         return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        unet = self.backbone.unet
+        unet = self.backbone.denoiser
         if self.config.adapter == "lora":
             self._inject()
             if self.adapter_name is not None:

@@ -65,12 +65,12 @@ class Pretrain(Method):
     def prepare_for_training(self) -> None:
         if self.config.box_edit_rate and self.backbone.controller is None:
             raise ConfigError("pretrain's box_edit_rate needs the attention controller (use api.open_backbone)")
-        self.backbone.unet.requires_grad_(True)
+        self.backbone.denoiser.requires_grad_(True)
         for positions in self.backbone.frame_positions.values():
             positions.requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [*self.backbone.unet.parameters(), *self.backbone.frame_positions.values()]
+        return [*self.backbone.denoiser.parameters(), *self.backbone.frame_positions.values()]
 
     def extra_modules(self) -> torch.nn.Module | None:
         positions = self.backbone.frame_positions.values()
@@ -126,13 +126,13 @@ class Pretrain(Method):
         return RowBoxEdits(edits)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"unet.{name}": p.detach().clone() for name, p in self.backbone.unet.named_parameters()}
+        tensors = {f"unet.{name}": p.detach().clone() for name, p in self.backbone.denoiser.named_parameters()}
         tensors.update({f"{POSITIONS}{site}": p.detach().clone() for site, p in self.backbone.frame_positions.items()})
         return tensors
 
     def adapter_tensor_kinds(self) -> dict[str, bool]:
         """Every denoiser parameter's key and the frame positions', listed without copying the weights."""
-        keys = [f"unet.{name}" for name, _ in self.backbone.unet.named_parameters()]
+        keys = [f"unet.{name}" for name, _ in self.backbone.denoiser.named_parameters()]
         return dict.fromkeys(keys + [f"{POSITIONS}{site}" for site in self.backbone.frame_positions], True)
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -141,4 +141,4 @@ class Pretrain(Method):
         if stray:
             raise ConfigError(f"{source}: adapter tensor '{stray[0]}' has no matching frame positions in this model")
         copy_tensors(positions, tensors, source)
-        copy_into_parameters(self.backbone.unet, tensors, "unet.", source)
+        copy_into_parameters(self.backbone.denoiser, tensors, "unet.", source)
