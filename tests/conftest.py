@@ -13,7 +13,7 @@ import torch
 from motiontune.app.api import open_backbone
 from motiontune.backbones import BACKBONES
 from motiontune.lab.shapeworld import sample_clips, write_dataset
-from motiontune.lab.tiny import build_tiny_animatediff, build_tiny_model
+from motiontune.lab.tiny import build_tiny_animatediff, build_tiny_model, build_tiny_wan
 
 REFERENCE_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -42,10 +42,22 @@ def tiny_animatediff_dir(tmp_path_factory) -> Path:
     return build_tiny_animatediff(tmp_path_factory.mktemp("models") / "tiny-animatediff", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory) -> Path:
+    """A tiny random Wan 2.1 model (a `WanPipeline` folder, built once)."""
+    return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_dir(tmp_path_factory) -> Path:
+    """A tiny random Wan 2.2 A14B-layout model: two experts split at noise level 0.875."""
+    return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan22", two_experts=True, seed=0)
+
+
 @pytest.fixture(params=BACKBONES)
-def any_model_dir(request, tiny_model_dir, tiny_animatediff_dir) -> Path:
+def any_model_dir(request, tiny_model_dir, tiny_animatediff_dir, tiny_wan_dir) -> Path:
     """Each tiny model in turn, one per backbone: tests that take it run on every architecture."""
-    return {"unet3d": tiny_model_dir, "animatediff": tiny_animatediff_dir}[request.param]
+    return {"unet3d": tiny_model_dir, "animatediff": tiny_animatediff_dir, "wan": tiny_wan_dir}[request.param]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from backbone_facts import clip_frames
 from motiontune.app.api import open_backbone
 from motiontune.errors import ConfigError, InputError
 from motiontune.generation import GenerationConfig, generate_latents
@@ -17,11 +18,15 @@ from motiontune.io.data import VideoDataset, find_video_items
 from motiontune.methods import create_method, load_adapter
 from motiontune.training import TrainConfig, prepare_examples, train
 
-SETTINGS = GenerationConfig(frames=4, height=32, width=32, steps=3, seed=5, progress=False)
+
+def settings(backbone) -> GenerationConfig:
+    return GenerationConfig(frames=clip_frames(backbone), height=32, width=32, steps=3, seed=5, progress=False)
 
 
 def _trained_adapter(backbone, data, tmp_path, options):
-    examples = prepare_examples(backbone, VideoDataset(find_video_items(data), 4, 32, 32), "target", progress=False)
+    examples = prepare_examples(
+        backbone, VideoDataset(find_video_items(data), clip_frames(backbone), 32, 32), "target", progress=False
+    )
     method = create_method("newmove", backbone, options, token="sks")
     config = TrainConfig(tmp_path / "out", steps=2, learning_rate=1e-2, checkpoint_every=0, progress=False)
     return method, train(method, examples, config)
@@ -34,11 +39,11 @@ def _trained_adapter(backbone, data, tmp_path, options):
 )
 def test_adapter_round_trips_to_identical_outputs(backbone, any_model_dir, motion_data, tmp_path, options):
     method, path = _trained_adapter(backbone, motion_data, tmp_path, options)
-    trained = generate_latents(backbone, ["a red square doing sks"], [method], SETTINGS)
+    trained = generate_latents(backbone, ["a red square doing sks"], [method], settings(backbone))
     fresh = open_backbone(any_model_dir, "cpu")
-    base = generate_latents(fresh, ["a red square doing sks"], [], SETTINGS)
+    base = generate_latents(fresh, ["a red square doing sks"], [], settings(backbone))
     loaded = load_adapter(path, fresh)
-    assert torch.equal(generate_latents(fresh, ["a red square doing sks"], [loaded], SETTINGS), trained)
+    assert torch.equal(generate_latents(fresh, ["a red square doing sks"], [loaded], settings(backbone)), trained)
     assert not torch.allclose(base, trained)
 
 
@@ -70,8 +75,8 @@ def test_non_adapter_files_are_rejected_by_name(tmp_path):
 
 
 def test_incompatible_adapters_are_rejected(backbone, tmp_path):
-    wrong_backbone = save_adapter(tmp_path / "a.safetensors", {}, {"method": "newmove", "backbone": "wan"})
-    with pytest.raises(ConfigError, match="adapter is for backbone 'wan'"):
+    wrong_backbone = save_adapter(tmp_path / "a.safetensors", {}, {"method": "newmove", "backbone": "cogvideox"})
+    with pytest.raises(ConfigError, match="adapter is for backbone 'cogvideox'"):
         load_adapter(wrong_backbone, backbone)
     newer = tmp_path / "b.safetensors"
     save_file({}, str(newer), {"motiontune": json.dumps({"format": "motiontune.adapter", "format_version": 99})})
@@ -164,7 +169,7 @@ def test_lora_methods_train_the_token_when_asked_and_round_trip_it(
     method_name, backbone, any_model_dir, motion_data, tmp_path
 ):
     examples = prepare_examples(
-        backbone, VideoDataset(find_video_items(motion_data), 4, 32, 32), "target", progress=False
+        backbone, VideoDataset(find_video_items(motion_data), clip_frames(backbone), 32, 32), "target", progress=False
     )
     weight = backbone.text_encoder.get_input_embeddings().weight
     before = weight.detach().clone()

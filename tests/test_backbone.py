@@ -1,4 +1,4 @@
-"""Every backbone (tiny UNet3D and AnimateDiff): loading any diffusers folder, attention sites and layouts,
+"""Every backbone (tiny UNet3D, AnimateDiff and Wan): loading any diffusers folder, attention sites and layouts,
 groups, checkpointing."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from backbone_facts import TEMPORAL_LAYERS
+from backbone_facts import PER_FRAME_AUTOENCODER, TEMPORAL_LAYERS
 from motiontune.app.api import open_backbone
 from motiontune.errors import InputError
 
@@ -37,6 +37,12 @@ EXPECTED_SITES = {
         "up_blocks.1.attentions.0.transformer_blocks.0.attn2": ("cross", 1),
         "up_blocks.2.motion_modules.1.transformer_blocks.0.attn2": ("temporal", 0),
     },
+    "wan": {
+        "blocks.0.attn1": ("temporal", 0),
+        "blocks.0.attn2": ("cross", 0),
+        "blocks.1.attn1": ("temporal", 0),
+        "blocks.1.attn2": ("cross", 0),
+    },
 }
 
 
@@ -45,11 +51,13 @@ def test_sites_are_classified_with_their_levels(backbone):
     for name, (kind, level) in EXPECTED_SITES[backbone.name].items():
         assert (sites[name].kind, sites[name].level) == (kind, level), name
     assert len(sites) == len(backbone.denoiser.attn_processors)
-    assert {site.kind for site in backbone.sites} == {"spatial_self", "cross", "temporal"}
+    assert {site.kind for site in backbone.sites} == {kind for kind, _ in EXPECTED_SITES[backbone.name].values()}
 
 
 @pytest.mark.parametrize("latent_hw", [(16, 16), (10, 18), (7, 9)])
 def test_recorded_layouts_match_each_site(backbone, latent_hw):
+    patch = backbone.pixel_multiple // backbone.vae_scale_factor
+    latent_hw = tuple(patch * n for n in latent_hw)
     batch, frames = 2, 3
     latents = torch.randn(batch, 4, frames, *latent_hw)
     text = backbone.encode_prompt(["a red circle", "sks"])
@@ -73,13 +81,23 @@ def test_temporal_rows_follow_pixel_layout(backbone):
     torch.manual_seed(1)
     latents = torch.randn(1, 4, 3, 16, 16)
     text = backbone.encode_prompt([""])
-    site = next(s.name for s in backbone.sites if s.kind == "temporal" and s.level == 0)
-    transformer = backbone.denoiser.get_submodule(site.split(".transformer_blocks.")[0])
+    site = next(s for s in backbone.sites if s.kind == "temporal" and s.level == 0)
+    if site.layout == "video":
+        # tokens (B, F*h*w, C) of the 3D self-attention: the token of cell (5, 9) in every frame
+        transformer = backbone.denoiser.get_submodule(site.name)
+        latents = torch.randn(1, 4, 3, 16, 20)
+        cells = [f * 8 * 10 + 5 * 10 + 9 for f in range(3)]
+    else:
+        transformer = backbone.denoiser.get_submodule(site.name.split(".transformer_blocks.")[0])
+    site = site.name
 
     def maps_with(change: float) -> torch.Tensor:
         def perturb(module, args):
             hidden = args[0].clone()
-            hidden[:, :, 5, 9] += change
+            if hidden.ndim == 3:
+                hidden[:, cells] += change
+            else:
+                hidden[:, :, 5, 9] += change
             return (hidden, *args[1:])
 
         handle = transformer.register_forward_pre_hook(perturb)
@@ -102,9 +120,7 @@ def test_parameter_groups_select_the_right_layers(backbone):
     temporal = backbone.parameter_names("temporal")
     assert temporal and all(temporal_layer.search(n) for n in temporal)
     cross_kv = backbone.parameter_names("cross_kv")
-    assert cross_kv and all(
-        re.search(r"\.attentions\.\d+\.transformer_blocks\.0\.attn2\.to_[kv]\.", n) for n in cross_kv
-    )
+    assert cross_kv and all(re.search(r"\.attn2\.to_[kv]\.", n) for n in cross_kv)
     assert not any(temporal_layer.search(n) for n in cross_kv)
     spatial = set(backbone.parameter_names("spatial"))
     assert spatial.isdisjoint(temporal) and set(cross_kv) <= spatial
@@ -146,17 +162,24 @@ def test_gradient_checkpointing_keeps_names_loss_and_gradients(backbone):
 
 
 def test_vae_round_trip_shapes_and_scaling(backbone):
-    pixels = torch.rand(2, 3, 3, 32, 48) * 2 - 1
+    pixels = torch.rand(2, backbone.pixel_frames(3), 3, 32, 48) * 2 - 1
     latents = backbone.encode_video(pixels)
-    assert latents.shape == (2, 4, 3, 16, 24)
-    raw = backbone.vae.encode(pixels[0, :1]).latent_dist.mode()
-    assert torch.allclose(latents[0, :, 0], raw[0] * backbone.vae.config.scaling_factor, atol=1e-5)
+    scale = backbone.vae_scale_factor
+    assert latents.shape == (2, 4, 3, 32 // scale, 48 // scale)
+    if backbone.name in PER_FRAME_AUTOENCODER:
+        raw = backbone.vae.encode(pixels[0, :1]).latent_dist.mode()
+        assert torch.allclose(latents[0, :, 0], raw[0] * backbone.vae.config.scaling_factor, atol=1e-5)
+    else:
+        raw = backbone.vae.encode(pixels[:1].transpose(1, 2)).latent_dist.mode()
+        mean = torch.tensor(backbone.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(backbone.vae.config.latents_std).view(1, -1, 1, 1, 1)
+        assert torch.allclose(latents[:1], (raw - mean) / std, atol=1e-5)
     decoded = backbone.decode_latents(latents)
     assert decoded.shape == pixels.shape and decoded.abs().max() <= 1
 
 
 def test_phrase_positions_and_token_ids(backbone):
-    assert backbone.phrase_positions("a sks dog", "sks dog") == [2, 3]
+    assert backbone.phrase_positions("a sks dog", "sks dog") == backbone.word_positions("a sks dog")[1:]
     assert len(backbone.token_ids("sks")) == 1
     with pytest.raises(ValueError, match="not found"):
         backbone.phrase_positions("a red circle", "sks")

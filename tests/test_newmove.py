@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbone_facts import is_temporal, is_temporal_attention
+from backbone_facts import clip_frames, is_temporal, is_temporal_attention
 from motiontune.errors import ConfigError, InputError
 from motiontune.io.data import VideoDataset, find_video_items
 from motiontune.methods import create_method
@@ -14,7 +14,7 @@ from motiontune.training import TrainConfig, prepare_examples, train
 
 
 def _examples(backbone, folder, source="target"):
-    dataset = VideoDataset(find_video_items(folder), 4, 32, 32)
+    dataset = VideoDataset(find_video_items(folder), clip_frames(backbone), 32, 32)
     return prepare_examples(backbone, dataset, source, progress=False)
 
 
@@ -78,7 +78,7 @@ def test_loss_falls_on_a_fixed_batch(backbone, motion_data):
         "captions": [e.caption for e in examples[:2]],
     }
     losses = []
-    for _ in range(10):
+    for _ in range(20):
         loss = method.loss(batch, torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from motiontune.diffusion import (
+    DDPM_SAMPLERS,
     DiscreteDiffusion,
     FlowMatching,
     min_snr_weight,
@@ -16,20 +17,13 @@ from motiontune.diffusion import (
 )
 from motiontune.errors import ConfigError
 from motiontune.generation import GenerationConfig, generate_latents
-from motiontune.sampling import (
-    SCHEDULERS,
-    ddim_invert,
-    guided_prediction,
-    make_scheduler,
-    noise_prior,
-    sample,
-)
+from motiontune.sampling import guided_prediction, invert, make_scheduler, noise_prior, sample
 
 
 @pytest.fixture
 def backbone(unet3d_backbone):
     """The tiny UNet3D only: the sampling loop, inversion and noise process only call the contract;
-    test_animatediff.py samples and inverts on AnimateDiff."""
+    test_animatediff.py samples and inverts on AnimateDiff, test_wan.py with flow matching on Wan."""
     return unet3d_backbone
 
 
@@ -45,7 +39,7 @@ def test_sampling_is_bit_identical_for_a_seed_and_differs_across_seeds(backbone)
     assert not torch.allclose(first, other)
 
 
-@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("name", sorted(DDPM_SAMPLERS))
 def test_every_sampler_runs_from_the_folder_config(backbone, name):
     latents = generate_latents(backbone, ["a red circle"], settings=_settings(sampler=name, steps=3))
     assert latents.shape == (1, 4, 3, 16, 16) and torch.isfinite(latents).all()
@@ -119,7 +113,7 @@ def test_ddim_inversion_round_trips_exactly_when_the_model_predicts_no_noise(bac
         backbone.denoiser.conv_out.bias.zero_()
     x0 = torch.randn(1, 4, 3, 8, 8) * 0.5
     uncond = backbone.encode_prompt([""])
-    inverted = ddim_invert(backbone, x0, uncond, 10, progress=False)
+    inverted = invert(backbone, x0, uncond, 10, progress=False)
     back = sample(backbone, inverted, uncond, None, make_scheduler(backbone), 10, guidance_scale=1.0, progress=False)
     assert torch.allclose(back, x0, atol=1e-5)
 
@@ -132,7 +126,7 @@ def test_ddim_inversion_comes_back_close_and_closer_with_more_steps(backbone):
     uncond = backbone.encode_prompt([""])
     errors = []
     for steps in (10, 40):
-        inverted = ddim_invert(backbone, x0, uncond, steps, progress=False)
+        inverted = invert(backbone, x0, uncond, steps, progress=False)
         back = sample(backbone, inverted, uncond, None, make_scheduler(backbone), steps, 1.0, progress=False)
         errors.append((back - x0).abs().mean().item())
     assert errors[1] < errors[0] and errors[1] < 0.05 * x0.abs().mean().item() * 4
@@ -209,7 +203,7 @@ def test_the_noise_process_adds_noise_and_converts_as_the_scheduler_does(backbon
 
 def test_the_flow_matching_process_by_hand():
     """s = t / T = 0.25: x_t = 0.75 x0 + 0.25 eps, v = eps - x0; x0 = x_t - s v, eps = x_t + (1 - s) v."""
-    process = FlowMatching(1000)
+    process = FlowMatching({"num_train_timesteps": 1000})
     clean, noise, t = torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([250])
     noisy = process.add_noise(clean, noise, t)
     velocity = process.target(clean, noise, t)

@@ -63,7 +63,7 @@ class BoxEdit:
     Scores `S = QK^T / sqrt(d)` of the conditional batch rows become, per frame k:
     `S + strength * (1 - |B_k| / |Q|)` for subject tokens inside box `B_k` while `amplify` is on,
     and `-inf` for subject tokens outside their box. With `suppress_other_words`, every other prompt
-    word (positions 1 .. prompt_length - 2) is suppressed everywhere, as the official code does;
+    word (`word_positions`: the prompt's own tokens) is suppressed everywhere, as the official code does;
     start, end and padding tokens are never touched. `background_positions` (the official `bg_phrase`)
     are the mirror image: `-inf` inside any box, amplified outside all boxes while `amplify` is on.
     """
@@ -71,7 +71,7 @@ class BoxEdit:
     subjects: list[SubjectBox]
     strength: float = 10.0
     amplify: bool = True
-    prompt_length: int | None = None
+    word_positions: list[int] = field(default_factory=list)
     suppress_other_words: bool = True
     background_positions: list[int] = field(default_factory=list)
 
@@ -105,8 +105,7 @@ class BoxEdit:
                 bias[..., background] += self.strength * (1 - area)[:, None, None, None] * (~covered)[..., None]
             suppress[..., background] |= covered[..., None]
         if self.suppress_other_words:
-            last_word = (self.prompt_length or tokens) - 1
-            others = [j for j in range(1, last_word) if j not in subject_tokens and j not in background]
+            others = [j for j in self.word_positions if j < tokens and j not in subject_tokens and j not in background]
             suppress[..., others] = True
         return bias.flatten(1, 2), suppress.flatten(1, 2)
 
@@ -232,8 +231,13 @@ class AttentionController:
         self._fast = AttnProcessor2_0()
         self._explicit = AttnProcessor()
         self._explicit_select: Callable[[AttentionSite], bool] | None = None
-        processors = {f"{name}.processor": ControlledProcessor(self, site) for name, site in self.sites.items()}
-        backbone.denoiser.set_attn_processor(processors)
+        for name, site in self.sites.items():
+            for module in backbone.site_modules(name):
+                if site.layout == "video":
+                    original = getattr(module.processor, "original", module.processor)
+                    module.set_processor(ControlledTokenProcessor(self, site, original))
+                else:
+                    module.set_processor(ControlledProcessor(self, site))
         backbone.controller = self
 
     def sites_of(self, kind: str) -> list[AttentionSite]:
@@ -247,11 +251,15 @@ class AttentionController:
         return self.backbone.grid_at_level(self.context.latent_hw, site.level)
 
     def canonical(self, site: AttentionSite, probs: torch.Tensor) -> torch.Tensor:
-        """Attention probabilities of `site` in the canonical view of its layout, for the current call:
-        `"frames"` (spatial self and cross attention) `(B, F, heads, h, w, keys)`, `"pixels"` (temporal attention)
-        `(B, h, w, heads, F, F)`. Methods read maps only in these views, whatever the backbone's token order."""
+        """Attention probabilities of `site` in the canonical view of its kind, for the current call: spatial self
+        and cross attention `(B, F, heads, h, w, keys)`, temporal attention `(B, h, w, heads, F, F)`. Methods read
+        maps only in these views, whatever the backbone's token order. From layout `"frames"` `(B*F*heads, h*w,
+        keys)`, `"pixels"` `(B*h*w*heads, F, F)`; from `"video"` a cross map `(B, heads, F*h*w, keys)` or the
+        per-position temporal maps `(B, h*w, heads, F, F)` the transformer processor takes out of 3D attention."""
         context = self.context
         h, w = self.grid(site)
+        if site.layout == "video" and site.kind != "temporal":
+            return probs.unflatten(2, (context.frames, h, w)).permute(0, 2, 1, 3, 4, 5)
         if site.layout == "frames":
             return probs.view(context.batch, context.frames, -1, h, w, probs.shape[-1])
         return probs.view(context.batch, h, w, -1, *probs.shape[-2:])
@@ -269,6 +277,37 @@ class AttentionController:
             yield recording.maps
         finally:
             self._recordings.remove(recording)
+
+    @contextlib.contextmanager
+    def rows_in_parts(self, batch: int) -> Iterator[Callable[[torch.Tensor], contextlib.AbstractContextManager]]:
+        """For a batch whose rows the backbone runs in several denoiser calls (e.g. each through its expert): yields
+        `part(rows)`, a block around the call of the rows `rows` (a bool mask over the batch). Maps recorded in the
+        parts are put together into whole-batch maps (batch is the first dimension of every canonical view)."""
+        parts: list[tuple[torch.Tensor, list[dict]]] = []
+
+        @contextlib.contextmanager
+        def part(rows: torch.Tensor) -> Iterator[None]:
+            saved = [recording.maps for recording in self._recordings]
+            fresh = [{} for _ in self._recordings]
+            for recording, maps in zip(self._recordings, fresh, strict=True):
+                recording.maps = maps
+            try:
+                yield
+            finally:
+                for recording, maps in zip(self._recordings, saved, strict=True):
+                    recording.maps = maps
+            parts.append((rows.cpu(), fresh))
+
+        yield part
+        for index, recording in enumerate(self._recordings):
+            names = {name for _, maps in parts for name in maps[index]}
+            for name in names:
+                pieces = [(rows, maps[index][name]) for rows, maps in parts if name in maps[index]]
+                first = pieces[0][1]
+                whole = first.new_zeros((batch, *first.shape[1:]))
+                for rows, piece in pieces:
+                    whole = whole.index_put((rows.nonzero()[:, 0].to(whole.device),), piece)
+                recording.maps[name] = whole
 
     @contextlib.contextmanager
     def editing(self, edit: BoxEdit | RowBoxEdits | None) -> Iterator[None]:
@@ -399,6 +438,108 @@ class ControlledProcessor:
         bias = bias[:, :, None].expand(shape).flatten(0, 2).to(scores.device, scores.dtype)
         suppress = suppress[:, :, None].expand(shape).flatten(0, 2)
         scores = scores + bias
+        return scores.masked_fill(suppress.to(scores.device), torch.finfo(scores.dtype).min)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021, Eq. 34) as Wan applies it to `(B, N, heads, d)`: channel pairs
+    (2i, 2i+1) turned by the angle of their (time, height or width) frequency at the token's position."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
+
+
+class ControlledTokenProcessor:
+    """Attention processor of one site of a diffusion transformer (layout "video": tokens `(B, F*h*w, C)`; Wan's
+    `WanAttention`, query and key RMS-normed across heads, rotary positions on the 3D self-attention).
+
+    The site's own diffusers processor runs unless the controller asks to record, edit, inject or go explicit.
+    Then: a base model's frame positions and Motion Inversion's query-key embedding of frame f are added to every
+    token of frame f before `to_q` and `to_k` (rotary positions still applied after), its value embedding per
+    (frame, position) before `to_v`; the box edit adds its bias to the cross-attention scores of each frame's
+    tokens; a temporal map is each position's attention to the same position in every frame, renormalised over
+    frames, `softmax_g(q_{f,p} . k_{g,p} / sqrt(d))` (what a separate temporal attention would see), computed from
+    q and k in O(F^2 h w) without the full `(F*h*w)^2` map.
+    """
+
+    def __init__(self, controller: AttentionController, site: AttentionSite, original):
+        self.controller = controller
+        self.site = site
+        self.original = original
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        controller = self.controller
+        recordings = controller.recordings_for(self.site)
+        edit = controller.box_edit if self.site.kind == "cross" and controller.context is not None else None
+        embedding = controller.embeddings.get(self.site.name)
+        positions = controller.backbone.frame_positions.get(self.site.name)
+        explicit = controller.explicit_for(self.site)
+        if not (recordings or edit or embedding or explicit or positions is not None):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
+        if getattr(attn, "add_k_proj", None) is not None:
+            raise NotImplementedError(f"{self.site.name}: image-conditioned attention cannot be recorded or edited")
+
+        context = controller.context
+        frames, (h, w) = context.frames, controller.grid(self.site)
+        query_input = hidden_states
+        key_input = value_input = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query_keys = [per_frame(positions, frames)] if positions is not None else []
+        if embedding is not None and embedding.query_key is not None:
+            query_keys.append(embedding.query_key_for(frames))
+        if query_keys:
+            per_token = sum(query_keys).repeat_interleave(h * w, 1).to(hidden_states.dtype)
+            query_input = key_input = hidden_states + per_token
+        if embedding is not None:
+            value = embedding.value_for(frames, h * w, (h, w))
+            if value is not None:
+                value_input = hidden_states + value.transpose(0, 1).flatten(0, 1)[None].to(hidden_states.dtype)
+
+        query = attn.norm_q(attn.to_q(query_input)).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(attn.to_k(key_input)).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(value_input).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query, key = rotate(query, *rotary_emb), rotate(key, *rotary_emb)
+        scale = query.shape[-1] ** -0.5
+
+        if recordings and self.site.kind == "temporal":
+            per_position = query.unflatten(1, (frames, h * w)), key.unflatten(1, (frames, h * w))
+            scores = torch.einsum("bfphd,bgphd->bphfg", *per_position) * scale
+            view = controller.canonical(self.site, scores.float().softmax(-1).to(query.dtype))
+            for recording in recordings:
+                recording.maps[self.site.name] = view if recording.with_grad else view.detach()
+        q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+        if explicit or (self.site.kind == "cross" and (recordings or edit)):
+            scores = q @ k.transpose(-1, -2) * scale
+            if edit is not None:
+                scores = self._edit_scores(scores, edit, frames, (h, w))
+            probs = scores.float().softmax(-1).to(v.dtype)
+            if recordings and self.site.kind == "cross":
+                view = controller.canonical(self.site, probs)
+                for recording in recordings:
+                    recording.maps[self.site.name] = view if recording.with_grad else view.detach()
+            out = probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _edit_scores(self, scores: torch.Tensor, edit, frames: int, grid: tuple[int, int]) -> torch.Tensor:
+        """Scores `(B, heads, F*h*w, T)` with the box edit's bias and suppression on the conditional rows."""
+        context = self.controller.context
+        conditional = context.conditional
+        if conditional is None:
+            conditional = torch.ones(context.batch, dtype=torch.bool)
+        bias, suppress = edit.rows_bias_and_mask(conditional, frames, grid, scores.shape[-1])
+        bias, suppress = bias.flatten(1, 2)[:, None], suppress.flatten(1, 2)[:, None]
+        scores = scores + bias.to(scores.device, scores.dtype)
         return scores.masked_fill(suppress.to(scores.device), torch.finfo(scores.dtype).min)
 
 

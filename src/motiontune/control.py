@@ -93,12 +93,14 @@ class ControlOptions:
         if not (math.isfinite(self.box_strength) and self.box_strength >= 0):
             raise ConfigError(f"--box-strength must be a finite number >= 0, got {self.box_strength}")
 
-    def box_edit(self, subjects: list[SubjectBox], prompt_length: int, background: list[int] | None = None) -> BoxEdit:
+    def box_edit(
+        self, subjects: list[SubjectBox], word_positions: list[int], background: list[int] | None = None
+    ) -> BoxEdit:
         """The box edit these options ask for, amplifying (`BoxControl` switches that per step)."""
         return BoxEdit(
             subjects,
             strength=self.box_strength,
-            prompt_length=prompt_length,
+            word_positions=list(word_positions),
             suppress_other_words=not self.keep_other_words,
             background_positions=background or [],
         )
@@ -504,14 +506,16 @@ def control_hooks(
     backbone: Backbone,
     script: MotionScript,
     frames: int,
-    timesteps: Sequence[int],
+    timesteps: Sequence[float],
     options: ControlOptions | None = None,
     seed: int = 0,
 ) -> list[StepHook]:
-    """The step hooks realising `script` for a video of `frames` sampled over `timesteps`."""
+    """The step hooks realising `script` for a video of `frames` pixel frames sampled over `timesteps`. Boxes and
+    the camera path are laid over the latent frames (keyframes spread over the video's duration, so a latent frame
+    that stands for several pixel frames gets the boxes of its time in the video)."""
     options = options or ControlOptions()
     prompt = script.prompt or ""
-    subjects = subject_boxes(backbone, prompt, script, frames)
+    subjects = subject_boxes(backbone, prompt, script, backbone.latent_frames(frames))
     hooks: list[StepHook] = []
     if any(script.camera_speed):
         levels = [backbone.noise_process.noise_level(t) for t in timesteps]
@@ -522,13 +526,14 @@ def control_hooks(
         background = []
         if script.background is not None:
             background = _positions(backbone, prompt, script.background, "bg_phrase {!r} is", script.source)
-        edit = options.box_edit(subjects, backbone.prompt_length(prompt), background)
+        edit = options.box_edit(subjects, backbone.word_positions(prompt), background)
         hooks.append(BoxControl(backbone.controller, edit, options.amplify_until))
     return hooks
 
 
-def sampling_timesteps(backbone: Backbone, sampler: str, steps: int) -> list[int]:
-    """The timesteps the named sampler visits in `steps` steps (what `sampling.sample` will run)."""
+def sampling_timesteps(backbone: Backbone, sampler: str | None, steps: int) -> list[float]:
+    """The timesteps the named sampler (None: the model's own) visits in `steps` steps (what `sampling.sample`
+    will run)."""
     scheduler = make_scheduler(backbone, sampler)
     scheduler.set_timesteps(steps)
-    return [int(t) for t in scheduler.timesteps]
+    return [float(t) for t in scheduler.timesteps]

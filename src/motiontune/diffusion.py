@@ -12,8 +12,19 @@ w / `WINDOW_SCALE`, i.e. timestep w of a 1000-step DDPM model, sigma w / 1000 of
 from __future__ import annotations
 
 import abc
+import itertools
+from typing import ClassVar
 
 import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from .errors import ConfigError
 
@@ -78,10 +89,45 @@ def window_level(value: float) -> float:
     return value / WINDOW_SCALE
 
 
+#: the samplers of DDPM-trained models, each configured from the folder's own scheduler config
+DDPM_SAMPLERS = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+
+
 class NoiseProcess(abc.ABC):
     """What methods, training and sampling may ask of a forward noise process."""
 
     num_timesteps: int
+    #: the sampler `generate` uses unless told otherwise
+    default_sampler: ClassVar[str]
+
+    @abc.abstractmethod
+    def samplers(self) -> tuple[str, ...]:
+        """Names of the samplers that fit this process."""
+
+    @abc.abstractmethod
+    def make_scheduler(self, name: str):
+        """A diffusers scheduler of the named sampler, configured for this process and model folder."""
+
+    @abc.abstractmethod
+    def inversion_schedule(self, num_steps: int) -> list[tuple[float, float | None, float]]:
+        """Ascending `(evaluate_at, from_t, to_t)` for inverting a clean latent in `num_steps` steps: the denoiser
+        runs at `evaluate_at` on x at `from_t` (None: the clean latent) and `inversion_step` carries x to `to_t`."""
+
+    @abc.abstractmethod
+    def inversion_step(
+        self, output: torch.Tensor, noisy: torch.Tensor, from_t: float | None, to_t: float
+    ) -> torch.Tensor:
+        """x at `to_t` from x at `from_t` and the denoiser's output: the sampler's ODE step run backwards."""
+
+    def _unknown_sampler(self, name: str) -> ConfigError:
+        return ConfigError(f"unknown sampler '{name}' for this model (choose from {', '.join(self.samplers())})")
 
     @abc.abstractmethod
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -120,7 +166,10 @@ class DiscreteDiffusion(NoiseProcess):
     `x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`, with the cumulative alphas and prediction type of a diffusers
     scheduler (so a zero-terminal-SNR or v-prediction folder is served as its config says)."""
 
+    default_sampler = "ddim"
+
     def __init__(self, scheduler) -> None:
+        self.config = scheduler.config
         self.alphas_cumprod = scheduler.alphas_cumprod.float()
         self.prediction_type = scheduler.config.prediction_type
         self.num_timesteps = int(scheduler.config.num_train_timesteps)
@@ -144,6 +193,37 @@ class DiscreteDiffusion(NoiseProcess):
     def to_clean(self, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return to_clean(output, noisy, self.alpha_bar(timesteps, noisy), self.prediction_type)
 
+    def samplers(self) -> tuple[str, ...]:
+        return tuple(DDPM_SAMPLERS)
+
+    def make_scheduler(self, name: str):
+        if name not in DDPM_SAMPLERS:
+            raise self._unknown_sampler(name)
+        return DDPM_SAMPLERS[name].from_config(self.config)
+
+    def inversion_schedule(self, num_steps: int) -> list[tuple[float, float | None, float]]:
+        """DDIM's timesteps ascending; the denoiser runs at the next timestep on the current x (Song et al. 2021,
+        Eq. 13 run forward, the usual DDIM-inversion approximation)."""
+        scheduler = DDIMScheduler.from_config(self.config)
+        scheduler.set_timesteps(num_steps)
+        ascending = scheduler.timesteps.flip(0).tolist()
+        return [(to_t, from_t, to_t) for from_t, to_t in zip([None, *ascending[:-1]], ascending, strict=True)]
+
+    def inversion_step(
+        self, output: torch.Tensor, noisy: torch.Tensor, from_t: float | None, to_t: float
+    ) -> torch.Tensor:
+        """`x' = sqrt(a') x0_hat + sqrt(1 - a') eps`, `x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)`, where a belongs to
+        `from_t` (DDIM's final alpha for the clean latent)."""
+        if from_t is None:
+            alpha = DDIMScheduler.from_config(self.config).final_alpha_cumprod.float()
+        else:
+            alpha = self.alphas_cumprod[int(from_t)]
+        alpha = alpha.to(noisy.device)
+        eps = to_epsilon(output, noisy, alpha, self.prediction_type)
+        clean = (noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        alpha_next = self.alphas_cumprod[int(to_t)].to(noisy.device)
+        return alpha_next.sqrt() * clean + (1 - alpha_next).sqrt() * eps
+
     def min_snr_weight(self, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
         alpha = self.alphas_cumprod[timesteps.cpu()]
         return min_snr_weight(alpha / (1 - alpha), gamma, self.prediction_type)
@@ -152,10 +232,55 @@ class DiscreteDiffusion(NoiseProcess):
 class FlowMatching(NoiseProcess):
     """Rectified flow / flow matching (Lipman et al. 2023; Esser et al. 2024, as Wan and diffusers'
     `FlowMatchEulerDiscreteScheduler` use it): `x_t = (1 - s) x0 + s eps` with s = t / T, the denoiser predicts
-    the velocity `v = eps - x0`, so `x0 = x_t - s v` and `eps = x_t + (1 - s) v`; the noise level is s itself."""
+    the velocity `v = eps - x0`, so `x0 = x_t - s v` and `eps = x_t + (1 - s) v`; the noise level is s itself.
 
-    def __init__(self, num_timesteps: int = 1000) -> None:
-        self.num_timesteps = int(num_timesteps)
+    `shift` is the sampling schedule's time shift (Esser et al. 2024, Eq. 23: s' = shift s / (1 + (shift - 1) s),
+    more steps at high noise), as the folder's scheduler states it; training draws t as the methods say."""
+
+    default_sampler = "flow-euler"
+
+    def __init__(self, scheduler_config: dict | None = None) -> None:
+        """`scheduler_config`: the folder's scheduler config (Wan: UniPC on flow sigmas with `flow_shift`, or a
+        `FlowMatchEulerDiscreteScheduler` with `shift`); None: 1000 steps, no shift."""
+        self.config = dict(scheduler_config or {})
+        self.num_timesteps = int(self.config.get("num_train_timesteps", 1000))
+        self.shift = float(self.config.get("shift") or self.config.get("flow_shift") or 1.0)
+
+    def samplers(self) -> tuple[str, ...]:
+        return ("flow-euler", "unipc")
+
+    def make_scheduler(self, name: str):
+        """`flow-euler`: the Euler ODE step `x' = x + (s' - s) v` (diffusers' FlowMatchEulerDiscreteScheduler);
+        `unipc`: UniPC on flow sigmas (Wan's own default). Each from the folder's config when the folder's scheduler
+        is of that kind, else built with this model's shift."""
+        folder_class = self.config.get("_class_name")
+        if name == "flow-euler":
+            if folder_class == "FlowMatchEulerDiscreteScheduler":
+                return FlowMatchEulerDiscreteScheduler.from_config(self.config)
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_timesteps, shift=self.shift)
+        if name == "unipc":
+            if folder_class == "UniPCMultistepScheduler" and self.config.get("use_flow_sigmas"):
+                return UniPCMultistepScheduler.from_config(self.config)
+            return UniPCMultistepScheduler(
+                num_train_timesteps=self.num_timesteps,
+                prediction_type="flow_prediction",
+                use_flow_sigmas=True,
+                flow_shift=self.shift,
+            )
+        raise self._unknown_sampler(name)
+
+    def inversion_schedule(self, num_steps: int) -> list[tuple[float, float | None, float]]:
+        """The Euler sampler's sigmas ascending (0 to 1); the velocity is taken where x is."""
+        scheduler = self.make_scheduler("flow-euler")
+        scheduler.set_timesteps(num_steps)
+        ascending = (scheduler.sigmas.flip(0).double() * self.num_timesteps).tolist()
+        return [(from_t, from_t, to_t) for from_t, to_t in itertools.pairwise(ascending)]
+
+    def inversion_step(
+        self, output: torch.Tensor, noisy: torch.Tensor, from_t: float | None, to_t: float
+    ) -> torch.Tensor:
+        """The flow ODE `dx/ds = v` run forward in s: `x' = x + (s' - s) v`."""
+        return noisy + (to_t - (from_t or 0.0)) / self.num_timesteps * output
 
     def sigma(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self._rows(timesteps.float().cpu() / self.num_timesteps, like)

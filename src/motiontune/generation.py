@@ -15,7 +15,7 @@ from .backbones.base import Backbone
 from .errors import ConfigError, warn
 from .io.video import frames_to_uint8, read_video, save_outputs
 from .methods.base import Method
-from .sampling import StepHook, ddim_invert, make_scheduler, noise_prior, sample
+from .sampling import StepHook, invert, make_scheduler, noise_prior, sample
 from .utils import check_seed
 
 #: Fastest frame rate written: GIF frame delays are whole 1/100 s, so 100 fps is their limit.
@@ -31,7 +31,7 @@ class GenerationConfig:
     guidance_scale: float = 9.0
     seed: int = 0
     negative_prompt: str = ""
-    sampler: str = "ddim"
+    sampler: str | None = None  # None: the model's own (ddim, or flow-euler on flow-matching models)
     reference: Path | None = None
     noise_prior: float = 0.0
     inversion_steps: int | None = None
@@ -59,10 +59,9 @@ class GenerationConfig:
 def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) -> torch.Tensor:
     """Seeded Gaussian latents (a CPU generator, so a seed gives the same video on any device),
     optionally blended with the DDIM-inverted reference: z = sqrt(p) z_inv + sqrt(1 - p) eps."""
-    if settings.height % backbone.vae_scale_factor or settings.width % backbone.vae_scale_factor:
-        raise ConfigError(
-            f"height and width must be multiples of {backbone.vae_scale_factor}, got {settings.height}x{settings.width}"
-        )
+    multiple = backbone.pixel_multiple
+    if settings.height % multiple or settings.width % multiple:
+        raise ConfigError(f"height and width must be multiples of {multiple}, got {settings.height}x{settings.width}")
     h, w = backbone.latent_size(settings.height, settings.width)
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (batch, backbone.latent_channels, backbone.latent_frames(settings.frames), h, w)
@@ -73,7 +72,7 @@ def initial_latents(backbone: Backbone, batch: int, settings: GenerationConfig) 
     pixels = read_video(settings.reference, settings.frames, settings.height, settings.width)
     reference = backbone.encode_video(pixels[None])
     empty = backbone.encode_prompt([""])
-    inverted = ddim_invert(backbone, reference, empty, settings.inversion_steps or settings.steps, settings.progress)
+    inverted = invert(backbone, reference, empty, settings.inversion_steps or settings.steps, settings.progress)
     return noise_prior(inverted.expand_as(noise), noise, settings.noise_prior)
 
 

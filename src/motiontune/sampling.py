@@ -1,7 +1,7 @@
 """One sampling loop for every method: any diffusers scheduler, batched guidance, per-step hooks.
 
-k-diffusion style: `sample` is a plain function; `ddim_invert` and `noise_prior` are the other
-two pieces the methods need (DDIM inversion of a reference video and the blended initial noise).
+k-diffusion style: `sample` is a plain function; `invert` and `noise_prior` are the other two pieces the
+methods need (inversion of a reference video, DDIM's or the flow ODE's, and the blended initial noise).
 """
 
 from __future__ import annotations
@@ -12,28 +12,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
-from .diffusion import to_epsilon
 from .errors import ConfigError
-
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler-a": EulerAncestralDiscreteScheduler,
-    "unipc": UniPCMultistepScheduler,
-}
 
 
 @dataclass
@@ -46,7 +28,8 @@ class StepState:
     """
 
     index: int
-    timestep: int
+    #: the scheduler's timestep (an integer on DDPM models, a float t = 1000 s on flow-matching ones)
+    timestep: float
     #: the timestep's noise level in [0, 1] (`NoiseProcess.noise_level`): what timestep windows compare against
     noise_level: float
     num_steps: int
@@ -87,11 +70,11 @@ def _write_slot(scheduler, slot: tuple[str, int | None], tensor: torch.Tensor) -
         getattr(scheduler, name)[index] = tensor
 
 
-def make_scheduler(backbone: Backbone, name: str = "ddim"):
-    """A scheduler of the named kind, configured from the model folder's own scheduler config."""
-    if name not in SCHEDULERS:
-        raise ConfigError(f"unknown sampler '{name}' (choose from {', '.join(SCHEDULERS)})")
-    return SCHEDULERS[name].from_config(backbone.scheduler.config)
+def make_scheduler(backbone: Backbone, name: str | None = None):
+    """A scheduler of the named sampler (default: the model's, `ddim` on DDPM models, `flow-euler` on flow-matching
+    ones), configured for the model's noise process from its folder."""
+    process = backbone.noise_process
+    return process.make_scheduler(name or process.default_sampler)
 
 
 def guided_prediction(
@@ -132,20 +115,22 @@ def sample(
     With the default DDIM scheduler this is Song et al. (2021) Eq. 12 with eta = 0.
     """
     scheduler.set_timesteps(num_steps, device=latents.device)
-    latents = latents * scheduler.init_noise_sigma
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
     step_kwargs = {"generator": generator} if stochastic else {}
     for index, timestep in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
         slots = _history_slots(scheduler)
         history = [_read_slot(scheduler, slot) for slot in slots]
-        level = backbone.noise_process.noise_level(int(timestep))
-        state = StepState(index, int(timestep), level, num_steps, latents, generator, history)
+        level = backbone.noise_process.noise_level(float(timestep))
+        state = StepState(index, float(timestep), level, num_steps, latents, generator, history)
         for hook in hooks:
             hook.before_step(state)
         latents = state.latents
         for slot, tensor in zip(slots, state.history, strict=True):
             _write_slot(scheduler, slot, tensor)
-        model_input = scheduler.scale_model_input(latents, timestep)
+        model_input = latents
+        if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have none: their input is x_t itself
+            model_input = scheduler.scale_model_input(latents, timestep)
         noise = guided_prediction(backbone, model_input, timestep, text, uncond_text, guidance_scale)
         latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]
     for hook in hooks:
@@ -155,32 +140,23 @@ def sample(
 
 
 @torch.no_grad()
-def ddim_invert(
+def invert(
     backbone: Backbone,
     latents: torch.Tensor,
     text: torch.Tensor,
     num_steps: int = 50,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Deterministic DDIM inversion (Song et al. 2021, Eq. 13 run forward in time), no guidance.
-
-    Ascends the DDIM timesteps of `num_steps` steps:
-    `x_next = sqrt(a_next) * x0_hat + sqrt(1 - a_next) * eps`, `x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)`.
-    """
-    scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
-    scheduler.set_timesteps(num_steps)
-    alphas = scheduler.alphas_cumprod.to(latents.device, torch.float32)
-    prediction_type = scheduler.config.prediction_type
-    ascending = scheduler.timesteps.flip(0).tolist()
-    previous_alpha = scheduler.final_alpha_cumprod.to(latents.device, torch.float32)
+    """Deterministic inversion of clean latents to noise, no guidance: the sampler's ODE run backwards, as the
+    model's noise process schedules it (`NoiseProcess.inversion_schedule`). On DDPM models this is DDIM inversion
+    (Song et al. 2021, Eq. 13 run forward in time), on flow-matching models the Euler step `x' = x + (s' - s) v`."""
+    process = backbone.noise_process
     x = latents.float()
-    for timestep in tqdm(ascending, desc="DDIM inversion", disable=not progress, leave=False):
-        output = backbone.predict_noise(x.to(latents.dtype), torch.tensor(timestep), text).float()
-        eps = to_epsilon(output, x, previous_alpha, prediction_type)
-        x0 = (x - (1 - previous_alpha).sqrt() * eps) / previous_alpha.sqrt()
-        alpha = alphas[timestep]
-        x = alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps
-        previous_alpha = alpha
+    schedule = process.inversion_schedule(num_steps)
+    for evaluate_at, from_t, to_t in tqdm(schedule, desc="inversion", disable=not progress, leave=False):
+        timestep = torch.tensor(evaluate_at)
+        output = backbone.predict_noise(x.to(latents.dtype), timestep, text).float()
+        x = process.inversion_step(output, x, from_t, to_t)
     return x.to(latents.dtype)
 
 

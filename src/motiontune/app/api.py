@@ -323,8 +323,8 @@ def train(
     for items in sources.values():
         check_items(items, frames, sampling)
     backbone = open_backbone(model, device, motion_adapter)
-    if height % backbone.vae_scale_factor or width % backbone.vae_scale_factor:
-        raise ConfigError(f"--height/--width must be multiples of {backbone.vae_scale_factor}, got {height}x{width}")
+    if height % backbone.pixel_multiple or width % backbone.pixel_multiple:
+        raise ConfigError(f"--height/--width must be multiples of {backbone.pixel_multiple}, got {height}x{width}")
     trainer = create_method(method, backbone, {key: option.value for key, option in options.items()}, token=token)
     for source, items in sources.items():
         for item in items:
@@ -425,7 +425,7 @@ def generate_video(
     steps: int | None = None,
     guidance_scale: float | None = None,
     negative_prompt: str = "",
-    sampler: str = "ddim",
+    sampler: str | None = None,
     seed: int = 0,
     reference: PathLike | None = None,
     noise_prior: float = 0.0,

@@ -280,7 +280,12 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         default=None,
         help=f"classifier-free guidance scale {FITTED_SAMPLING.format(9.0)}",
     )
-    generate.add_argument("--sampler", default="ddim", help="ddim, ddpm, dpm++, euler, euler-a or unipc")
+    generate.add_argument(
+        "--sampler",
+        default=None,
+        help="DDPM models: ddim (their default), ddpm, dpm++, euler, euler-a or unipc; flow-matching models (Wan): "
+        "flow-euler (their default) or unipc",
+    )
     generate.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same frames")
     generate.add_argument("--reference", type=Path, default=None, help="reference video for --noise-prior")
     generate.add_argument(

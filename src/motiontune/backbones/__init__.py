@@ -10,8 +10,9 @@ from ..errors import InputError
 from .animatediff import AnimateDiffBackbone, attach_motion_adapter
 from .base import FRAME_POSITIONS_FILE, AttentionSite, Backbone, ModelComponents, load_components
 from .unet3d import UNet3DBackbone
+from .wan import WanBackbone
 
-BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (UNet3DBackbone, AnimateDiffBackbone)}
+BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (UNet3DBackbone, AnimateDiffBackbone, WanBackbone)}
 
 __all__ = ["BACKBONES", "AttentionSite", "Backbone", "ModelComponents", "load_backbone"]
 

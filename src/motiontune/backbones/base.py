@@ -42,15 +42,17 @@ class AttentionSite:
 
     `layout` names the token layout of `hidden_states` at this site:
     `"frames"` = `(B*F, h*w, C)` (spatial; batch row `b*F + f`, token `y*w + x`),
-    `"pixels"` = `(B*h*w, F, C)` (temporal; batch row `b*h*w + y*w + x`, token = frame).
-    `level` is the resolution level: the site's grid is the latent grid halved `level` times. Methods never
+    `"pixels"` = `(B*h*w, F, C)` (temporal; batch row `b*h*w + y*w + x`, token = frame),
+    `"video"` = `(B, F*h*w, C)` (a diffusion transformer's tokens; token `f*h*w + y*w + x`).
+    `level` is how deep the site sits: on a UNet the resolution level (its grid is the latent grid halved `level`
+    times), on a transformer the block's distance from the nearer end (`Backbone.grid_at_level` gives the grid). Methods never
     read this layout themselves: the attention controller records maps in one canonical view per layout
     (`AttentionController.canonical`).
     """
 
     name: str
     kind: SiteKind
-    layout: Literal["frames", "pixels"]
+    layout: Literal["frames", "pixels", "video"]
     level: int
     block: str
 
@@ -241,7 +243,7 @@ class Backbone(abc.ABC):
         """
         for site in self.sites:
             if site.kind == "temporal":
-                channels = self.denoiser.get_submodule(site.name).to_q.in_features
+                channels = self.site_modules(site.name)[0].to_q.in_features
                 zeros = torch.zeros(1, frames, channels, device=self.device, dtype=self.dtype)
                 self.frame_positions[site.name] = torch.nn.Parameter(zeros, requires_grad=False)
 
@@ -266,6 +268,12 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along height and width."""
+
+    @property
+    def pixel_multiple(self) -> int:
+        """What frame heights and widths must be multiples of (the autoencoder's factor, times the denoiser's
+        patch size on a transformer)."""
+        return self.vae_scale_factor
 
     @property
     @abc.abstractmethod
@@ -328,6 +336,10 @@ class Backbone(abc.ABC):
         """Text positions `prompt` fills (special tokens included, padding excluded), at most the text length."""
 
     @abc.abstractmethod
+    def word_positions(self, prompt: str) -> list[int]:
+        """Text positions of `prompt`'s own tokens (no start, end or padding token), those inside the text length."""
+
+    @abc.abstractmethod
     def prompt_overflow(self, prompt: str) -> int:
         """How many of `prompt`'s tokens fall past the text encoder's length (dropped when it is encoded)."""
 
@@ -376,6 +388,10 @@ class Backbone(abc.ABC):
         return self._noise_process
 
     # --- parameters --------------------------------------------------------------------------------
+    def site_modules(self, name: str) -> list[torch.nn.Module]:
+        """The attention modules a site stands for (one; a model with several experts has one per expert)."""
+        return [self.denoiser.get_submodule(name)]
+
     def capabilities(self) -> set[str]:
         """What this backbone provides, in the words methods name their needs with (`Method.requirements`):
         `parameter group G`, `LoRA target G` and `K attention` for each attention kind among its sites."""

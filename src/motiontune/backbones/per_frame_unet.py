@@ -222,6 +222,10 @@ class PerFrameUNetBackbone(Backbone):
         the text length."""
         return min(len(self.token_ids(prompt)) + 2, self.tokenizer.model_max_length)
 
+    def word_positions(self, prompt: str) -> list[int]:
+        """Positions 1 .. n of the prompt's n tokens (after the start token), cut at the text length."""
+        return list(range(1, self.prompt_length(prompt) - 1))
+
     def prompt_overflow(self, prompt: str) -> int:
         """How many of `prompt`'s tokens fall past the text encoder's length (dropped when it is encoded)."""
         return max(0, len(self.token_ids(prompt)) + 2 - self.tokenizer.model_max_length)

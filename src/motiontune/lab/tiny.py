@@ -1,5 +1,5 @@
-"""Build tiny text-to-video model folders (UNet3D and AnimateDiff) in the standard diffusers layout, from config,
-offline.
+"""Build tiny text-to-video model folders (UNet3D, AnimateDiff and Wan) in the standard diffusers layout, from
+config, offline.
 
 The folder has exactly the layout of a ZeroScope / ModelScope checkout (`model_index.json`, `unet/`,
 `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), so the loading code that serves real models
@@ -16,13 +16,17 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLWan,
     DDIMScheduler,
     MotionAdapter,
     UNet2DConditionModel,
     UNet3DConditionModel,
     UNetMotionModel,
+    UniPCMultistepScheduler,
+    WanTransformer3DModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
 from ..utils import atomic_directory
 
@@ -101,6 +105,64 @@ TINY_VAE = {
     "norm_num_groups": 8,
     "scaling_factor": 0.18215,
 }
+
+
+#: the transformer of diffusers' own Wan tests (`test_models_transformer_wan.py`), 4 latent channels and heads of 16
+#: (width 32, so a rank-32 LoRA fits)
+TINY_WAN = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "freq_dim": 256,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 32,
+}
+#: diffusers' Wan pipeline test autoencoder (8x8 pixels and 4 frames a latent cell), with 4 latent channels
+TINY_WAN_VAE = {
+    "base_dim": 3,
+    "z_dim": 4,
+    "dim_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": [0.1, -0.2, 0.05, 0.0],
+    "latents_std": [1.5, 0.8, 1.2, 1.0],
+}
+#: Wan 2.1's sampler: UniPC on flow sigmas, shift 3 (its 480p setting)
+WAN_SCHEDULER = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}
+#: Wan 2.2 A14B's text-to-video boundary: the low-noise expert below noise level 0.875
+WAN22_BOUNDARY = 0.875
+#: native clip of the tiny Wan: 9 frames (3 latent frames) of 64 x 64 pixels (a 4 x 4 token grid)
+TINY_WAN_NATIVE = {"frames": 9, "height": 64, "width": 64}
+
+
+def build_word_unigram_tokenizer(words: list[str] | tuple[str, ...], max_length: int) -> T5TokenizerFast:
+    """A T5-style (SentencePiece unigram) tokenizer, as UMT5's, whose vocabulary holds each of `words` as one
+    piece `▁word`; other text still tokenizes, into single characters. Lower-cases like the CLIP one; appends
+    the end token `</s>`, pads with `<pad>` (id 0), no start token."""
+    characters = "abcdefghijklmnopqrstuvwxyz0123456789" + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(f"▁{word}", -1.0) for word in dict.fromkeys(w.lower() for w in words)]
+    pieces += [("▁", -5.0)] + [(c, -10.0) for c in characters]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=max_length,
+    )
 
 
 def _byte_alphabet() -> list[str]:
@@ -250,4 +312,54 @@ def build_tiny_animatediff(
     unet = UNetMotionModel.from_unet2d(image_unet, adapter)
     with atomic_directory(output_dir) as staging:
         _write_folder(staging, "AnimateDiffPipeline", {**components, "unet": unet, "motion_adapter": adapter})
+    return output_dir
+
+
+def build_tiny_wan(
+    output_dir: str | os.PathLike,
+    *,
+    two_experts: bool = False,
+    words: list[str] | tuple[str, ...] = DEFAULT_WORDS,
+    text_length: int = 16,
+    text_hidden_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny, randomly initialised Wan model folder (as `WanPipeline.save_pretrained` lays it out) and return
+    its path: a `WanTransformer3DModel` and an `AutoencoderKLWan` at the sizes of diffusers' own Wan tests, a random
+    UMT5 encoder with a unigram tokenizer of the world's words, UniPC on flow sigmas. With `two_experts`, Wan 2.2
+    A14B's layout: a second transformer (`transformer_2/`) for noise levels below `boundary_ratio` 0.875. A
+    `motiontune.json` states its native clip (9 frames of 64 x 64)."""
+    output_dir = Path(output_dir)
+    torch.manual_seed(seed)
+    tokenizer = build_word_unigram_tokenizer(words, text_length)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=text_hidden_size,
+            d_kv=8,
+            d_ff=2 * text_hidden_size,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    transformer = WanTransformer3DModel(**TINY_WAN, text_dim=text_hidden_size)
+    components = {
+        "transformer": transformer,
+        "vae": AutoencoderKLWan(**TINY_WAN_VAE),
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": UniPCMultistepScheduler(**WAN_SCHEDULER),
+    }
+    if two_experts:
+        components["transformer_2"] = WanTransformer3DModel(**TINY_WAN, text_dim=text_hidden_size)
+    with atomic_directory(output_dir) as staging:
+        _write_folder(staging, "WanPipeline", components)
+        index = json.loads((staging / "model_index.json").read_text())
+        index.setdefault("transformer_2", [None, None])
+        index.update(boundary_ratio=WAN22_BOUNDARY if two_experts else None, expand_timesteps=False)
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2))
+        (staging / "motiontune.json").write_text(json.dumps({"native": TINY_WAN_NATIVE}, indent=2))
     return output_dir

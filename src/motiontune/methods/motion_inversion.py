@@ -105,7 +105,7 @@ class MotionInversion(Method):
         for site in self.target_sites():
             if site.name in controller.embeddings:
                 raise ConfigError(f"{self.source}: another adapter already embeds motion in {site.name}")
-            channels = self.backbone.denoiser.get_submodule(site.name).to_q.in_features
+            channels = self.backbone.site_modules(site.name)[0].to_q.in_features
             block = self._block(site.name)
             if self.config.query_key and block not in self.query_keys:
                 self.query_keys[block] = torch.nn.Parameter(torch.zeros(1, self.config.max_frames, channels))
@@ -188,7 +188,7 @@ class MotionInversion(Method):
         frames, rank = self.config.max_frames, self.config.value_rank
         shapes = {}
         for site in self.target_sites():
-            channels = self.backbone.denoiser.get_submodule(site.name).to_q.in_features
+            channels = self.backbone.site_modules(site.name)[0].to_q.in_features
             if self.config.query_key:
                 shapes[f"{PREFIX}{self._block(site.name)}.query_key"] = (1, frames, channels)
             if grids[site.name]:

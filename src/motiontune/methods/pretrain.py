@@ -120,7 +120,7 @@ class Pretrain(Method):
                 positions = self.backbone.phrase_positions(caption, subject)
             except ValueError:
                 raise ConfigError(f"caption {caption!r} does not contain its subject words {subject!r}") from None
-            edit = options.box_edit([SubjectBox(positions, batch["boxes"][row])], self.backbone.prompt_length(caption))
+            edit = options.box_edit([SubjectBox(positions, batch["boxes"][row])], self.backbone.word_positions(caption))
             edit.amplify = self.diffusion.noise_level(int(timesteps[row])) > window_level(options.amplify_until)
             edits.append(edit)
         return RowBoxEdits(edits)
