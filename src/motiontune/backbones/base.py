@@ -45,9 +45,9 @@ class AttentionSite:
     `"pixels"` = `(B*h*w, F, C)` (temporal; batch row `b*h*w + y*w + x`, token = frame),
     `"video"` = `(B, F*h*w, C)` (a diffusion transformer's tokens; token `f*h*w + y*w + x`).
     `level` is how deep the site sits: on a UNet the resolution level (its grid is the latent grid halved `level`
-    times), on a transformer the block's distance from the nearer end (`Backbone.grid_at_level` gives the grid). Methods never
-    read this layout themselves: the attention controller records maps in one canonical view per layout
-    (`AttentionController.canonical`).
+    times), on a transformer the block's distance from the nearer end (`Backbone.grid_at_level` gives the grid).
+    Methods never read this layout themselves: the attention controller records maps in one canonical view per
+    layout (`AttentionController.canonical`).
     """
 
     name: str
