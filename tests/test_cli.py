@@ -65,7 +65,7 @@ GENERATE_OPTIONS = [
     "--allow-other-model",
 ]
 DEMO_OPTIONS = ["--output", "--steps", "--device", "--quiet", "--config", "--overwrite"]
-TINY_MODEL_OPTIONS = ["output", "--seed"]
+TINY_MODEL_OPTIONS = ["output", "--seed", "--architecture", "--two-experts", "--motion-adapter"]
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -350,3 +350,13 @@ def test_adapters_of_two_methods_compose_on_wan(tiny_wan_dir, motion_data, tmp_p
     both = frames(adapters)
     for alone in (frames(adapters[:1]), frames(adapters[1:])):
         assert abs(both - alone).max() > 0
+
+
+def test_tiny_model_writes_a_two_expert_wan_folder(tmp_path, capsys):
+    assert main(["tiny-model", str(tmp_path / "wan22"), "--architecture", "wan", "--two-experts"]) == 0
+    pipe = WanPipeline.from_pretrained(tmp_path / "wan22")
+    assert pipe.config.boundary_ratio == 0.875 and pipe.transformer_2 is not None
+    assert api.open_backbone(tmp_path / "wan22", "cpu").name == "wan"
+    capsys.readouterr()
+    assert main(["tiny-model", str(tmp_path / "unet"), "--two-experts"]) == 2
+    assert "--two-experts needs --architecture wan" in error_line(capsys)

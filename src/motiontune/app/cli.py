@@ -497,9 +497,16 @@ def _add_tiny_model_command(commands: argparse._SubParsersAction) -> None:
     tiny.add_argument("--seed", type=_seed, default=0, help="initialisation seed")
     tiny.add_argument(
         "--architecture",
-        choices=("unet3d", "animatediff"),
+        choices=("unet3d", "animatediff", "wan"),
         default="unet3d",
-        help="unet3d (a ZeroScope-layout folder) or animatediff (a saved AnimateDiffPipeline folder)",
+        help="unet3d (a ZeroScope-layout folder), animatediff (a saved AnimateDiffPipeline folder) or wan (a saved "
+        "WanPipeline folder: Wan 2.1, or 2.2 A14B with --two-experts)",
+    )
+    tiny.add_argument(
+        "--two-experts",
+        action="store_true",
+        help="with --architecture wan: Wan 2.2 A14B's layout, a second transformer (transformer_2/) for noise "
+        "levels below boundary_ratio 0.875",
     )
     tiny.add_argument(
         "--motion-adapter",
@@ -835,12 +842,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_tiny_model(args: argparse.Namespace) -> int:
-    from ..lab.tiny import build_tiny_animatediff, build_tiny_model
+    from ..lab.tiny import build_tiny_animatediff, build_tiny_model, build_tiny_wan
 
     if args.motion_adapter is not None and args.architecture != "animatediff":
         raise ConfigError("--motion-adapter needs --architecture animatediff")
+    if args.two_experts and args.architecture != "wan":
+        raise ConfigError("--two-experts needs --architecture wan")
     if args.architecture == "animatediff":
         print(build_tiny_animatediff(args.output, motion_adapter_dir=args.motion_adapter, seed=args.seed))
+    elif args.architecture == "wan":
+        print(build_tiny_wan(args.output, two_experts=args.two_experts, seed=args.seed))
     else:
         print(build_tiny_model(args.output, seed=args.seed))
     return 0
