@@ -1,7 +1,10 @@
-"""Exports load where AnimateDiff users load them: a LoRA in `AnimateDiffPipeline.load_lora_weights`, NewMove's
-motion modules as a `MotionAdapter`; each compared with motiontune's own denoiser and generation."""
+"""Exports load where users load them: a LoRA in `AnimateDiffPipeline.load_lora_weights`, NewMove's motion modules as
+a `MotionAdapter`, a Wan LoRA in diffusers' and ComfyUI's layouts (one file per Wan 2.2 expert) in
+`WanPipeline.load_lora_weights`; each compared with motiontune's own denoiser and generation."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +147,77 @@ def test_exports_that_would_lose_weights_are_refused_in_one_line(tiny_animatedif
     before = done.read_bytes()
     assert main(["export", str(token_file), "--format", "diffusers-lora", "--output", str(done)]) == 2
     assert "--overwrite" in error_line(capsys) and done.read_bytes() == before
+
+
+# --- Wan: diffusers and ComfyUI LoRA layouts, one file per expert ------------------------------
+
+
+def _wan_generation(model_dir, pipe, methods, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """motiontune's and the pipeline's latents for the same noise, prompt, UniPC steps and guidance."""
+    backbone = methods[0].backbone if methods else open_backbone(model_dir, "cpu")
+    settings = GenerationConfig(5, 32, 32, 3, 5.0, seed=seed, sampler="unipc", progress=False)
+    ours = generate_latents(backbone, [PROMPT], methods, settings, check_prompts=False)
+    noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(seed))
+    theirs = pipe(
+        PROMPT,
+        negative_prompt="",
+        num_frames=5,
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        latents=noise,
+        max_sequence_length=backbone.tokenizer.model_max_length,
+        output_type="latent",
+    ).frames
+    return ours, theirs
+
+
+@pytest.mark.parametrize("layout", ["diffusers-lora", "comfyui-lora"])
+@pytest.mark.parametrize("folder", ["tiny_wan_dir", "tiny_wan22_dir"])
+def test_a_wan_lora_export_loads_in_the_wan_pipeline_and_matches(folder, layout, request, tmp_path, capsys):
+    from diffusers import WanPipeline
+    from safetensors.torch import load_file
+
+    model_dir = request.getfixturevalue(folder)
+    backbone = open_backbone(model_dir, "cpu")
+    method = create_method("motiondirector", backbone, {"lora_rank": 4}, token="sks")
+    method.prepare_for_training()
+    _randomised(method, seed=1)
+    adapter = _saved(method, tmp_path / "md.safetensors")
+    exported = tmp_path / "md-export.safetensors"
+    assert main(["export", str(adapter), "--format", layout, "--output", str(exported)]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.split()]
+    two_experts = folder == "tiny_wan22_dir"
+    expected = [exported.with_name(f"md-export-{part}.safetensors") for part in ("high_noise", "low_noise")]
+    assert written == (expected if two_experts else [exported])
+    prefix = "diffusion_model.blocks.0.self_attn.q" if layout == "comfyui-lora" else "transformer.blocks.0.attn1.to_q"
+    files = [load_file(path) for path in written]
+    assert all(f"{prefix}.lora_A.weight" in lora and f"{prefix}.lora_B.weight" in lora for lora in files)
+    assert sum(len(lora) for lora in files) == len(method.adapter_tensors())
+
+    pipe = WanPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    base, _ = _wan_generation(model_dir, pipe, [])
+    pipe.load_lora_weights(str(written[0]))
+    if two_experts:
+        pipe.load_lora_weights(str(written[1]), load_into_transformer_2=True)
+    ours, theirs = _wan_generation(model_dir, pipe, [method])
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert (ours - base).abs().max() > 1e-3
+
+
+def test_wan_exports_that_cannot_be_a_lora_say_so(tiny_wan_dir, tiny_model_dir, tmp_path, capsys):
+    wan = open_backbone(tiny_wan_dir, "cpu")
+    inversion = create_method("motion-inversion", wan, {}, token="sks")
+    inversion.bind_training_shape(torch.Size([4, 2, 4, 4]))
+    inversion.prepare_for_training()
+    adapter = _saved(inversion, tmp_path / "mi.safetensors")
+    assert main(["export", str(adapter), "--format", "comfyui-lora", "--output", str(tmp_path / "x.safetensors")]) == 2
+    assert "holds no LoRA factors to export as comfyui-lora; its weights load only in motiontune" in error_line(capsys)
+    unet = open_backbone(tiny_model_dir, "cpu")
+    director = create_method("motiondirector", unet, {"lora_rank": 4}, token="sks")
+    director.prepare_for_training()
+    lora = _saved(director, tmp_path / "md.safetensors")
+    assert main(["export", str(lora), "--format", "comfyui-lora", "--output", str(tmp_path / "y.safetensors")]) == 2
+    assert "a unet3d LoRA has no comfyui layout (this family's: diffusers)" in error_line(capsys)

@@ -521,7 +521,8 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     """`motiontune export`: adapters in other tools' formats."""
     export = commands.add_parser(
         "export",
-        help="write an adapter in a format other tools load (diffusers LoRA file, AnimateDiff MotionAdapter)",
+        help="write an adapter in a format other tools load (diffusers or ComfyUI LoRA file, AnimateDiff "
+        "MotionAdapter)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     export.add_argument("adapter", type=Path, help="motiontune adapter file (adapter.safetensors)")
@@ -532,7 +533,11 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
         help="; ".join(f"{name}: {text}" for name, text in EXPORT_FORMATS.items()),
     )
     export.add_argument(
-        "--output", type=Path, required=True, help="file (diffusers-lora, .safetensors) or folder (motion-adapter)"
+        "--output",
+        type=Path,
+        required=True,
+        help="file (the LoRA formats, .safetensors; a two-expert Wan 2.2 LoRA writes NAME-high_noise.safetensors and "
+        "NAME-low_noise.safetensors beside it) or folder (motion-adapter)",
     )
     _add_model(export)
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
@@ -858,12 +863,13 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..io.export import export_lora, export_motion_adapter
+    from ..io.export import LORA_LAYOUTS, export_lora, export_motion_adapter
     from .api import open_backbone
 
     check_regular_file(args.adapter, "adapter")
-    if args.format == "diffusers-lora":
-        print(export_lora(args.adapter, args.output, args.overwrite))
+    if args.format in LORA_LAYOUTS:
+        for path in export_lora(args.adapter, args.output, args.overwrite, args.format):
+            print(path)
     else:
         model = functools.partial(open_backbone, args.model, args.device, args.motion_adapter)
         print(export_motion_adapter(model, args.adapter, args.output, args.overwrite))

@@ -414,6 +414,19 @@ class Backbone(abc.ABC):
         `MotionAdapter` folder). A family without such a format has none to write: one clear error."""
         raise ConfigError(f"backbone '{self.name}' has no format of its own for its temporal layers")
 
+    #: the LoRA file layouts other tools read for this family (`lora_files`)
+    lora_layouts: ClassVar[tuple[str, ...]] = ("diffusers",)
+
+    @classmethod
+    def lora_files(cls, factors: dict[str, torch.Tensor], layout: str) -> dict[str, dict[str, torch.Tensor]]:
+        """LoRA factors of an adapter file (`unet.<module>.lora_A.weight` / `.lora_B.weight`) in a layout other tools
+        read, as `{part: tensors}` with one part per file (`""` for one file). Here: diffusers' own keys, which a
+        diffusers UNet pipeline's `load_lora_weights` reads (the adapter's keys as they are)."""
+        if layout not in cls.lora_layouts:
+            known = ", ".join(cls.lora_layouts)
+            raise ConfigError(f"a {cls.name} LoRA has no {layout} layout (this family's: {known})")
+        return {"": dict(factors)}
+
     def lora_target(self, groups: list[str]) -> str:
         """A peft `target_modules` regex covering the linear layers of the named groups."""
         return "|".join(f"(?:{self.lora_target_patterns[group]})" for group in groups)

@@ -30,6 +30,7 @@ What a method meets here instead of a UNet:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -41,6 +42,34 @@ from .base import AttentionSite, Backbone, ModelComponents
 
 _PROJECTIONS = r"\.(?:to_q|to_k|to_v|to_out\.0)"
 _BLOCK = r"(?:^|\.)blocks\.\d+"
+
+
+#: diffusers' Wan module names -> the original Wan code's (what ComfyUI and the other Wan trainers key LoRAs by)
+ORIGINAL_ATTENTION = {"attn1": "self_attn", "attn2": "cross_attn"}
+ORIGINAL_PROJECTIONS = {
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "o",
+    "add_k_proj": "k_img",
+    "add_v_proj": "v_img",
+}
+ORIGINAL_FEED_FORWARD = {"ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2"}
+#: the adapter file's prefix of denoiser tensors, and the part of a two-expert model each expert's factors go to
+ADAPTER_PREFIX = "unet."
+EXPERT_PARTS = {"experts.high.": "high_noise", "experts.low.": "low_noise"}
+
+
+def original_module_name(module: str) -> str:
+    """`blocks.3.attn1.to_q` -> `blocks.3.self_attn.q`, `blocks.0.ffn.net.2` -> `blocks.0.ffn.2`."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+    path = match.group(2) if match else ""
+    if path in ORIGINAL_FEED_FORWARD:
+        return f"blocks.{match.group(1)}.{ORIGINAL_FEED_FORWARD[path]}"
+    attention, _, projection = path.partition(".")
+    if attention not in ORIGINAL_ATTENTION or projection not in ORIGINAL_PROJECTIONS:
+        raise ConfigError(f"no original Wan name for module '{module}'")
+    return f"blocks.{match.group(1)}.{ORIGINAL_ATTENTION[attention]}.{ORIGINAL_PROJECTIONS[projection]}"
 
 
 class WanExperts(torch.nn.Module):
@@ -86,6 +115,29 @@ class WanBackbone(Backbone):
         "spatial_self": rf".*{_BLOCK}\.ffn\.net\.(?:0\.proj|2)",
         "cross_kv": rf".*{_BLOCK}\.attn2\.to_[kv]",
     }
+
+    lora_layouts: ClassVar[tuple[str, ...]] = ("diffusers", "comfyui")
+
+    @classmethod
+    def lora_files(cls, factors: dict[str, torch.Tensor], layout: str) -> dict[str, dict[str, torch.Tensor]]:
+        """`diffusers`: `transformer.<module>.lora_A.weight` (what `WanPipeline.load_lora_weights` reads);
+        `comfyui`: `diffusion_model.<original Wan module>.lora_A.weight` (ComfyUI's own Wan loader; diffusers converts
+        it on load), e.g. `diffusion_model.blocks.0.self_attn.q.lora_A.weight`. Alpha = rank (scale 1), so no alpha
+        tensors. A two-expert adapter gives one file per expert: `high_noise` for `transformer`, `low_noise` for
+        `transformer_2` (diffusers: `load_lora_weights(..., load_into_transformer_2=True)`)."""
+        super().lora_files(factors, layout)
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in factors.items():
+            name = key.removeprefix(ADAPTER_PREFIX)
+            part = next((p for prefix, p in EXPERT_PARTS.items() if name.startswith(prefix)), "")
+            name = next((name.removeprefix(prefix) for prefix in EXPERT_PARTS if name.startswith(prefix)), name)
+            module, _, suffix = name.partition(".lora_")
+            if layout == "comfyui":
+                renamed = f"diffusion_model.{original_module_name(module)}.lora_{suffix}"
+            else:
+                renamed = f"transformer.{module}.lora_{suffix}"
+            parts.setdefault(part, {})[renamed] = tensor
+        return parts
 
     def __init__(self, components: ModelComponents):
         if components.denoiser_2 is not None:
