@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -155,6 +155,10 @@ class _TrainingModule(torch.nn.Module):
         super().__init__()
         self.denoiser = method.backbone.denoiser
         self.extra = method.extra_modules()
+        embedding = method.backbone.text_encoder.get_input_embeddings()
+        # a trained token's rows live in the text encoder's embedding: registered here so DDP averages their
+        # gradients too (else each process would train its own token)
+        self.text_embedding = embedding if embedding.weight.requires_grad else None
         self.method = [method]  # a list, so the method's own modules are not registered twice
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -394,6 +398,8 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         mixed_precision=_resolve_precision(config.mixed_precision, backbone.device),
         gradient_accumulation_steps=accumulation,
         cpu=backbone.device.type == "cpu",
+        # some trained tensors get no gradient in some steps (a two-expert model's other expert, a LoRA window)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     torch.manual_seed(config.seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
@@ -420,7 +426,9 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     log_path = output_dir / "training_log.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
     log_lines = _log_lines(log_path)[:start] if start else []
-    atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
     seconds_before = json.loads(log_lines[-1]).get("seconds", 0.0) if log_lines else 0.0
 
     module.train()
@@ -444,9 +452,10 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         if not math.isfinite(total):
             raise _diverged(output_dir, step + 1, f"loss {total}")
         bar.set_postfix(loss=f"{total:.4f}")
-        with log_path.open("a") as log:
-            seconds = seconds_before + time.perf_counter() - started
-            log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
+        if accelerator.is_main_process:
+            with log_path.open("a") as log:
+                seconds = seconds_before + time.perf_counter() - started
+                log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
         if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0:
             if not _finite(trainable):
@@ -463,8 +472,25 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     if not _finite(trainable):
         raise _diverged(output_dir, config.steps, "non-finite weights")
     elapsed = time.perf_counter() - started
-    if not accelerator.is_main_process:
-        return output_dir / "adapter.safetensors"
+    _check_processes_agree(accelerator, trainable)
+    if accelerator.is_main_process:
+        _save_adapter(method, config, output_dir, examples, latent_shape, learning_rate, accumulation, elapsed)
+    accelerator.wait_for_everyone()  # every process returns once the adapter is there
+    return output_dir / "adapter.safetensors"
+
+
+def _save_adapter(
+    method: Method,
+    config: TrainConfig,
+    output_dir: Path,
+    examples: list[Example],
+    latent_shape: torch.Size,
+    learning_rate: float,
+    accumulation: int,
+    elapsed: float,
+) -> Path:
+    """The trained adapter with its training record (and the final validation videos when asked)."""
+    backbone = method.backbone
     dtype = SAVE_DTYPES[config.save_precision]
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in method.adapter_tensors().items()}
     metadata = method.adapter_metadata()
@@ -480,11 +506,38 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         "base_model": str(backbone.path),
         "seconds": round(elapsed, 2),
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
+        "processes": AcceleratorState().num_processes,
     }
     path = save_adapter(output_dir / "adapter.safetensors", tensors, metadata)
     if config.validation_prompts and not config.validate_every:
         _validate(method, config, config.steps, latent_shape)
     return path
+
+
+def trained_checksum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A float64 fingerprint of trained tensors: the sums of the tensors and of their squares and a position-weighted
+    sum, so a change of any value shows."""
+    parts = []
+    for tensor in tensors:
+        flat = tensor.detach().double().reshape(-1).cpu()
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) / flat.numel()
+        parts.append(torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()]))
+    return torch.stack(parts).sum(0) if parts else torch.zeros(3, dtype=torch.float64)
+
+
+def _check_processes_agree(accelerator: Accelerator, trainable: list[torch.Tensor]) -> None:
+    """With several processes (`accelerate launch`, `torchrun`), every one must end with the same trained tensors:
+    their gradients were averaged every step. A difference (a trained tensor outside what DDP syncs) is a
+    ConfigError on every process, before anything is saved."""
+    if accelerator.num_processes == 1:
+        return
+    checksum = trained_checksum(trainable).to(accelerator.device, torch.float64)
+    gathered = accelerator.gather(checksum[None]).cpu()
+    if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-9):
+        raise ConfigError(
+            f"the {accelerator.num_processes} training processes ended with different weights (checksums "
+            f"{gathered[:, 0].tolist()}); nothing was saved"
+        )
 
 
 def _log_lines(log_path: Path) -> list[str]:

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -685,7 +686,8 @@ def run_train(args: argparse.Namespace) -> int:
         sources=_sources(args),
         allow_outside_data=args.allow_outside_data,
     )
-    print(result.summary())
+    if os.environ.get("RANK", "0") == "0":  # one summary from a multi-process run (torchrun, accelerate launch)
+        print(result.summary())
     return 0
 
 
