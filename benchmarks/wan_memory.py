@@ -9,8 +9,8 @@ this CPU at two small token counts with an attention that keeps what a flash ker
 the log-sum-exp), the bytes it saves for backward are counted (storages deduplicated, weights excluded), and the
 per-token slope is carried to the real token count. Two weight regimes:
 
-- `fp32 weights`: the model in float32 under bf16 autocast, what `motiontune train --mixed-precision bf16` runs;
-- `bf16 weights`: frozen weights in bfloat16 (diffusers' `torch_dtype=torch.bfloat16`), trained tensors in float32.
+- `fp32 weights`: the model in float32 under bf16 autocast (`motiontune train --mixed-precision bf16`);
+- `bf16 weights`: frozen weights in bfloat16, trained tensors in float32 (`motiontune train --weights-dtype bf16`).
 
     python benchmarks/wan_memory.py                       # writes docs/wan_memory.md
     python benchmarks/wan_memory.py --frames 49 --height 480 --width 832 --output /tmp/plan.md
@@ -246,7 +246,9 @@ def report(rows: list[dict], frames: int, height: int, width: int) -> str:
         "",
     ]
     for weights in ("fp32", "bf16"):
-        title = "float32 weights under bf16 autocast (motiontune today)" if weights == "fp32" else "bf16 frozen weights"
+        title = "float32 weights under bf16 autocast (`--weights-dtype fp32`, the default)"
+        if weights == "bf16":
+            title = "bf16 frozen weights (`--weights-dtype bf16`)"
         lines += [f"## {title}", ""]
         lines.append(f"| {' | '.join(COLUMNS)} |")
         lines.append("| --- " * len(COLUMNS) + "|")

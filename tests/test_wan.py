@@ -360,3 +360,46 @@ def test_tiny_model_writes_a_two_expert_wan_folder(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tiny-model", str(tmp_path / "unet"), "--two-experts"]) == 2
     assert "--two-experts needs --architecture wan" in error_line(capsys)
+
+
+def test_weights_loaded_in_bf16_train_float32_adapters(tiny_wan_dir, motion_data, tmp_path, capsys):
+    """`--weights-dtype bf16`: frozen weights in bf16, trained tensors in float32 under bf16 autocast; the adapter
+    loads on the float32 model (same fingerprint) and its bf16 generation is close to the float32 one."""
+    from motiontune.io.adapters import read_adapter
+
+    result = api.train(
+        "newmove",
+        motion_data,
+        tmp_path / "nm",
+        model=tiny_wan_dir,
+        token="sks",
+        steps=2,
+        frames=5,
+        height=32,
+        width=32,
+        learning_rate=1e-3,
+        weights_dtype="bf16",
+        progress=False,
+    )
+    tensors, _ = read_adapter(result.adapter)
+    assert {tensor.dtype for tensor in tensors.values()} == {torch.float32}
+    videos = {
+        dtype: api.generate_video(
+            "a red circle doing sks",
+            tmp_path / f"{dtype}.mp4",
+            model=tiny_wan_dir,
+            adapters=[result.adapter],
+            steps=2,
+            weights_dtype=dtype,
+            progress=False,
+        ).frames.astype(float)
+        for dtype in ("bf16", "fp32")
+    }
+    assert abs(videos["bf16"] - videos["fp32"]).mean() < 2.0
+    capsys.readouterr()
+    args = ["train", "--method", "newmove", "--model", str(tiny_wan_dir), "--data", str(motion_data), "--quiet"]
+    args += ["--output", str(tmp_path / "no"), "--weights-dtype", "bf16", "--mixed-precision", "no", *SHAPE]
+    assert main(args) == 2
+    assert "weights loaded in bf16 train under bf16 autocast: --mixed-precision must be auto or bf16" in error_line(
+        capsys
+    )

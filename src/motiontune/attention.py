@@ -544,9 +544,12 @@ class ControlledTokenProcessor:
 
 
 def controlled_backbone(
-    model: str | os.PathLike, device: torch.device | str = "cpu", motion_adapter: str | os.PathLike | None = None
+    model: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    motion_adapter: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Backbone:
-    """Load a model folder as a backbone with the attention controller installed on every site."""
-    backbone = load_backbone(model, device, motion_adapter=motion_adapter)
+    """Load a model folder as a backbone (weights in `dtype`) with the attention controller installed on every site."""
+    backbone = load_backbone(model, device, dtype, motion_adapter=motion_adapter)
     AttentionController(backbone)
     return backbone

@@ -374,12 +374,35 @@ def _diverged(output_dir: Path, step: int, what: str) -> TrainingDiverged:
     )
 
 
-def _resolve_precision(requested: str, device: torch.device) -> str:
+#: the autocast precision that weights loaded in a low precision train under
+LOW_PRECISIONS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _resolve_precision(requested: str, device: torch.device, weights: torch.dtype) -> str:
+    """The mixed precision to train under: weights loaded in bf16 / fp16 train under autocast in that precision
+    (their trained tensors are float32); float32 weights under what was asked (`auto`: bf16 or fp16 on CUDA)."""
+    if weights in LOW_PRECISIONS:
+        wanted = LOW_PRECISIONS[weights]
+        if requested not in ("auto", wanted):
+            raise ConfigError(
+                f"weights loaded in {wanted} train under {wanted} autocast: --mixed-precision must be auto or "
+                f"{wanted}, got {requested}"
+            )
+        return wanted
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
+
+
+def _float32_trained(groups: list[dict]) -> None:
+    """Trained tensors of a model loaded in a low precision become float32 (the optimizer's steps would round away
+    in bf16); the frozen weights stay as loaded, and autocast mixes the two."""
+    for group in groups:
+        for parameter in group["params"]:
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
 
 
 def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
@@ -390,12 +413,13 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     output_dir = config.output_dir
     learning_rate = config.learning_rate or method.paper_settings["learning_rate"]
     accumulation = config.gradient_accumulation or method.paper_settings.get("gradient_accumulation", 1)
+    weights = backbone.dtype
     longest = max((e.latents.shape for e in examples), key=lambda shape: shape[1])
     frames = backbone.latent_frames(config.frames) if config.frames else longest[1]
     latent_shape = torch.Size([longest[0], frames, *longest[2:]])
     AcceleratorState._reset_state()
     accelerator = Accelerator(
-        mixed_precision=_resolve_precision(config.mixed_precision, backbone.device),
+        mixed_precision=_resolve_precision(config.mixed_precision, backbone.device, weights),
         gradient_accumulation_steps=accumulation,
         cpu=backbone.device.type == "cpu",
         # some trained tensors get no gradient in some steps (a two-expert model's other expert, a LoRA window)
@@ -410,6 +434,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     groups = method.parameter_groups(learning_rate)
     if not any(p.requires_grad for group in groups for p in group["params"]):
         raise ConfigError(f"method '{method.name}' has no trainable parameters with these options")
+    _float32_trained(groups)
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2)
     module = _TrainingModule(method)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -555,6 +580,13 @@ def _log_lines(log_path: Path) -> list[str]:
 
 
 def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:
+    backbone = method.backbone
+    weights = next((p.dtype for p in backbone.denoiser.parameters() if not p.requires_grad), torch.float32)
+    with torch.autocast(backbone.device.type, dtype=weights, enabled=weights in LOW_PRECISIONS):
+        _validation_videos(method, config, step, latent_shape)
+
+
+def _validation_videos(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:
     backbone = method.backbone
     _, latent_frames, h, w = latent_shape
     scale = backbone.vae_scale_factor

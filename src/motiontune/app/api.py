@@ -55,15 +55,25 @@ def default_model_dir() -> Path:
     return shipped
 
 
+#: `--weights-dtype` names
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def open_backbone(
-    model: PathLike | None, device: str | torch.device | None = None, motion_adapter: PathLike | None = None
+    model: PathLike | None,
+    device: str | torch.device | None = None,
+    motion_adapter: PathLike | None = None,
+    weights_dtype: str = "fp32",
 ) -> Backbone:
     """Load a model folder (the shipped default when `model` is None) with the attention controller installed;
-    `motion_adapter` is the `MotionAdapter` folder that makes a Stable Diffusion folder AnimateDiff."""
+    `motion_adapter` is the `MotionAdapter` folder that makes a Stable Diffusion folder AnimateDiff; `weights_dtype`
+    the precision of its weights (`fp32`, `bf16`, `fp16`)."""
     from ..attention import controlled_backbone
 
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"--weights-dtype must be one of {', '.join(WEIGHT_DTYPES)}, got '{weights_dtype}'")
     model = model if model is not None else default_model_dir()
-    return controlled_backbone(model, _checked_device(device), motion_adapter)
+    return controlled_backbone(model, _checked_device(device), motion_adapter, WEIGHT_DTYPES[weights_dtype])
 
 
 def _checked_device(device: str | torch.device | None) -> torch.device:
@@ -141,6 +151,7 @@ def _check_resumable(output: Path, current: dict) -> None:
         raise ConfigError(f"{saved_file}: damaged run settings; pass --overwrite to start over") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{saved_file}: damaged run settings; pass --overwrite to start over")
+    saved.setdefault("weights_dtype", "fp32")  # runs from before --weights-dtype loaded float32 weights
     changed = []
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES or saved.get(key) == current.get(key):
@@ -239,6 +250,7 @@ def train(
     save_precision: str = "fp32",
     cache_dir: PathLike | None = None,
     device: str | torch.device | None = None,
+    weights_dtype: str = "fp32",
     progress: bool = True,
     method_options: dict | None = None,
     sources: dict[str, str] | None = None,
@@ -257,7 +269,8 @@ def train(
     Steps, learning rate, batch size, accumulation, weight average, frames and size left as None (and method
     options not given) come from the model folder's `motiontune.json`, else the method's paper setting
     (`motiontune.settings`); `sources` names where given values came from (default "argument"), and the
-    result's `settings` says where each value came from.
+    result's `settings` says where each value came from. `weights_dtype` (`fp32`, `bf16`, `fp16`) is the precision
+    the model's weights load in; trained tensors stay float32 and train under autocast in that precision.
     """
     import time
 
@@ -322,7 +335,12 @@ def train(
         sources["regularization"] = find_video_items(reg_data, allow_outside_data)
     for items in sources.values():
         check_items(items, frames, sampling)
-    backbone = open_backbone(model, device, motion_adapter)
+    if weights_dtype != "fp32" and mixed_precision not in ("auto", weights_dtype):
+        raise ConfigError(
+            f"weights loaded in {weights_dtype} train under {weights_dtype} autocast: --mixed-precision must be auto "
+            f"or {weights_dtype}, got {mixed_precision}"
+        )
+    backbone = open_backbone(model, device, motion_adapter, weights_dtype)
     if height % backbone.pixel_multiple or width % backbone.pixel_multiple:
         raise ConfigError(f"--height/--width must be multiples of {backbone.pixel_multiple}, got {height}x{width}")
     trainer = create_method(method, backbone, {key: option.value for key, option in options.items()}, token=token)
@@ -349,6 +367,7 @@ def train(
         "seed": seed,
         "max_grad_norm": max_grad_norm,
         "mixed_precision": mixed_precision,
+        "weights_dtype": weights_dtype,
         "model": backbone.fingerprint(),
         "data": _data_fingerprint(files),
     }
@@ -432,6 +451,7 @@ def generate_video(
     debias: str | None = None,
     fps: int = 8,
     device: str | torch.device | None = None,
+    weights_dtype: str = "fp32",
     progress: bool = True,
     script: PathLike | None = None,
     subject: str | None = None,
@@ -452,6 +472,8 @@ def generate_video(
     size (`motiontune.json`), else 16 frames at the UNet's configured sample size. Sampling steps, guidance
     scale, Motion Inversion's `debias` and the camera `shift_window` default to the model folder's
     recommendation, else 50, 9.0, object, (800, 600).
+
+    `weights_dtype` (`fp32`, `bf16`, `fp16`) is the precision the model's weights load in.
 
     MotionBooth controls (`motiontune.control`): `script` is an official JSON control script whose
     prompt, boxes and camera speed are used unless `prompt`, `boxes` (subject words -> keyframe boxes
@@ -477,7 +499,7 @@ def generate_video(
         check_video_source(Path(reference), "--reference")
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
-    backbone = open_backbone(model, device, motion_adapter)
+    backbone = open_backbone(model, device, motion_adapter, weights_dtype)
     methods = load_adapters(adapters, backbone, allow_other_model)
     defaults = ModelDefaults.read(backbone.path)
     given = {"steps": steps, "guidance_scale": guidance_scale, "debias": debias, "shift_window": shift_window}

@@ -224,7 +224,10 @@ class Backbone(abc.ABC):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
+        """The precision the denoiser computes in (diffusers' rule: its first floating weight outside the modules it
+        keeps in float32, e.g. Wan's norms and modulation tables)."""
+        dtype = getattr(self.denoiser, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(self.denoiser.parameters()).dtype
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
         for module in (self.denoiser, self.vae, self.text_encoder):

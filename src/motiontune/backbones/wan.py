@@ -82,6 +82,10 @@ class WanExperts(torch.nn.Module):
         self.boundary = boundary
         self.config = high.config
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.experts["high"].dtype
+
     def expert(self, level: float) -> torch.nn.Module:
         return self.experts["high" if level >= self.boundary else "low"]
 
