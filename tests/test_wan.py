@@ -59,6 +59,24 @@ def test_the_folder_is_a_wan_pipeline_and_the_geometry_follows_its_autoencoder(w
         wan.latent_frames(8)
 
 
+def test_a_wan_folder_without_motiontune_json_gets_wan_pipeline_defaults(tiny_wan_dir, tmp_path):
+    import shutil
+
+    from motiontune.settings import ModelDefaults, generation_settings, training_settings
+
+    folder = tmp_path / "wan"
+    shutil.copytree(tiny_wan_dir, folder)
+    (folder / "motiontune.json").unlink()
+    defaults = ModelDefaults.read(folder)
+    trained = training_settings("newmove", {}, defaults, {})
+    assert [trained[key].value for key in ("frames", "height", "width")] == [81, 480, 832]
+    assert trained["frames"].source == "WanPipeline defaults"
+    sampling = generation_settings(defaults, {})
+    assert (sampling["steps"].value, sampling["guidance_scale"].value) == (50, 5.0)
+    stated = training_settings("newmove", {}, ModelDefaults.read(tiny_wan_dir), {})
+    assert stated["frames"].value == 9 and stated["frames"].source.startswith("model (")
+
+
 def test_text_has_no_start_token_and_is_zero_past_the_prompt(wan):
     prompt = "a red sks square"
     ids = wan.tokenize([prompt])[0].tolist()
@@ -120,9 +138,9 @@ def test_flow_inversion_comes_back_closer_with_more_steps(wan):
 
 
 def test_samplers_are_the_flow_matching_ones(wan):
-    assert wan.noise_process.default_sampler == "flow-euler"
-    assert type(make_scheduler(wan)).__name__ == "FlowMatchEulerDiscreteScheduler"
-    assert make_scheduler(wan, "unipc").config.use_flow_sigmas
+    assert wan.noise_process.default_sampler == "unipc"  # the folder's own, as WanPipeline samples
+    assert make_scheduler(wan).config.use_flow_sigmas and make_scheduler(wan).config.flow_shift == 3.0
+    assert type(make_scheduler(wan, "flow-euler")).__name__ == "FlowMatchEulerDiscreteScheduler"
     with pytest.raises(ConfigError, match=r"unknown sampler 'ddim' for this model .*flow-euler, unipc"):
         make_scheduler(wan, "ddim")
 

@@ -237,14 +237,19 @@ class FlowMatching(NoiseProcess):
     `shift` is the sampling schedule's time shift (Esser et al. 2024, Eq. 23: s' = shift s / (1 + (shift - 1) s),
     more steps at high noise), as the folder's scheduler states it; training draws t as the methods say."""
 
-    default_sampler = "flow-euler"
-
     def __init__(self, scheduler_config: dict | None = None) -> None:
         """`scheduler_config`: the folder's scheduler config (Wan: UniPC on flow sigmas with `flow_shift`, or a
         `FlowMatchEulerDiscreteScheduler` with `shift`); None: 1000 steps, no shift."""
         self.config = dict(scheduler_config or {})
         self.num_timesteps = int(self.config.get("num_train_timesteps", 1000))
         self.shift = float(self.config.get("shift") or self.config.get("flow_shift") or 1.0)
+
+    @property
+    def default_sampler(self) -> str:
+        """The folder's own: `unipc` for UniPC on flow sigmas (Wan 2.1 / 2.2 folders), else `flow-euler`."""
+        if self.config.get("_class_name") == "UniPCMultistepScheduler" and self.config.get("use_flow_sigmas"):
+            return "unipc"
+        return "flow-euler"
 
     def samplers(self) -> tuple[str, ...]:
         return ("flow-euler", "unipc")

@@ -16,11 +16,13 @@ checked by the method's config like command-line options).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backbones import family_defaults
 from .errors import ConfigError
 from .methods.motion_inversion import DEBIAS_MODES
 
@@ -103,11 +105,20 @@ class ModelDefaults:
     native: dict[str, int]
     generation: dict[str, float]
     training: dict[str, dict]
+    #: what the folder's family gets when the file says nothing (`Backbone.family_defaults`), and its label
+    family: dict[str, dict] = field(default_factory=dict)
+    family_label: str = ""
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelDefaults:
-        """Read and check `model_dir/motiontune.json`; a malformed file is one ConfigError naming it."""
-        path = Path(model_dir) / MODEL_FILE
+        """Read and check `model_dir/motiontune.json`; a malformed file is one ConfigError naming it. The folder's
+        family defaults (e.g. WanPipeline's 81 frames of 480 x 832) come along for what the file does not state."""
+        label, family = family_defaults(model_dir)
+        defaults = cls._read_file(Path(model_dir) / MODEL_FILE)
+        return dataclasses.replace(defaults, family=family, family_label=label)
+
+    @classmethod
+    def _read_file(cls, path: Path) -> ModelDefaults:
         if not path.is_file():
             return cls(None, {}, {}, {})
         try:
@@ -162,6 +173,7 @@ def training_settings(
     recommended = model.training.get(method_name, {})
     layers = [
         (model.label, {**model.native, **{k: v for k, v in recommended.items() if k != "options"}}),
+        (model.family_label, model.family.get("native", {})),
         ("method default", method_defaults),
         ("fallback", FALLBACK),
     ]
@@ -179,7 +191,11 @@ def option_settings(method_name: str, model: ModelDefaults, given: dict[str, Set
 def generation_settings(model: ModelDefaults, given: dict[str, Setting]) -> dict[str, Setting]:
     """Sampling steps, guidance scale, Motion Inversion's debiasing mode and MotionBooth's camera-shift window
     for `model`."""
-    layers = [(model.label, model.generation), ("fallback", GENERATION_FALLBACK)]
+    layers = [
+        (model.label, model.generation),
+        (model.family_label, model.family.get("generation", {})),
+        ("fallback", GENERATION_FALLBACK),
+    ]
     return resolve(GENERATION_KEYS, given, layers)
 
 

@@ -512,8 +512,9 @@ def generate_video(
         _, trained_frames, latent_h, latent_w = trained["latent_shape"]
         scale = backbone.vae_scale_factor
         native = (backbone.pixel_frames(trained_frames), latent_h * scale, latent_w * scale)
-    elif defaults.native:
-        native = tuple(defaults.native.get(key, FALLBACK[key]) for key in NATIVE_KEYS)
+    elif defaults.native or defaults.family.get("native"):
+        stated = {**defaults.family.get("native", {}), **defaults.native}
+        native = tuple(stated.get(key, FALLBACK[key]) for key in NATIVE_KEYS)
     else:
         size = (backbone.denoiser.config.sample_size or 32) * backbone.vae_scale_factor
         native = (16, size, size)

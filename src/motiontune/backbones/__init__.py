@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -19,6 +21,20 @@ __all__ = ["BACKBONES", "AttentionSite", "Backbone", "ModelComponents", "load_ba
 
 #: image denoisers that become a video model with a motion adapter
 IMAGE_UNETS = ("UNet2DConditionModel",)
+
+
+def family_defaults(model_dir: str | os.PathLike) -> tuple[str, dict[str, dict]]:
+    """The defaults of the family whose pipeline a model folder's `model_index.json` names, with their source label
+    (`Backbone.family_defaults`; empty for a family without any, or a folder without an index)."""
+    index = Path(model_dir) / "model_index.json"
+    try:
+        pipeline = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return "", {}
+    for cls in BACKBONES.values():
+        if pipeline in cls.pipeline_class_names and cls.family_defaults:
+            return f"{pipeline} defaults", cls.family_defaults
+    return "", {}
 
 
 def backbone_for(components: ModelComponents) -> type[Backbone]:

@@ -180,6 +180,10 @@ class Backbone(abc.ABC):
 
     name: ClassVar[str]
     denoiser_class_names: ClassVar[tuple[str, ...]]
+    #: the diffusers pipelines whose folders this backbone serves, and what a folder of the family gets when its
+    #: `motiontune.json` says nothing: `{"native": {frames, height, width}, "generation": {steps, guidance_scale}}`
+    pipeline_class_names: ClassVar[tuple[str, ...]] = ()
+    family_defaults: ClassVar[dict[str, dict]] = {}
     parameter_group_patterns: ClassVar[dict[str, str]]
     lora_target_patterns: ClassVar[dict[str, str]]
     sites: list[AttentionSite]

@@ -103,6 +103,12 @@ class WanBackbone(Backbone):
 
     name = "wan"
     denoiser_class_names = ("WanTransformer3DModel",)
+    pipeline_class_names = ("WanPipeline",)
+    #: `WanPipeline`'s own defaults: 81 frames of 480 x 832, 50 steps, guidance 5
+    family_defaults: ClassVar[dict[str, dict]] = {
+        "native": {"frames": 81, "height": 480, "width": 832},
+        "generation": {"steps": 50, "guidance_scale": 5.0},
+    }
     parameter_group_patterns: ClassVar[dict[str, str]] = {
         "temporal": rf"{_BLOCK}\.attn1\.",
         "temporal_attention": rf"{_BLOCK}\.attn1\.",
