@@ -169,16 +169,18 @@ def train_row(
     motion: str = NOVEL_MOTION,
     seed: int = 0,
     checkpoint_every: int = 0,
+    task: tuple | None = None,
 ):
-    """Write the task of `motion` (zigzag) under `workdir` and train the row's method on it (nothing for
-    `none`) for `steps` (None: the model's recommendation for the method), with training seed `seed` (which
-    also draws the task's clips), keeping every checkpoint when `checkpoint_every` is set.
+    """Write the task of `motion` (zigzag) under `workdir` (unless `task`, what `write_task` returned for it, is
+    given) and train the row's method on it (nothing for `none`) for `steps` (None: the model's recommendation
+    for the method), with training seed `seed` (which also draws the task's clips), keeping every checkpoint
+    when `checkpoint_every` is set.
 
     Returns the training result (or None), the reference clips it learned from and the
     `GenerationConfig` settings its videos are generated with."""
     from . import api
 
-    references, reference_dir, regularization_dir = write_task(workdir, 8, 32, motion, seed)
+    references, reference_dir, regularization_dir = task or write_task(workdir, 8, 32, motion, seed)
     first_video = sorted(reference_dir.glob("*.mp4"))[0]
     if row.one_video:
         references = references[:1]

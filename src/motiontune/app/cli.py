@@ -894,13 +894,14 @@ class WarningLines(logging.Handler):
         tqdm.write(f"motiontune: warning: {record.getMessage()}", file=sys.stderr)
 
 
-def _one_line_warnings() -> None:
+def one_line_warnings() -> None:
+    """motiontune's warnings as one `motiontune: warning:` line each (also in a worker process of the demo)."""
     if not any(isinstance(handler, WarningLines) for handler in LOGGER.handlers):
         LOGGER.addHandler(WarningLines())
         LOGGER.propagate = False
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep diffusers/transformers load chatter out of the terminal; our own progress bars remain."""
     import diffusers
     import transformers
@@ -923,8 +924,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    _quiet_libraries()
-    _one_line_warnings()
+    quiet_libraries()
+    one_line_warnings()
     parser = build_parser()
     try:
         args = _apply_yaml(parser, argv)

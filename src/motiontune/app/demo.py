@@ -6,19 +6,24 @@ new prompts with and without each adapter, and scores them with the analytic met
 accuracy (the generated object zigzags), appearance accuracy (colour and shape follow the prompt)
 and copy score (colour or shape taken from the references). Then MotionBooth learns a novel
 subject, and one generate call composes it with the NewMove motion, a box path and a camera pan.
-Without a shipped model it builds a tiny random one, so the numbers then only show the pipeline.
+Without a shipped model it builds a tiny random one, so the numbers then only show the pipeline. On CPU the
+four trainings run two at a time in worker processes of one thread each.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import ConfigError
-from ..lab.shapeworld import Clip
-from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores
+from ..lab.shapeworld import Clip, write_subject_images
+from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores, write_task
 from ..utils import atomic_write_text, check_writable_folder
 from .bench import ROWS, train_row
 from .bench_common import default_or_tiny_model
@@ -57,21 +62,22 @@ def run_demo(
     if (output / "report.md").exists() and not overwrite:
         raise ConfigError(f"{output}: holds a finished demo (report.md); pass --overwrite to run it again")
     model, shipped = default_or_tiny_model(output)
-    rows, labels, scores, training = [], [], {}, {}
-    for name, row_name in DEMO_ROWS.items():
-        if progress and name != "base":
-            print(f"training {name} ({steps or 'the model recommends the'} steps)", flush=True)
-        started = time.perf_counter()
-        result, references, generation = train_row(ROWS[row_name], output, model, steps, device, progress)
-        if result is not None:
-            training[name] = (result, time.perf_counter() - started)
+    task = write_task(output, 8, 32, NOVEL_MOTION, 0)
+    write_subject_images(output / "subject", subject_images(), 32)
+    trained = _train_all(output, model, steps, device, progress, task)
+    rows, labels, scores = [], [], {}
+    training = {name: (result, seconds) for name, (result, seconds, _, _) in trained.items()}
+    for name in DEMO_ROWS:
+        result, _, references, generation = trained.get(name) or (None, 0.0, task[0], {})
         videos, predicted = _generate_prompts(
             output, name, model, result.adapter if result else None, generation, device
         )
         rows += videos
         labels += [f"{name}: {clip.caption(TOKEN)}" for clip in PROMPTS]
         scores[name] = task_scores(predicted, PROMPTS, references)
-    composed = _compose(output, model, training["newmove"][0].adapter, steps, device, progress, training)
+    composed = _compose(
+        output, model, training["newmove"][0].adapter, training["motionbooth"][0].adapter, device, progress
+    )
     for label in ("composed", "base"):
         rows += composed[label]["videos"]
         labels += [f"{label}: {composed['prompt']}"] * len(composed[label]["videos"])
@@ -82,6 +88,74 @@ def run_demo(
     atomic_write_text(output / "report.md", report)
     print(report)
     return output / "report.md"
+
+
+#: the demo's trainings, longest first (so two workers finish together)
+TRAINING_ORDER = ("motionmatcher", "newmove", "motionbooth", "motion-inversion")
+
+
+def _train_all(output: Path, model, steps: int | None, device, progress: bool, task: tuple) -> dict:
+    """Train every method of the demo: `{name: (result, seconds, references, generation settings)}`. On CPU two
+    at a time in worker processes of one thread each (on 2 cores two small one-thread trainings together take
+    less time than one after the other on two threads); on a GPU, or one core, one after the other here."""
+    jobs = [(name, output, model, steps, device, task) for name in TRAINING_ORDER]
+    if progress:
+        print(f"training {', '.join(TRAINING_ORDER)} ({steps or 'the steps the model recommends'})", flush=True)
+    parallel = (device is None or str(device) == "cpu") and not torch.cuda.is_available() and (os.cpu_count() or 1) > 1
+    results = {}
+    if not parallel:
+        for job in jobs:
+            name, *outcome = _train_job(job)
+            results[name] = tuple(outcome)
+            if progress:
+                print(f"  {name} trained in {outcome[1]:.1f} s", flush=True)
+        return results
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=_worker_setup) as pool:
+        for name, *outcome in pool.map(_train_job, jobs):
+            results[name] = tuple(outcome)
+            if progress:
+                print(f"  {name} trained in {outcome[1]:.1f} s (one thread, beside another training)", flush=True)
+    return results
+
+
+def _worker_setup() -> None:
+    """A training worker: one thread, and the command line's quiet libraries and one-line warnings."""
+    from .cli import one_line_warnings, quiet_libraries
+
+    torch.set_num_threads(1)
+    quiet_libraries()
+    one_line_warnings()
+
+
+def _train_job(job: tuple) -> tuple:
+    """One of the demo's trainings (run in a worker process): the name, the result, the seconds it took, the
+    reference clips and the generation settings."""
+    from . import api
+
+    name, output, model, steps, device, task = job
+    started = time.perf_counter()
+    if name == "motionbooth":
+        result = api.train(
+            "motionbooth",
+            data=output / "subject",
+            reg_data=task[2],
+            output=output / "motionbooth",
+            model=model,
+            token=SUBJECT_TOKEN,
+            steps=steps,
+            frames=8,
+            height=32,
+            width=32,
+            checkpoint_every=0,
+            overwrite=True,
+            device=device,
+            progress=False,
+            method_options={"class_word": COMPOSED.shape},
+        )
+        return name, result, time.perf_counter() - started, task[0], {}
+    result, references, generation = train_row(ROWS[DEMO_ROWS[name]], output, model, steps, device, task=task)
+    return name, result, time.perf_counter() - started, references, generation
 
 
 def _generate_prompts(
@@ -113,9 +187,7 @@ def _generate_prompts(
     return videos, [evaluate_video(video, clip) for video, clip in zip(videos, PROMPTS, strict=True)]
 
 
-def _compose(
-    output: Path, model, motion_adapter: Path, steps: int | None, device, progress: bool, training: dict
-) -> dict:
+def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, device, progress: bool) -> dict:
     """MotionBooth learns a blue star from 5 masked stills (token `pll`); one generate call then combines
     it with the NewMove zigzag adapter, boxes along a zigzag in the upper half of the frame (box edit) and
     a camera pan to the right (latent shift). The boxes move with the scene, so the object should end in
@@ -124,35 +196,14 @@ def _compose(
     from dataclasses import replace
 
     from ..control import SubjectPath
-    from ..lab.shapeworld import render, write_subject_images
+    from ..lab.shapeworld import render
     from . import api
 
-    if progress:
-        print(f"training motionbooth ({steps or 'the model recommends the'} steps)", flush=True)
-    started = time.perf_counter()
-    subject = api.train(
-        "motionbooth",
-        data=write_subject_images(output / "subject", subject_images(), 32),
-        reg_data=output / "regularization",
-        output=output / "motionbooth",
-        model=model,
-        token=SUBJECT_TOKEN,
-        steps=steps,
-        frames=8,
-        height=32,
-        width=32,
-        checkpoint_every=0,
-        overwrite=True,
-        device=device,
-        progress=progress,
-        method_options={"class_word": COMPOSED.shape},
-    )
-    training["motionbooth"] = (subject, time.perf_counter() - started)
     prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
     requested = render(replace(COMPOSED, camera=(0.0, 0.0)), 8, 32).boxes
     filmed = render(COMPOSED, 8, 32).boxes
     path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
-    controlled = {"adapters": [subject.adapter, motion_adapter], "boxes": [path], "camera_speed": COMPOSED.camera}
+    controlled = {"adapters": [subject_adapter, motion_adapter], "boxes": [path], "camera_speed": COMPOSED.camera}
     composed = {"prompt": prompt, "still_pan_error": float(np.linalg.norm(COMPOSED.camera))}
     files = {"composed": "composed", "base": "composed_base"}
     for label, options in (("composed", controlled), ("base", {})):
