@@ -62,5 +62,7 @@ def test_curve_options_are_checked(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown bench row"):
         bench_curves(tmp_path, "unused", ["base model"], progress=False)
     assert main(["bench", "curves", "--motion", "left", "--output", str(tmp_path / "x")]) == 2
-    assert "--motion must be one of zigzag, orbit, bounce, diagonal, got 'left'" in capsys.readouterr().err
+    assert "motion 'left': learn a novel motion (zigzag, orbit, bounce, diagonal) or a path of your own" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "x").exists()

@@ -13,6 +13,7 @@ loop's own clock at that step (`training_log.jsonl`), without encoding or scorin
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def bench_curves(
     if report is not None:
         budget = f" --steps {steps}" if steps is not None else ""
         command = (
-            f"motiontune bench curves --motion {motion}{budget} --every {every} --prompts {prompts} --seeds {seeds}"
+            f"motiontune bench curves --motion {shlex.quote(motion)}{budget} --every {every} --prompts {prompts} "
+            f"--seeds {seeds}"
         )
         body = f"`{command}` on {model_label(model)} (plot: `curves.png` in the output folder):\n\n"
         write_marked_section(report, BEGIN, END, body + markdown_table(points), "Learning curves")

@@ -441,7 +441,10 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "subject accuracy on the subject task of bench motionbooth)",
     )
     curves_bench.add_argument(
-        "--motion", default="zigzag", help="novel motion to learn: zigzag, orbit, bounce or diagonal"
+        "--motion",
+        default="zigzag",
+        help="motion to learn: a novel one (zigzag, orbit, bounce, diagonal) or a path of your own, "
+        "'path:x y;x y;...' (keyframe offsets in fractions of the frame)",
     )
     curves_bench.add_argument(
         "--steps", type=_positive_int, default=None, help="training steps per row (default: the model's recommendation)"
@@ -809,11 +812,10 @@ def run_bench(args: argparse.Namespace) -> int:
     """`bench curves`: learning curves. `bench shapeworld|motionbooth`: one row in this process (`--row`, as
     each row's process is started), or every chosen row in a process of its own."""
     if args.bench_command == "curves":
-        from ..lab.shapeworld import NOVEL_MOTIONS
+        from ..lab.tasks import check_task_motion
         from .bench_curves import bench_curves, markdown_table
 
-        if args.motion not in NOVEL_MOTIONS:
-            raise ConfigError(f"--motion must be one of {', '.join(NOVEL_MOTIONS)}, got '{args.motion}'")
+        check_task_motion(args.motion)
         rows = args.rows.split(";") if args.rows else None
         sizes = {"steps": args.steps, "every": args.every, "prompts": args.prompts, "seeds": args.seeds}
         points = bench_curves(
