@@ -18,6 +18,7 @@ from motiontune.control import MotionScript, SubjectPath, control_hooks, samplin
 from motiontune.errors import ConfigError
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.io.adapters import read_adapter
+from motiontune.io.video import read_image
 from motiontune.lab.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
 from motiontune.methods import METHODS, create_method
 from motiontune.sampling import invert, make_scheduler, sample
@@ -421,3 +422,79 @@ def test_weights_loaded_in_bf16_train_float32_adapters(tiny_wan_dir, motion_data
     assert "weights loaded in bf16 train under bf16 autocast: --mixed-precision must be auto or bf16" in error_line(
         capsys
     )
+
+
+# --- image to video --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ti2v_dir(tmp_path_factory):
+    from motiontune.lab.tiny import build_tiny_wan
+
+    return build_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-ti2v", image_to_video=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def start_image(tmp_path_factory):
+    from PIL import Image
+
+    from motiontune.lab.shapeworld import Clip, render
+
+    frame = render(Clip("circle", "red", "white", "right"), 1, 32).frames[0]
+    path = tmp_path_factory.mktemp("image") / "start.png"
+    Image.fromarray(frame).save(path)
+    return path
+
+
+def test_image_to_video_matches_diffusers_wan_image_to_video_pipeline(tiny_ti2v_dir, start_image):
+    """A start image on a TI2V-layout folder: the same noise, prompt, UniPC steps and guidance give what
+    `WanImageToVideoPipeline` (with `expand_timesteps`) gives, and the first latent frame is the image's."""
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    backbone = api.open_backbone(tiny_ti2v_dir, "cpu")
+    assert backbone.starts_from_image
+    settings = GenerationConfig(
+        frames=5, height=32, width=32, steps=3, guidance_scale=5.0, seed=3, image=start_image, progress=False
+    )
+    ours = generate_latents(backbone, ["a red circle moving right"], settings=settings)
+    noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3))
+    pipe = WanImageToVideoPipeline.from_pretrained(tiny_ti2v_dir)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(  # the text as motiontune encodes it (checked against WanPipeline's above): the image-to-video
+        image=Image.open(start_image),  # pipeline cleans prompts with ftfy, which is not installed here
+        prompt_embeds=backbone.encode_prompt(["a red circle moving right"]),
+        negative_prompt_embeds=backbone.encode_prompt([""]),
+        num_frames=5,
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        latents=noise,
+        output_type="latent",
+    ).frames
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    image_latent = backbone.encode_video(read_image(start_image, 32, 32)[None, None])
+    torch.testing.assert_close(ours[:, :, :1], image_latent)
+
+
+def test_a_learned_motion_animates_a_start_image_through_the_cli(
+    tiny_ti2v_dir, start_image, motion_data, tmp_path, capsys
+):
+    output = tmp_path / "md"
+    args = ["train", "--method", "motiondirector", "--model", str(tiny_ti2v_dir), "--data", str(motion_data)]
+    assert main([*args, "--output", str(output), "--token", "sks", "--steps", "2", *SHAPE, "--quiet"]) == 0
+    video = tmp_path / "animated.mp4"
+    generate = ["generate", "--model", str(tiny_ti2v_dir), "--adapter", str(output / "adapter.safetensors")]
+    generate += ["--prompt", "a red circle doing sks", "--image", str(start_image), "--steps", "2", "--quiet"]
+    assert main([*generate, "--output", str(video)]) == 0
+    assert video.stat().st_size > 0
+    capsys.readouterr()
+
+
+def test_a_start_image_on_a_text_to_video_model_is_one_line(tiny_wan_dir, start_image, tmp_path, capsys):
+    generate = ["generate", "--model", str(tiny_wan_dir), "--prompt", "a red circle", "--steps", "1", "--quiet"]
+    assert main([*generate, "--image", str(start_image), "--output", str(tmp_path / "a.mp4")]) == 2
+    assert "this model was not trained to start from an image" in error_line(capsys)
+    assert main([*generate, "--image", str(tmp_path / "missing.png"), "--output", str(tmp_path / "b.mp4")]) == 2
+    assert "--image" in error_line(capsys) and not (tmp_path / "b.mp4").exists()

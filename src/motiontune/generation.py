@@ -13,9 +13,9 @@ import torch
 
 from .backbones.base import Backbone
 from .errors import ConfigError, warn
-from .io.video import frames_to_uint8, read_video, save_outputs
+from .io.video import frames_to_uint8, read_image, read_video, save_outputs
 from .methods.base import Method
-from .sampling import StepHook, invert, make_scheduler, noise_prior, sample
+from .sampling import StepHook, StepState, invert, make_scheduler, noise_prior, sample
 from .utils import check_seed
 
 #: Fastest frame rate written: GIF frame delays are whole 1/100 s, so 100 fps is their limit.
@@ -33,6 +33,8 @@ class GenerationConfig:
     negative_prompt: str = ""
     sampler: str | None = None  # None: the model's own (ddim, or flow-euler on flow-matching models)
     reference: Path | None = None
+    #: a start image: the video's first frame, on a model trained to start from one (Wan 2.2 TI2V)
+    image: Path | None = None
     noise_prior: float = 0.0
     inversion_steps: int | None = None
     debias: str = "object"
@@ -102,8 +104,12 @@ def generate_latents(
         uncond = backbone.encode_prompt([settings.negative_prompt] * len(prompts))
     latents = initial_latents(backbone, len(prompts), settings)
     all_hooks = [hook for method in methods for hook in method.inference_hooks()] + list(hooks)
+    first_frame = None
+    if settings.image is not None:
+        first_frame = StartImage(start_image_latents(backbone, settings.image, settings.height, settings.width))
+        all_hooks.append(first_frame)
     generator = torch.Generator().manual_seed(settings.seed)
-    return sample(
+    latents = sample(
         backbone,
         latents,
         text,
@@ -115,6 +121,37 @@ def generate_latents(
         hooks=all_hooks,
         progress=settings.progress,
     )
+    return latents if first_frame is None else first_frame.placed(latents)
+
+
+def start_image_latents(backbone: Backbone, image: Path, height: int, width: int) -> torch.Tensor:
+    """The latent `(1, C, 1, h, w)` of a start image, for a model trained to start from one; ConfigError otherwise."""
+    if not backbone.starts_from_image:
+        raise ConfigError(
+            f"{backbone.path}: this model was not trained to start from an image (--image needs a Wan 2.2 TI2V-style "
+            "folder, whose index sets expand_timesteps)"
+        )
+    pixels = read_image(image, height, width)
+    return backbone.encode_video(pixels[None, None])
+
+
+class StartImage:
+    """Step hook of image-to-video on a model trained for it (Wan 2.2 TI2V, as `WanImageToVideoPipeline` with
+    `expand_timesteps`): before every step the first latent frame is the image's latent and its timestep 0, the
+    other frames denoise at the step's timestep; the finished video's first latent frame is the image's."""
+
+    def __init__(self, latent: torch.Tensor):
+        self.latent = latent
+
+    def before_step(self, state: StepState) -> None:
+        state.latents = self.placed(state.latents)
+        frames = torch.full((state.latents.shape[2],), float(state.timestep))
+        frames[0] = 0.0
+        state.frame_timesteps = frames.to(state.latents.device)
+
+    def placed(self, latents: torch.Tensor) -> torch.Tensor:
+        first = self.latent.to(latents.device, latents.dtype).expand(latents.shape[0], -1, -1, -1, -1)
+        return torch.cat([first, latents[:, :, 1:]], dim=2)
 
 
 @dataclass

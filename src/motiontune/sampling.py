@@ -36,6 +36,8 @@ class StepState:
     latents: torch.Tensor
     generator: torch.Generator | None
     history: list[torch.Tensor] = field(default_factory=list)
+    #: timesteps per latent frame `(F,)` for this step's denoiser call, where a hook sets them (a clean first frame)
+    frame_timesteps: torch.Tensor | None = None
 
 
 class StepHook(Protocol):
@@ -86,13 +88,17 @@ def guided_prediction(
     guidance_scale: float,
 ) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, Eq. 6) with both halves in one batch:
-    `e = e_u + w (e_c - e_u)`. Rows of the conditional half are marked for attention edits."""
+    `e = e_u + w (e_c - e_u)`. Rows of the conditional half are marked for attention edits. `timestep` is one for
+    all rows, or one per latent frame `(F,)` (a backbone that starts from an image)."""
     batch = latents.shape[0]
+    if timestep.ndim == 1:
+        timestep = timestep[None].expand(batch, -1)
     if uncond_text is None or guidance_scale == 1.0:
         conditional = torch.ones(batch, dtype=torch.bool)
         return backbone.predict_noise(latents, timestep, text, conditional)
     conditional = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)])
-    both = backbone.predict_noise(torch.cat([latents, latents]), timestep, torch.cat([uncond_text, text]), conditional)
+    timesteps = torch.cat([timestep, timestep]) if timestep.ndim == 2 else timestep
+    both = backbone.predict_noise(torch.cat([latents, latents]), timesteps, torch.cat([uncond_text, text]), conditional)
     uncond, cond = both.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 
@@ -131,7 +137,8 @@ def sample(
         model_input = latents
         if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have none: their input is x_t itself
             model_input = scheduler.scale_model_input(latents, timestep)
-        noise = guided_prediction(backbone, model_input, timestep, text, uncond_text, guidance_scale)
+        denoiser_timestep = timestep if state.frame_timesteps is None else state.frame_timesteps
+        noise = guided_prediction(backbone, model_input, denoiser_timestep, text, uncond_text, guidance_scale)
         latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]
     for hook in hooks:
         if hasattr(hook, "after_sampling"):

@@ -34,6 +34,7 @@ from ..settings import (
 from ..utils import (
     atomic_write_text,
     check_output_files,
+    check_regular_file,
     check_writable_folder,
     default_device,
 )
@@ -448,6 +449,7 @@ def generate_video(
     seed: int = 0,
     reference: PathLike | None = None,
     noise_prior: float = 0.0,
+    image: PathLike | None = None,
     debias: str | None = None,
     fps: int = 8,
     device: str | torch.device | None = None,
@@ -473,7 +475,8 @@ def generate_video(
     scale, Motion Inversion's `debias` and the camera `shift_window` default to the model folder's
     recommendation, else 50, 9.0, object, (800, 600).
 
-    `weights_dtype` (`fp32`, `bf16`, `fp16`) is the precision the model's weights load in.
+    `weights_dtype` (`fp32`, `bf16`, `fp16`) is the precision the model's weights load in. `image` is a start image,
+    the video's first frame, on a model trained to start from one (Wan 2.2 TI2V; refused in one line elsewhere).
 
     MotionBooth controls (`motiontune.control`): `script` is an official JSON control script whose
     prompt, boxes and camera speed are used unless `prompt`, `boxes` (subject words -> keyframe boxes
@@ -497,6 +500,8 @@ def generate_video(
     check_output_files(list(output_paths(output).values()), "--output", overwrite)
     if reference is not None:
         check_video_source(Path(reference), "--reference")
+    if image is not None:
+        check_regular_file(Path(image), "--image")
     adapters = [Path(a) for a in adapters or []]
     metadata = [read_metadata(path) for path in adapters]
     backbone = open_backbone(model, device, motion_adapter, weights_dtype)
@@ -528,6 +533,7 @@ def generate_video(
         negative_prompt=negative_prompt,
         sampler=sampler,
         reference=Path(reference) if reference is not None else None,
+        image=Path(image) if image is not None else None,
         noise_prior=noise_prior,
         debias=sampling["debias"].value,
         progress=progress,

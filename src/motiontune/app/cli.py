@@ -297,6 +297,13 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same frames")
     generate.add_argument("--reference", type=Path, default=None, help="reference video for --noise-prior")
     generate.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        help="start image: the video's first frame, animated with the prompt and adapters (a model trained to start "
+        "from an image: Wan 2.2 TI2V)",
+    )
+    generate.add_argument(
         "--noise-prior",
         type=_finite_float,
         default=0.0,
@@ -512,6 +519,12 @@ def _add_tiny_model_command(commands: argparse._SubParsersAction) -> None:
         default="unet3d",
         help="unet3d (a ZeroScope-layout folder), animatediff (a saved AnimateDiffPipeline folder) or wan (a saved "
         "WanPipeline folder: Wan 2.1, or 2.2 A14B with --two-experts)",
+    )
+    tiny.add_argument(
+        "--image-to-video",
+        action="store_true",
+        help="with --architecture wan: Wan 2.2 TI2V's layout (expand_timesteps: the first latent frame given, clean), "
+        "so generate --image works",
     )
     tiny.add_argument(
         "--two-experts",
@@ -730,6 +743,7 @@ def run_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
         reference=args.reference,
+        image=args.image,
         noise_prior=args.noise_prior,
         debias=args.debias,
         fps=args.fps,
@@ -864,12 +878,16 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 
     if args.motion_adapter is not None and args.architecture != "animatediff":
         raise ConfigError("--motion-adapter needs --architecture animatediff")
-    if args.two_experts and args.architecture != "wan":
-        raise ConfigError("--two-experts needs --architecture wan")
+    if (args.two_experts or args.image_to_video) and args.architecture != "wan":
+        raise ConfigError("--two-experts and --image-to-video need --architecture wan")
     if args.architecture == "animatediff":
         print(build_tiny_animatediff(args.output, motion_adapter_dir=args.motion_adapter, seed=args.seed))
     elif args.architecture == "wan":
-        print(build_tiny_wan(args.output, two_experts=args.two_experts, seed=args.seed))
+        print(
+            build_tiny_wan(
+                args.output, two_experts=args.two_experts, image_to_video=args.image_to_video, seed=args.seed
+            )
+        )
     else:
         print(build_tiny_model(args.output, seed=args.seed))
     return 0

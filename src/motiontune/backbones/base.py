@@ -73,6 +73,9 @@ class ModelComponents:
     #: which it takes over from `denoiser` (the folder's `boundary_ratio`)
     denoiser_2: torch.nn.Module | None = None
     boundary_ratio: float | None = None
+    #: the folder's denoiser was trained to start from an image: per-token timesteps with the first latent frame
+    #: clean (Wan 2.2 TI2V, the folder's `expand_timesteps`)
+    expand_timesteps: bool = False
 
 
 COMPONENTS = ("denoiser", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -163,7 +166,13 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
     second = None
     if (path / SECOND_EXPERT).is_dir() and (index.get(SECOND_EXPERT) or [None])[0] is not None:
         second = _load_part(path, index, SECOND_EXPERT, "denoiser", dtype)
-    return ModelComponents(path=path, **loaded, denoiser_2=second, boundary_ratio=index.get("boundary_ratio"))
+    return ModelComponents(
+        path=path,
+        **loaded,
+        denoiser_2=second,
+        boundary_ratio=index.get("boundary_ratio"),
+        expand_timesteps=bool(index.get("expand_timesteps")),
+    )
 
 
 class Backbone(abc.ABC):
@@ -355,6 +364,9 @@ class Backbone(abc.ABC):
         """Text positions of `phrase`'s tokens inside the encoded `prompt`; ValueError when absent or cut off."""
 
     # --- denoiser --------------------------------------------------------------------------------
+    #: whether the denoiser starts a video from a given first frame (`predict_noise` then takes per-frame timesteps)
+    starts_from_image: bool = False
+
     @abc.abstractmethod
     def predict_noise(
         self,
@@ -364,7 +376,9 @@ class Backbone(abc.ABC):
         conditional: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoiser's output (of the scheduler's prediction type) for latents `(B, C, F, h, w)` and text
-        `(B, L, D)`; `conditional` marks the batch rows that carry the prompt (attention edits apply there)."""
+        `(B, L, D)`; `conditional` marks the batch rows that carry the prompt (attention edits apply there).
+        `timesteps` is one per row `(B,)` (or one for all); a backbone that `starts_from_image` also takes one per
+        row and latent frame `(B, F)`."""
 
     @abc.abstractmethod
     def down_blocks_only(self, last_level: int | None = None) -> contextlib.AbstractContextManager[list[torch.Tensor]]:

@@ -20,6 +20,9 @@ What a method meets here instead of a UNet:
   and std, as `WanPipeline` does.
 * **Noise.** Flow matching (`diffusion.FlowMatching`): the denoiser predicts the velocity `eps - x0` at t = 1000 s;
   the folder's scheduler gives the sampling shift.
+* **Starting from an image (Wan 2.2 TI2V, `expand_timesteps` in the folder's index).** The first latent frame is the
+  given image's latent, clean: its tokens get timestep 0 and the others the step's timestep (`predict_noise` takes
+  timesteps per row and latent frame, `(B, F)`, and spreads them over each frame's tokens).
 * **Two experts (Wan 2.2 A14B).** `transformer_2` denoises below the noise level `boundary_ratio`; the backbone
   routes each batch row to its expert by its timestep, so a method that trains both trains each on its own noise
   levels, and an adapter carries one set of weights per expert (parameter names `experts.high.*`, `experts.low.*`).
@@ -156,6 +159,7 @@ class WanBackbone(Backbone):
             high, low = components.denoiser, components.denoiser_2
             components.denoiser = WanExperts(high, low, float(components.boundary_ratio))
         super().__init__(components)
+        self.starts_from_image = components.expand_timesteps
         config = self.transformer_config
         self.patch = tuple(config.patch_size)
         blocks = config.num_layers
@@ -334,10 +338,17 @@ class WanBackbone(Backbone):
                 "load it with motiontune.app.api.open_backbone"
             )
         batch = latents.shape[0]
-        timesteps = torch.as_tensor(timesteps, device=latents.device).float().reshape(-1).expand(batch)
+        timesteps = torch.as_tensor(timesteps, device=latents.device).float()
+        if timesteps.ndim == 2:
+            if not self.starts_from_image:
+                raise ConfigError(f"{self.path}: per-frame timesteps need a model trained to start from an image")
+            cells = latents.shape[-2] // self.patch[1] * (latents.shape[-1] // self.patch[2])
+            timesteps = timesteps.repeat_interleave(cells, dim=1)  # (B, F) -> one per token, frame-major
+        else:
+            timesteps = timesteps.reshape(-1).expand(batch)
         if not self.two_experts:
             return self._call(self.denoiser, latents, timesteps, text, conditional)
-        levels = [self.noise_process.noise_level(float(t)) for t in timesteps]
+        levels = [self.noise_process.noise_level(float(t.max())) for t in timesteps]
         experts = [self.denoiser.expert(level) for level in levels]
         if all(expert is experts[0] for expert in experts):
             return self._call(experts[0], latents, timesteps, text, conditional)

@@ -249,6 +249,24 @@ def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     return count, *size
 
 
+def read_image(path: str | os.PathLike[str], height: int, width: int) -> torch.Tensor:
+    """One image file as a frame `(3, height, width)` in [-1, 1]: resized so the shorter side covers the size,
+    then center-cropped (as video frames are); transparency is dropped with a warning."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise InputError(f"{path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+    _check_exists(path)
+    try:
+        with Image.open(path) as image:
+            if "A" in image.getbands() or "transparency" in image.info:
+                _warn_transparency(path)
+            frame = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: cannot read image ({_reason(exc)})") from exc
+    frame = _resize_crop(frame, height, width)
+    return torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1
+
+
 def read_video(
     path: str | os.PathLike[str], num_frames: int, height: int, width: int, sampling: str = "uniform"
 ) -> torch.Tensor:

@@ -319,6 +319,7 @@ def build_tiny_wan(
     output_dir: str | os.PathLike,
     *,
     two_experts: bool = False,
+    image_to_video: bool = False,
     words: list[str] | tuple[str, ...] = DEFAULT_WORDS,
     text_length: int = 16,
     text_hidden_size: int = 32,
@@ -327,8 +328,9 @@ def build_tiny_wan(
     """Write a tiny, randomly initialised Wan model folder (as `WanPipeline.save_pretrained` lays it out) and return
     its path: a `WanTransformer3DModel` and an `AutoencoderKLWan` at the sizes of diffusers' own Wan tests, a random
     UMT5 encoder with a unigram tokenizer of the world's words, UniPC on flow sigmas. With `two_experts`, Wan 2.2
-    A14B's layout: a second transformer (`transformer_2/`) for noise levels below `boundary_ratio` 0.875. A
-    `motiontune.json` states its native clip (9 frames of 64 x 64)."""
+    A14B's layout: a second transformer (`transformer_2/`) for noise levels below `boundary_ratio` 0.875. With
+    `image_to_video`, Wan 2.2 TI2V's: `expand_timesteps` (per-token timesteps, the first latent frame given), so it
+    starts videos from an image. A `motiontune.json` states its native clip (9 frames of 64 x 64)."""
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
     tokenizer = build_word_unigram_tokenizer(words, text_length)
@@ -359,7 +361,7 @@ def build_tiny_wan(
         _write_folder(staging, "WanPipeline", components)
         index = json.loads((staging / "model_index.json").read_text())
         index.setdefault("transformer_2", [None, None])
-        index.update(boundary_ratio=WAN22_BOUNDARY if two_experts else None, expand_timesteps=False)
+        index.update(boundary_ratio=WAN22_BOUNDARY if two_experts else None, expand_timesteps=image_to_video)
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))
         (staging / "motiontune.json").write_text(json.dumps({"native": TINY_WAN_NATIVE}, indent=2))
     return output_dir
