@@ -287,7 +287,7 @@ def test_every_backbone_member_the_rest_of_the_code_uses_is_declared_by_the_cont
         for match in re.finditer(r"backbone\.([A-Za-z_]\w*)", path.read_text())
     }
     assert sorted(pair for pair in used if pair[0] not in declared) == []
-    assert {"predict_noise", "encode_video", "phrase_positions", "down_blocks_only"} <= Backbone.__abstractmethods__
+    assert {"predict_noise", "encode_video", "word_positions", "down_blocks_only"} <= Backbone.__abstractmethods__
 
 
 def test_a_backbone_that_leaves_out_part_of_the_contract_cannot_be_built(tiny_model_dir):

@@ -26,6 +26,7 @@ TINY = ["--frames", "4", "--height", "32", "--width", "32", "--quiet"]
 PROMPT = "a blue square doing sks"
 
 TRAIN_OPTIONS = [
+    "--weights-dtype",
     "--method",
     "--model",
     "--data",
@@ -49,6 +50,8 @@ TRAIN_OPTIONS = [
     "--overwrite",
 ]
 GENERATE_OPTIONS = [
+    "--image",
+    "--weights-dtype",
     "--model",
     "--adapter",
     "--prompt",
@@ -65,7 +68,7 @@ GENERATE_OPTIONS = [
     "--allow-other-model",
 ]
 DEMO_OPTIONS = ["--output", "--steps", "--device", "--quiet", "--config", "--overwrite"]
-TINY_MODEL_OPTIONS = ["output", "--seed", "--architecture", "--two-experts", "--motion-adapter"]
+TINY_MODEL_OPTIONS = ["output", "--seed", "--architecture", "--two-experts", "--image-to-video", "--motion-adapter"]
 
 
 # ----------------------------------------------------------------------------------------------- helpers

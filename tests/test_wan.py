@@ -378,7 +378,7 @@ def test_tiny_model_writes_a_two_expert_wan_folder(tmp_path, capsys):
     assert api.open_backbone(tmp_path / "wan22", "cpu").name == "wan"
     capsys.readouterr()
     assert main(["tiny-model", str(tmp_path / "unet"), "--two-experts"]) == 2
-    assert "--two-experts needs --architecture wan" in error_line(capsys)
+    assert "--two-experts and --image-to-video need --architecture wan" in error_line(capsys)
 
 
 def test_weights_loaded_in_bf16_train_float32_adapters(tiny_wan_dir, motion_data, tmp_path, capsys):

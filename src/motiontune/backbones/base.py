@@ -359,9 +359,20 @@ class Backbone(abc.ABC):
     def prompt_overflow(self, prompt: str) -> int:
         """How many of `prompt`'s tokens fall past the text encoder's length (dropped when it is encoded)."""
 
-    @abc.abstractmethod
     def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
-        """Text positions of `phrase`'s tokens inside the encoded `prompt`; ValueError when absent or cut off."""
+        """Text positions of `phrase`'s tokens among the encoded `prompt`'s words (`word_positions`); ValueError when
+        absent or cut off by the text length."""
+        ids = self.tokenize([prompt])[0].tolist()
+        words, target = self.word_positions(prompt), self.token_ids(phrase)
+        for start in range(len(words) - len(target) + 1):
+            span = words[start : start + len(target)]
+            if [ids[position] for position in span] == target:
+                return span
+        if phrase in prompt:
+            raise ValueError(
+                f"phrase {phrase!r} falls beyond the text encoder's {len(ids)} tokens in prompt {prompt!r}"
+            )
+        raise ValueError(f"phrase {phrase!r} not found in prompt {prompt!r}")
 
     # --- denoiser --------------------------------------------------------------------------------
     #: whether the denoiser starts a video from a given first frame (`predict_noise` then takes per-frame timesteps)

@@ -230,18 +230,6 @@ class PerFrameUNetBackbone(Backbone):
         """How many of `prompt`'s tokens fall past the text encoder's length (dropped when it is encoded)."""
         return max(0, len(self.token_ids(prompt)) + 2 - self.tokenizer.model_max_length)
 
-    def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
-        """Positions of `phrase`'s tokens inside the tokenized `prompt` (start token at position 0)."""
-        ids = self.tokenize([prompt])[0].tolist()
-        target = self.token_ids(phrase)
-        for start in range(len(ids) - len(target) + 1):
-            if ids[start : start + len(target)] == target:
-                return list(range(start, start + len(target)))
-        if phrase in prompt:
-            limit = self.tokenizer.model_max_length
-            raise ValueError(f"phrase {phrase!r} falls beyond the text encoder's {limit} tokens in prompt {prompt!r}")
-        raise ValueError(f"phrase {phrase!r} not found in prompt {prompt!r}")
-
     def predict_noise(
         self,
         latents: torch.Tensor,

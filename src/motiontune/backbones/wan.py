@@ -33,6 +33,7 @@ What a method meets here instead of a UNet:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterator
 from typing import ClassVar
@@ -156,8 +157,8 @@ class WanBackbone(Backbone):
         if components.denoiser_2 is not None:
             if components.boundary_ratio is None:
                 raise ConfigError(f"{components.path}: a second expert (transformer_2/) needs boundary_ratio")
-            high, low = components.denoiser, components.denoiser_2
-            components.denoiser = WanExperts(high, low, float(components.boundary_ratio))
+            experts = WanExperts(components.denoiser, components.denoiser_2, float(components.boundary_ratio))
+            components = dataclasses.replace(components, denoiser=experts)
         super().__init__(components)
         self.starts_from_image = components.expand_timesteps
         config = self.transformer_config
@@ -305,17 +306,6 @@ class WanBackbone(Backbone):
 
     def prompt_overflow(self, prompt: str) -> int:
         return max(0, len(self.token_ids(prompt)) + 1 - self.text_length)
-
-    def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
-        ids = self.tokenize([prompt])[0].tolist()[: self.prompt_length(prompt) - 1]
-        target = self.token_ids(phrase)
-        for start in range(len(ids) - len(target) + 1):
-            if ids[start : start + len(target)] == target:
-                return list(range(start, start + len(target)))
-        if phrase in prompt:
-            limit = self.text_length
-            raise ValueError(f"phrase {phrase!r} falls beyond the text encoder's {limit} tokens in prompt {prompt!r}")
-        raise ValueError(f"phrase {phrase!r} not found in prompt {prompt!r}")
 
     # --- denoiser --------------------------------------------------------------------------------
     def predict_noise(
