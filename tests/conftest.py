@@ -12,7 +12,7 @@ import torch
 
 from motiontune.app.api import open_backbone
 from motiontune.backbones import BACKBONES
-from motiontune.lab.shapeworld import sample_clips, write_dataset
+from motiontune.lab.shapeworld import NOVEL_SHAPES, sample_clips, write_dataset, write_subject_images
 from motiontune.lab.tiny import build_tiny_animatediff, build_tiny_model, build_tiny_wan
 
 REFERENCE_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_videos"
@@ -86,6 +86,13 @@ def regularization_data(tmp_path_factory) -> Path:
     """Two ShapeWorld clips of a known motion, without the token."""
     folder = tmp_path_factory.mktemp("data") / "right"
     return write_dataset(folder, sample_clips(2, 1, motions=("right",)), frames=10, size=32)
+
+
+@pytest.fixture(scope="session")
+def subject_images(tmp_path_factory) -> Path:
+    """Two ShapeWorld stills of novel shapes with exact masks in masks/ (a subject to learn)."""
+    clips = sample_clips(2, 3, motions=("static",), shapes=NOVEL_SHAPES)
+    return write_subject_images(tmp_path_factory.mktemp("subject") / "star", clips, size=32)
 
 
 @pytest.fixture

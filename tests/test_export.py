@@ -16,6 +16,7 @@ from motiontune.app.cli import main
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.io.adapters import read_adapter, save_adapter
 from motiontune.methods import create_method, load_adapter
+from pipeline_helpers import wan_pipeline_latents
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 FRAMES, SIZE, STEPS = 4, 16, 3
@@ -158,18 +159,9 @@ def _wan_generation(model_dir, pipe, methods, seed: int = 2) -> tuple[torch.Tens
     settings = GenerationConfig(5, 32, 32, 3, 5.0, seed=seed, sampler="unipc", progress=False)
     ours = generate_latents(backbone, [PROMPT], methods, settings, check_prompts=False)
     noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(seed))
-    theirs = pipe(
-        PROMPT,
-        negative_prompt="",
-        num_frames=5,
-        height=32,
-        width=32,
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        latents=noise,
-        max_sequence_length=backbone.tokenizer.model_max_length,
-        output_type="latent",
-    ).frames
+    theirs = wan_pipeline_latents(
+        pipe, noise, prompt=PROMPT, negative_prompt="", max_sequence_length=backbone.tokenizer.model_max_length
+    )
     return ours, theirs
 
 

@@ -1,10 +1,8 @@
-"""Wan end to end: the contract on a diffusion transformer with full 3D attention, flow matching and a causal video
-autoencoder, checked against diffusers' own `WanPipeline`; every method trains and generates on a tiny Wan 2.1 folder
-and a tiny two-expert Wan 2.2 folder through the CLI; the 3D-attention mappings computed by hand."""
+"""Wan: the contract on a diffusion transformer with full 3D attention, flow matching and a causal video autoencoder,
+checked against diffusers' own `WanPipeline` and `WanImageToVideoPipeline`; the 3D-attention mappings computed by
+hand; two experts; bf16 weights. Every method, the controls and composition on Wan: test_end_to_end.py."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -19,19 +17,13 @@ from motiontune.errors import ConfigError
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.io.adapters import read_adapter
 from motiontune.io.video import read_image
-from motiontune.lab.shapeworld import NOVEL_SHAPES, sample_clips, write_subject_images
 from motiontune.methods import METHODS, create_method
 from motiontune.sampling import invert, make_scheduler, sample
+from pipeline_helpers import wan_pipeline_latents
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SHAPE = ["--frames", "5", "--height", "32", "--width", "32"]
 TRAINED = [name for name, cls in METHODS.items() if not cls.internal]
-
-
-@pytest.fixture(scope="module")
-def subject_images(tmp_path_factory):
-    clips = sample_clips(2, 3, motions=("static",), shapes=NOVEL_SHAPES)
-    return write_subject_images(tmp_path_factory.mktemp("subject") / "star", clips, size=32)
 
 
 @pytest.fixture
@@ -98,18 +90,13 @@ def test_generation_matches_diffusers_wan_pipeline(wan, tiny_wan_dir):
     ours = generate_latents(wan, ["a red circle moving right"], settings=settings)
     noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3))
     pipe = WanPipeline.from_pretrained(tiny_wan_dir)
-    theirs = pipe(
-        "a red circle moving right",
+    theirs = wan_pipeline_latents(
+        pipe,
+        noise,
+        prompt="a red circle moving right",
         negative_prompt="",
-        num_frames=5,
-        height=32,
-        width=32,
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        latents=noise,
         max_sequence_length=wan.tokenizer.model_max_length,
-        output_type="latent",
-    ).frames
+    )
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
@@ -284,27 +271,6 @@ def test_a_method_trains_each_expert_on_its_own_noise_levels(wan22, tiny_wan22_d
 # --- every method, through the CLI -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("folder", ["tiny_wan_dir", "tiny_wan22_dir"])
-@pytest.mark.parametrize("method", TRAINED)
-def test_every_method_trains_and_generates_through_the_cli(
-    method, folder, request, motion_data, subject_images, regularization_data, tmp_path, capsys
-):
-    model = ["--model", str(request.getfixturevalue(folder))]
-    output = tmp_path / "run"
-    data = subject_images if METHODS[method].training_data == "subject images" else motion_data
-    args = ["train", "--method", method, *model, "--data", str(data), "--output", str(output), "--token", "sks"]
-    if method == "motionbooth":
-        args += ["--class-word", "star", "--reg-data", str(regularization_data)]
-    assert main([*args, "--steps", "2", "--batch-size", "2", *SHAPE, "--quiet"]) == 0
-    assert json.loads((output / "run.json").read_text())["method"] == method
-    video = tmp_path / "video.mp4"
-    prompt = "a sks star moving right" if method == "motionbooth" else "a red circle doing sks"
-    generate = ["generate", *model, "--adapter", str(output / "adapter.safetensors"), "--prompt", prompt]
-    assert main([*generate, "--steps", "2", "--output", str(video), "--quiet"]) == 0
-    assert video.stat().st_size > 0 and video.with_suffix(".gif").exists()
-    capsys.readouterr()
-
-
 def test_a_frame_count_the_autoencoder_cannot_take_is_one_line(tiny_wan_dir, motion_data, tmp_path, capsys):
     args = ["train", "--method", "newmove", "--model", str(tiny_wan_dir), "--data", str(motion_data)]
     args += ["--output", str(tmp_path / "run"), "--token", "sks", "--steps", "1", "--quiet"]
@@ -313,62 +279,6 @@ def test_a_frame_count_the_autoencoder_cannot_take_is_one_line(tiny_wan_dir, mot
     assert not (tmp_path / "run").exists()
     assert main([*args, "--frames", "5", "--height", "40", "--width", "32"]) == 2
     assert "--height/--width must be multiples of 16, got 40x32" in error_line(capsys)
-
-
-def test_boxes_camera_pan_and_inversion_run_on_wan(tiny_wan_dir, motion_data, tmp_path):
-    reference = sorted(motion_data.glob("*.mp4"))[0]
-    result = api.generate_video(
-        "a red circle moving right",
-        tmp_path / "controlled.mp4",
-        model=tiny_wan_dir,
-        frames=9,
-        height=32,
-        width=32,
-        steps=3,
-        boxes={"circle": [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]},
-        camera_speed=(0.25, 0.0),
-        reference=reference,
-        noise_prior=0.5,
-        progress=False,
-    )
-    assert result.frames.shape == (9, 32, 32, 3)
-
-
-def test_adapters_of_two_methods_compose_on_wan(tiny_wan_dir, motion_data, tmp_path):
-    adapters = []
-    for method in ("motiondirector", "motion-inversion"):
-        trained = api.train(
-            method,
-            motion_data,
-            tmp_path / method,
-            model=tiny_wan_dir,
-            token="sks",
-            steps=1,
-            frames=5,
-            height=32,
-            width=32,
-            learning_rate=0.05,
-            progress=False,
-        )
-        adapters.append(trained.adapter)
-
-    def frames(chosen):
-        video = api.generate_video(
-            "a red circle doing sks",
-            tmp_path / f"{len(chosen)}-{chosen[0].parent.name}.mp4",
-            model=tiny_wan_dir,
-            adapters=chosen,
-            frames=5,
-            height=32,
-            width=32,
-            steps=2,
-            progress=False,
-        )
-        return video.frames.astype(int)
-
-    both = frames(adapters)
-    for alone in (frames(adapters[:1]), frames(adapters[1:])):
-        assert abs(both - alone).max() > 0
 
 
 def test_tiny_model_writes_a_two_expert_wan_folder(tmp_path, capsys):
@@ -461,18 +371,13 @@ def test_image_to_video_matches_diffusers_wan_image_to_video_pipeline(tiny_ti2v_
     noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3))
     pipe = WanImageToVideoPipeline.from_pretrained(tiny_ti2v_dir)
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(  # the text as motiontune encodes it (checked against WanPipeline's above): the image-to-video
-        image=Image.open(start_image),  # pipeline cleans prompts with ftfy, which is not installed here
+    theirs = wan_pipeline_latents(  # the text as motiontune encodes it (checked against WanPipeline's above): the
+        pipe,  # image-to-video pipeline cleans prompts with ftfy, which is not installed here
+        noise,
+        image=Image.open(start_image),
         prompt_embeds=backbone.encode_prompt(["a red circle moving right"]),
         negative_prompt_embeds=backbone.encode_prompt([""]),
-        num_frames=5,
-        height=32,
-        width=32,
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        latents=noise,
-        output_type="latent",
-    ).frames
+    )
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     image_latent = backbone.encode_video(read_image(start_image, 32, 32)[None, None])
     torch.testing.assert_close(ours[:, :, :1], image_latent)
