@@ -31,7 +31,7 @@ class GenerationConfig:
     guidance_scale: float = 9.0
     seed: int = 0
     negative_prompt: str = ""
-    sampler: str | None = None  # None: the model's own (ddim, or flow-euler on flow-matching models)
+    sampler: str | None = None  # None: the model's own (ddim on DDPM models, the folder's on flow-matching ones)
     reference: Path | None = None
     #: a start image: the video's first frame, on a model trained to start from one (Wan 2.2 TI2V)
     image: Path | None = None

@@ -73,8 +73,8 @@ def _write_slot(scheduler, slot: tuple[str, int | None], tensor: torch.Tensor) -
 
 
 def make_scheduler(backbone: Backbone, name: str | None = None):
-    """A scheduler of the named sampler (default: the model's, `ddim` on DDPM models, `flow-euler` on flow-matching
-    ones), configured for the model's noise process from its folder."""
+    """A scheduler of the named sampler (default: the model's, `ddim` on DDPM models, the folder's own on flow-matching
+    ones: `unipc` on Wan folders), configured for the model's noise process from its folder."""
     process = backbone.noise_process
     return process.make_scheduler(name or process.default_sampler)
 

@@ -292,7 +292,7 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--sampler",
         default=None,
         help="DDPM models: ddim (their default), ddpm, dpm++, euler, euler-a or unipc; flow-matching models (Wan): "
-        "flow-euler (their default) or unipc",
+        "unipc (the default of a folder that ships it, as Wan's do) or flow-euler",
     )
     generate.add_argument("--seed", type=_seed, default=0, help="the same seed gives the same frames")
     generate.add_argument("--reference", type=Path, default=None, help="reference video for --noise-prior")
