@@ -66,7 +66,8 @@ class MethodPlan:
     full_groups: tuple[str, ...] = ()
     lora_groups: tuple[str, ...] = ()
     embeddings: bool = False
-    #: MotionMatcher: a feature pass with gradients through the first half of the blocks, without checkpointing
+    #: MotionMatcher: a feature pass with gradients through the first half of the blocks (checkpointed too, its
+    #: recompute run with the LoRA off as in its forward: `Backbone.checkpointed`), with its temporal maps
     feature_pass: bool = False
     #: MotionBooth: cross-attention maps of the middle blocks recorded with gradients (explicit attention)
     cross_maps: bool = False
@@ -209,9 +210,9 @@ def plan(frames: int, height: int, width: int) -> list[dict]:
                 gradients, optimizer = trained * 4, trained * 8
                 activations = checkpoints + one_block
                 if method_plan.feature_pass:
-                    activations += (config["layers"] + 1) // 2 * one_block
-                    heads = config["heads"]
-                    activations += 3 * grid * heads * latent_frames**2 * 4 * ((config["layers"] + 1) // 2)
+                    half = (config["layers"] + 1) // 2
+                    activations += half * tokens * config["dim"] * element
+                    activations += 3 * grid * config["heads"] * latent_frames**2 * 4 * half
                 if method_plan.cross_maps:
                     activations += 2 * 2 * config["heads"] * tokens * TEXT_LENGTH * element
                 peak = parameters + gradients + optimizer + activations

@@ -205,6 +205,30 @@ def test_gradient_checkpointing_gives_the_same_gradients(backbone):
         torch.testing.assert_close(a, b)
 
 
+def test_gradient_checkpointing_covers_the_feature_passes(backbone):
+    """A feature pass with gradients (LoRA off, maps recorded) stays checkpointed: its recompute in backward runs in
+    the state of its forward (`Backbone.checkpointed`), so it keeps far fewer bytes for backward than without."""
+    method = _matcher(backbone)
+    _trained_looking(method)
+    batch = _batch(backbone)
+
+    def saved_bytes() -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        latents = batch["latents"].clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), method.frozen_extractor():
+            method.motion_features(latents, torch.tensor([400]), batch["text"])
+        return sum(storages.values())
+
+    stored = saved_bytes()
+    backbone.enable_gradient_checkpointing()
+    assert saved_bytes() < 0.5 * stored
+
+
 def test_lora_is_on_only_from_the_window_start_and_composes_with_other_adapters(backbone):
     batch = _batch(backbone)
     base = _output(backbone, batch)

@@ -211,6 +211,16 @@ class TemporalEmbedding(torch.nn.Module):
         return value.repeat(rows // value.shape[0], 1, 1)
 
 
+@dataclass(frozen=True)
+class ControllerState:
+    """A snapshot of what an `AttentionController` does (`AttentionController.state`)."""
+
+    recordings: tuple[tuple[Callable[[AttentionSite], bool], bool], ...]
+    box_edit: object
+    explicit: Callable[[AttentionSite], bool] | None
+    context: ForwardContext | None
+
+
 @dataclass
 class _Recording:
     select: Callable[[AttentionSite], bool]
@@ -316,6 +326,24 @@ class AttentionController:
             yield
         finally:
             self.box_edit = previous
+
+    def state(self) -> ControllerState:
+        """What the processors would do now: the recordings (which sites, with gradients or not), the box edit,
+        the explicit selection and the call's shape."""
+        recordings = tuple((recording.select, recording.with_grad) for recording in self._recordings)
+        return ControllerState(recordings, self.box_edit, self._explicit_select, self.context)
+
+    @contextlib.contextmanager
+    def restored(self, state: ControllerState) -> Iterator[None]:
+        """Inside the block the processors act as they did when `state` was taken (its recordings write to maps
+        nobody reads): the recompute of a checkpointed forward in backward repeats that forward exactly."""
+        saved = (self._recordings, self.box_edit, self._explicit_select, self.context)
+        self._recordings = [_Recording(select, with_grad) for select, with_grad in state.recordings]
+        self.box_edit, self._explicit_select, self.context = state.box_edit, state.explicit, state.context
+        try:
+            yield
+        finally:
+            self._recordings, self.box_edit, self._explicit_select, self.context = saved
 
     def recordings_for(self, site: AttentionSite) -> list[_Recording]:
         return [recording for recording in self._recordings if recording.select(site)]

@@ -16,7 +16,9 @@ from typing import ClassVar, Literal
 import huggingface_hub
 import torch
 from diffusers import DDPMScheduler
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
 
 from ..diffusion import DiscreteDiffusion, NoiseProcess
 from ..errors import ConfigError, InputError
@@ -173,6 +175,17 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
         boundary_ratio=index.get("boundary_ratio"),
         expand_timesteps=bool(index.get("expand_timesteps")),
     )
+
+
+def _apply(modes: list[tuple[torch.nn.Module, bool]], adapters: list[tuple[BaseTunerLayer, list[str]]]) -> None:
+    """Set each layer's train / eval flag and each LoRA layer's active adapters (keeping `requires_grad`)."""
+    for layer, training in modes:
+        layer.training = training
+    for layer, names in adapters:
+        flags = [(parameter, parameter.requires_grad) for parameter in layer.parameters()]
+        layer.set_adapter(names)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 class Backbone(abc.ABC):
@@ -401,9 +414,32 @@ class Backbone(abc.ABC):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the denoiser's activations in backward, without renaming any module."""
 
-    @abc.abstractmethod
-    def gradient_checkpointing_paused(self) -> contextlib.AbstractContextManager[None]:
-        """Store activations of the calls inside the block even with gradient checkpointing on."""
+    def checkpointed(self, module: torch.nn.Module, function, *args, **kwargs):
+        """`function(*args, **kwargs)` (the forward of `module`) under non-reentrant gradient checkpointing, its
+        recompute in backward run in the state the forward ran in: the attention controller's recordings, edits and
+        call shape, the LoRA adapters active on the module's layers, and each layer's train / eval mode. So a pass
+        that switches a LoRA off or records attention maps with gradients (MotionMatcher's frozen feature passes,
+        MotionBooth's subject attention, box-edit pre-training) keeps its memory savings."""
+        controller = self.controller.state() if self.controller is not None else None
+        modes = [(layer, layer.training) for layer in module.modules()]
+        layers = [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+        adapters = [(layer, list(layer.active_adapters)) for layer in layers]
+
+        @contextlib.contextmanager
+        def as_in_forward():
+            now_modes = [(layer, layer.training) for layer, _ in modes]
+            now_adapters = [(layer, list(layer.active_adapters)) for layer, _ in adapters]
+            _apply(modes, adapters)
+            try:
+                with self.controller.restored(controller) if controller is not None else contextlib.nullcontext():
+                    yield
+            finally:
+                _apply(now_modes, now_adapters)
+
+        def contexts():
+            return contextlib.nullcontext(), as_in_forward()
+
+        return checkpoint(function, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 
     @abc.abstractmethod
     def disable_gradient_checkpointing(self) -> None:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import contextvars
 import re
 from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .base import AttentionSite, Backbone, ModelComponents
@@ -43,7 +41,6 @@ SPATIAL_LORA_TARGETS = {
 }
 
 CHECKPOINT_HOOK = "motiontune.gradient_checkpointing"
-_CHECKPOINTING_PAUSED = contextvars.ContextVar("motiontune_checkpointing_paused", default=False)
 
 
 def _nearest_level(levels: set[int], preferred: int) -> int:
@@ -60,12 +57,16 @@ class _DownBlocksDone(Exception):
 
 
 class _CheckpointHook(ModelHook):
-    """Recompute a module's activations in backward instead of storing them (non-reentrant)."""
+    """Recompute a module's activations in backward instead of storing them (`Backbone.checkpointed`)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        if not torch.is_grad_enabled() or _CHECKPOINTING_PAUSED.get():
+        if not torch.is_grad_enabled():
             return self.fn_ref.original_forward(*args, **kwargs)
-        return checkpoint(self.fn_ref.original_forward, *args, use_reentrant=False, **kwargs)
+        return self.backbone.checkpointed(module, self.fn_ref.original_forward, *args, **kwargs)
 
 
 class PerFrameUNetBackbone(Backbone):
@@ -265,20 +266,7 @@ class PerFrameUNetBackbone(Backbone):
             if self.checkpoint_units.match(name):
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 if registry.get_hook(CHECKPOINT_HOOK) is None:
-                    registry.register_hook(_CheckpointHook(), CHECKPOINT_HOOK)
-
-    @contextlib.contextmanager
-    def gradient_checkpointing_paused(self) -> Iterator[None]:
-        """Store activations of the calls inside this block even with gradient checkpointing on.
-
-        For passes whose recomputation in backward would not repeat them: the recompute happens after
-        the block, when adapters switched off or attention recording inside it are back to normal.
-        """
-        token = _CHECKPOINTING_PAUSED.set(True)
-        try:
-            yield
-        finally:
-            _CHECKPOINTING_PAUSED.reset(token)
+                    registry.register_hook(_CheckpointHook(self), CHECKPOINT_HOOK)
 
     def disable_gradient_checkpointing(self) -> None:
         for name, module in self.denoiser.named_modules():

@@ -390,20 +390,13 @@ class WanBackbone(Backbone):
 
     # --- memory ----------------------------------------------------------------------------------
     def enable_gradient_checkpointing(self) -> None:
-        """diffusers' own block-wise checkpointing of the transformer (module names unchanged)."""
+        """diffusers' own block-wise checkpointing of the transformer (module names unchanged), through
+        `Backbone.checkpointed`, so a recompute runs in the state its forward ran in."""
         for transformer in self._transformers():
-            transformer.enable_gradient_checkpointing()
+            transformer.enable_gradient_checkpointing(self._checkpointed_block)
 
-    @contextlib.contextmanager
-    def gradient_checkpointing_paused(self) -> Iterator[None]:
-        states = [transformer.gradient_checkpointing for transformer in self._transformers()]
-        for transformer in self._transformers():
-            transformer.gradient_checkpointing = False
-        try:
-            yield
-        finally:
-            for transformer, state in zip(self._transformers(), states, strict=True):
-                transformer.gradient_checkpointing = state
+    def _checkpointed_block(self, block: torch.nn.Module, *args):
+        return self.checkpointed(block, block.__call__, *args)
 
     def disable_gradient_checkpointing(self) -> None:
         for transformer in self._transformers():

@@ -227,16 +227,13 @@ class MotionBooth(Method):
 
     @contextlib.contextmanager
     def _recording(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Record the attention-loss sites with gradients, without gradient checkpointing: its recompute
-        in backward would run after the recording has ended, on the other attention path."""
+        """Record the attention-loss sites with gradients (under gradient checkpointing too: a recompute in backward
+        runs with the recording as it was, `Backbone.checkpointed`)."""
         if not self.config.attention_loss_weight:
             yield {}
             return
         names = self._attention_names
-        with (
-            self.backbone.gradient_checkpointing_paused(),
-            self.backbone.controller.record(lambda site: site.name in names, with_grad=True) as maps,
-        ):
+        with self.backbone.controller.record(lambda site: site.name in names, with_grad=True) as maps:
             yield maps
 
     # --- adapter ------------------------------------------------------------------------------

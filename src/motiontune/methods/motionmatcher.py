@@ -180,10 +180,10 @@ class MotionMatcher(LoraMethod):
 
     @contextlib.contextmanager
     def frozen_extractor(self) -> Iterator[None]:
-        """The pretrained model as feature extractor: this LoRA off, dropout off (eval mode), no gradient
-        checkpointing (its recompute in backward would run with the LoRA back on) and, unless
+        """The pretrained model as feature extractor: this LoRA off, dropout off (eval mode) and, unless
         `feature_autocast`, no mixed-precision autocast (the maps of close videos differ by less than bf16
-        resolves)."""
+        resolves). Under gradient checkpointing the recompute in backward runs in this state too
+        (`Backbone.checkpointed`)."""
         unet = self.backbone.denoiser
         training = unet.training
         unet.eval()
@@ -191,7 +191,7 @@ class MotionMatcher(LoraMethod):
         if not self.config.feature_autocast:
             precision = torch.autocast(self.backbone.device.type, enabled=False)
         try:
-            with self.lora_disabled(), self.backbone.gradient_checkpointing_paused(), precision:
+            with self.lora_disabled(), precision:
                 yield
         finally:
             unet.train(training)

@@ -98,8 +98,6 @@ class Pretrain(Method):
         with contextlib.ExitStack() as editing:
             if self.config.box_edit_rate:
                 edited = captioned & (torch.rand(latents.shape[0], generator=generator) < self.config.box_edit_rate)
-                # the edit must also hold when gradient checkpointing would recompute the forward in backward
-                editing.enter_context(self.backbone.gradient_checkpointing_paused())
                 editing.enter_context(self.backbone.controller.editing(self.box_edits(batch, edited, timesteps)))
             prediction = self.backbone.predict_noise(noisy, timesteps.to(noisy.device), text)
         per_sample = (prediction.float() - target.float()).square().flatten(1).mean(1)
