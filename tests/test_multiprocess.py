@@ -29,7 +29,8 @@ def test_two_processes_train_one_adapter_and_agree(tiny_model_dir, motion_data, 
     command += ["--steps", "3", "--frames", "4", "--height", "32", "--width", "32", "--quiet"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "motiontune: error" in line or "Error:" in line]
+    assert done.returncode == 0, "\n".join(errors) or done.stderr[-2000:]
     training = read_metadata(output / "adapter.safetensors")["training"]
     assert training["processes"] == 2 and training["steps"] == 3
     assert len((output / "training_log.jsonl").read_text().splitlines()) == 3

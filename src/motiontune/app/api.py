@@ -135,6 +135,12 @@ def _data_fingerprint(files: list[tuple[str, Path, str]]) -> str:
     return digest.hexdigest()
 
 
+def _main_process() -> bool:
+    """Whether this is the process that checks and writes a run's folder: the only one, or rank 0 of several
+    (`torchrun` / `accelerate launch` set RANK); the others train beside it and leave the folder to it."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _check_resumable(output: Path, current: dict) -> None:
     """Refuse to resume a finished run, or one whose recorded settings (method, options, data, model, seed,
     learning rate, size, ...) differ from the current ones, naming each difference."""
@@ -326,7 +332,8 @@ def train(
     check_writable_folder(cache, "--cache-dir")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: give one")
-    if not resume and not overwrite and _holds_a_run(output):
+    main = _main_process()
+    if main and not resume and not overwrite and _holds_a_run(output):
         raise ConfigError(
             f"{output}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
         )
@@ -372,12 +379,12 @@ def train(
         "model": backbone.fingerprint(),
         "data": _data_fingerprint(files),
     }
-    if resume:
+    if resume and main:
         _check_resumable(output, run_settings)
-    elif overwrite:
+    elif overwrite and main:
         _remove_previous_run(output)
 
-    created = not output.exists()
+    created = main and not output.exists()
     try:
         examples = []
         if subject_images:
@@ -385,12 +392,14 @@ def train(
         for source, items in sources.items():
             dataset = VideoDataset(items, frames, height, width, sampling)
             examples += prepare_examples(backbone, dataset, source, cache, progress)
-        atomic_write_text(output / RUN_FILE, json.dumps(run_settings, indent=2, sort_keys=True) + "\n")
+        if main:
+            atomic_write_text(output / RUN_FILE, json.dumps(run_settings, indent=2, sort_keys=True) + "\n")
         started = time.perf_counter()
         adapter = run_training(trainer, examples, config)
         seconds = time.perf_counter() - started
     except BaseException as error:
-        _clean_failed_run(output, created)
+        if main:
+            _clean_failed_run(output, created)
         if _out_of_memory(error):
             raise ConfigError(
                 f"out of memory training {steps} steps of batch size {config.batch_size} at {frames}x{height}x{width}; "
