@@ -264,7 +264,7 @@ def read_image(path: str | os.PathLike[str], height: int, width: int) -> torch.T
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot read image ({_reason(exc)})") from exc
     frame = _resize_crop(frame, height, width)
-    return torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.tensor(frame).permute(2, 0, 1).float() / 127.5 - 1  # a copy: the decoded array is read-only
 
 
 def read_video(
