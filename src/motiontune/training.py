@@ -489,7 +489,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
             with average.swapped_in() if average is not None else contextlib.nullcontext():
-                _validate(method, config, done, latent_shape)
+                _validate(method, config, done, latent_shape, weights)
             module.train()
     module.eval()
     if average is not None:
@@ -499,7 +499,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     elapsed = time.perf_counter() - started
     _check_processes_agree(accelerator, trainable)
     if accelerator.is_main_process:
-        _save_adapter(method, config, output_dir, examples, latent_shape, learning_rate, accumulation, elapsed)
+        _save_adapter(method, config, output_dir, examples, latent_shape, learning_rate, accumulation, elapsed, weights)
     accelerator.wait_for_everyone()  # every process returns once the adapter is there
     return output_dir / "adapter.safetensors"
 
@@ -513,6 +513,7 @@ def _save_adapter(
     learning_rate: float,
     accumulation: int,
     elapsed: float,
+    weights: torch.dtype,
 ) -> Path:
     """The trained adapter with its training record (and the final validation videos when asked)."""
     backbone = method.backbone
@@ -535,7 +536,7 @@ def _save_adapter(
     }
     path = save_adapter(output_dir / "adapter.safetensors", tensors, metadata)
     if config.validation_prompts and not config.validate_every:
-        _validate(method, config, config.steps, latent_shape)
+        _validate(method, config, config.steps, latent_shape, weights)
     return path
 
 
@@ -579,9 +580,10 @@ def _log_lines(log_path: Path) -> list[str]:
     return lines
 
 
-def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size) -> None:
+def _validate(method: Method, config: TrainConfig, step: int, latent_shape: torch.Size, weights: torch.dtype) -> None:
+    """Validation videos, under autocast in the precision the weights were loaded in (`weights`) when it is low: the
+    trained tensors are float32 then."""
     backbone = method.backbone
-    weights = next((p.dtype for p in backbone.denoiser.parameters() if not p.requires_grad), torch.float32)
     with torch.autocast(backbone.device.type, dtype=weights, enabled=weights in LOW_PRECISIONS):
         _validation_videos(method, config, step, latent_shape)
 

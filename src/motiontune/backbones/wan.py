@@ -4,7 +4,7 @@ What a method meets here instead of a UNet:
 
 * **Tokens.** The latents `(B, C, F, h, w)` are cut into `patch_size` patches (1 x 2 x 2) and every block sees one
   sequence `(B, F*h'*w', D)`, frame-major (token `f*h'*w' + y*w' + x`; layout "video"). There is one resolution:
-  every site is at level 0, whose grid is the latent grid divided by the patch.
+  every site's grid is the latent grid divided by the patch (a site's level is its depth, below).
 * **Attention.** `blocks.N.attn1` is full 3D self-attention over all tokens of all frames, with rotary positions
   (time, height and width parts of each head) applied after the RMS-normed query and key; it is where frames meet,
   so it plays the temporal layers' part (site kind "temporal"). `blocks.N.attn2` is cross-attention to the text
