@@ -100,3 +100,13 @@ def test_world_render_command(tmp_path, capsys):
     assert main(["world", "render", "--motion", "spin", "--output", str(tmp_path / "bad")]) == 2
     assert "--motion: unknown value(s) spin" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_named_motions_span_the_clip_whatever_its_length():
+    """The zigzag swings four times over any clip (at 8 frames every 2 frames, as the UNet3D model was
+    measured on); on a 17-frame Wan clip its swings land on different latent frames (1 + 4 + 4 + 4 + 4)."""
+    swing = lambda frames: np.sign(motion_path("zigzag", frames)[:, 1] - 0.5)  # noqa: E731
+    assert swing(8).tolist() == [-1, -1, 1, 1, -1, -1, 1, 1]
+    assert swing(17).tolist() == [-1] * 5 + [1] * 4 + [-1] * 4 + [1] * 4
+    orbit = motion_path("orbit", 17)
+    assert np.allclose(orbit[0], orbit[-1], atol=0.1) and np.ptp(orbit[:, 0]) > 0.35

@@ -10,6 +10,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from motiontune.app.api import generate, open_backbone
+from motiontune.app.cli import main
 from motiontune.diffusion import DiscreteDiffusion
 from motiontune.errors import ConfigError
 from motiontune.lab.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model, set_noise_schedule
@@ -27,11 +28,11 @@ SMOKE = {
     "clips": 12,
     "vae_steps": 3,
     "vae_batch": 8,
-    "unet_steps": 2,
+    "denoiser_steps": 2,
     "batch_size": 4,
     "checkpoint_every": 1,
     "vae": {"block_out_channels": [8, 16, 16], "latent_channels": 8, "norm_num_groups": 8},
-    "unet": {
+    "denoiser": {
         "block_out_channels": [16, 32],
         "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
         "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
@@ -56,7 +57,7 @@ def test_recipe_writes_a_loadable_model_with_its_native_size(smoke_model, tmp_pa
     assert json.loads((model / "recipe.json").read_text())["config"]["clips"] == 12
     backbone = open_backbone(model, "cpu")
     assert backbone.vae_scale_factor == 4 and backbone.latent_channels == 8
-    assert summary["latent_scaling_factor"] == pytest.approx(backbone.vae.config.scaling_factor)
+    assert summary["latent_normalisation"] == pytest.approx(backbone.vae.config.scaling_factor)
     paths = generate("a red circle moving left on a white background", tmp_path / "v.mp4", model=model, steps=2)
     from PIL import Image
 
@@ -81,6 +82,17 @@ def test_evaluation_reports_accuracies(smoke_model):
     for key in ("colour_accuracy", "shape_accuracy", "background_accuracy", "motion_accuracy"):
         assert 0.0 <= summary[key] <= 1.0
     assert 0.0 <= summary["novel_motion_produced"] <= 1.0
+
+
+def test_autoencoder_evaluation_scores_reconstructions_from_the_command_line(smoke_model, capsys):
+    """`world evaluate --autoencoder` on the recipe's autoencoder stage (no recipe.json there: the native clip
+    comes from its motiontune.json) and on the model; an untrained 3-step autoencoder is far from its input."""
+    output, _ = smoke_model
+    for model in (output / "stages" / "autoencoded", output / "model"):
+        assert main(["world", "evaluate", "--autoencoder", "--model", str(model), "--prompts", "2", "--quiet"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["clips"] == 2 and set(summary) >= {"colour_accuracy", "shape_accuracy", "motion_accuracy"}
+        assert summary["mse"] > 0.01
 
 
 def test_zero_terminal_snr_recipe_trains_and_samples_from_pure_noise(smoke_model):
@@ -273,3 +285,75 @@ def test_box_edit_pre_training_under_gradient_checkpointing_gives_the_same_gradi
     backbone.enable_gradient_checkpointing()
     for a, b in zip(plain, gradients(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+WAN_SMOKE = {
+    "architecture": "wan",
+    "clips": 8,
+    "vae_steps": 2,
+    "vae_batch": 2,
+    "denoiser_steps": 2,
+    "batch_size": 4,
+    "checkpoint_every": 1,
+    "vae": {"base_dim": 8},
+    "denoiser": {"num_layers": 2, "ffn_dim": 64},
+    "text_hidden_size": 32,
+    "box_edit_rate": 0.5,
+}
+
+
+def test_wan_recipe_writes_a_wan_pipeline_folder_that_diffusers_samples(tmp_path):
+    """The DiT recipe: a causal autoencoder 4x in space and time, per-channel latent statistics, a patch-1
+    transformer on 5 latent frames of 8 x 8, flow matching; the folder loads in `WanPipeline` itself."""
+    from diffusers import WanPipeline
+
+    summary = build_base_model(BaseModelConfig(**WAN_SMOKE), tmp_path, progress=False)
+    model = tmp_path / "model"
+    assert json.loads((model / "motiontune.json").read_text())["native"] == {"frames": 17, "height": 32, "width": 32}
+    assert (tmp_path / "transformer-training" / "checkpoints" / "step-000002").is_dir()
+    backbone = open_backbone(model, "cpu")
+    assert (backbone.vae_scale_factor, backbone.temporal_factor, backbone.latent_channels) == (4, 4, 16)
+    assert backbone.vae.config.latents_std == pytest.approx(summary["latent_normalisation"]["latents_std"])
+    latents = backbone.encode_video(torch.rand(1, 17, 3, 32, 32) * 2 - 1)
+    assert latents.shape == (1, 16, 5, 8, 8)
+    assert not backbone.frame_positions
+    pipe = WanPipeline.from_pretrained(model)
+    video = pipe(
+        "a red circle moving left on a white background",
+        num_frames=17,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        max_sequence_length=16,
+        output_type="np",
+    ).frames
+    assert video.shape == (1, 17, 32, 32, 3)
+    paths = generate("a red circle moving left on a white background", tmp_path / "v.mp4", model=model, steps=2)
+    from PIL import Image
+
+    with Image.open(paths["gif"]) as gif:
+        assert gif.size == (32, 32) and gif.n_frames == 17
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"architecture": "dit"}, "architecture must be one of unet3d, wan, got 'dit'"),
+        ({"architecture": "wan", "frames": 16}, "frames must be 4k\\+1 for Wan's causal autoencoder, got 16"),
+        ({"architecture": "wan", "vae_frames": 4}, "vae_frames must be 4k\\+1"),
+        ({"architecture": "wan", "frame_positions": True}, "frame_positions is for UNet3D"),
+        ({"architecture": "wan", "zero_terminal_snr": True}, "zero_terminal_snr is for DDPM schedules"),
+    ],
+)
+def test_recipe_options_that_do_not_fit_the_architecture_are_refused(tmp_path, options, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in options.items()))
+    with pytest.raises(ConfigError, match=f"r\\.yaml: {message}"):
+        BaseModelConfig.from_yaml(recipe)
+
+
+def test_architecture_defaults_fill_what_the_recipe_leaves_out():
+    unet3d, wan = BaseModelConfig(), BaseModelConfig(architecture="wan", denoiser={"num_layers": 3})
+    assert (unet3d.frames, unet3d.frame_positions, unet3d.zero_terminal_snr) == (8, True, True)
+    assert (wan.frames, wan.vae_frames, wan.frame_positions, wan.zero_terminal_snr) == (17, 9, False, False)
+    assert wan.denoiser["num_layers"] == 3 and wan.denoiser["patch_size"] == [1, 1, 1]

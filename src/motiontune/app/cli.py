@@ -395,6 +395,12 @@ def _add_world_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--steps", type=_positive_int, default=25, help="sampling steps")
     evaluate.add_argument("--guidance-scale", type=_finite_float, default=5.0, help="classifier-free guidance scale")
     evaluate.add_argument("--sheet", type=Path, default=None, help="write a PNG contact sheet of samples here")
+    evaluate.add_argument(
+        "--autoencoder",
+        action="store_true",
+        help="score the autoencoder instead: --prompts held-out clips encoded and decoded (what it loses caps the "
+        "model's accuracies); works on a recipe's stages/autoencoded folder before the denoiser trains",
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument(
         "--allow-other-model",
@@ -794,12 +800,15 @@ def run_world(args: argparse.Namespace) -> int:
         )
         print(shapeworld.write_dataset(args.output, clips, args.frames, args.size, args.token))
         return 0
-    from ..lab.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model
+    from ..lab.worldmodel import BaseModelConfig, build_base_model, evaluate_autoencoder, evaluate_base_model
 
     if args.world_command == "evaluate":
         from .api import default_model_dir
 
         model = Path(args.model) if args.model else default_model_dir()
+        if args.autoencoder:
+            print(json.dumps(evaluate_autoencoder(model, args.prompts, progress=not args.quiet), indent=2))
+            return 0
         summary = evaluate_base_model(
             model,
             args.prompts,

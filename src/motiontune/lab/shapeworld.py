@@ -110,7 +110,9 @@ def motion_path(motion: str, frames: int, start: tuple[float, float] = (0.5, 0.5
     `path:` motion of your own (its keyframes spread evenly over the frames, joined by straight lines, centred
     on `start`; `phase` does not apply).
 
-    Straight motions travel `TRAVEL` of the frame at constant speed; `start` is the path's midpoint.
+    Straight motions travel `TRAVEL` of the frame at constant speed; `start` is the path's midpoint. Every named
+    motion spans the clip whatever its length (the zigzag swings four times, the orbit goes round once), so a
+    longer clip shows the same motion in more frames.
     """
     s = np.linspace(-0.5, 0.5, frames)
     x0, y0 = start
@@ -127,7 +129,7 @@ def motion_path(motion: str, frames: int, start: tuple[float, float] = (0.5, 0.5
         sign = -1 if phase >= math.pi else 1
         return np.stack([x0 + sign * 0.4 * s, y0 + sign * 0.4 * s], 1)
     if motion == "zigzag":
-        swing = np.where((np.arange(frames) // 2) % 2 == 0, -1.0, 1.0) * 0.12
+        swing = np.where((4 * np.arange(frames) // frames) % 2 == 0, -1.0, 1.0) * 0.12
         return np.stack([x0 + TRAVEL * s, y0 + swing], 1)
     if motion == "orbit":
         angle = phase + 2 * math.pi * np.arange(frames) / frames

@@ -323,14 +323,19 @@ def build_tiny_wan(
     words: list[str] | tuple[str, ...] = DEFAULT_WORDS,
     text_length: int = 16,
     text_hidden_size: int = 32,
+    transformer_config: dict | None = None,
+    vae_config: dict | None = None,
+    scheduler_config: dict | None = None,
+    native: dict | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a tiny, randomly initialised Wan model folder (as `WanPipeline.save_pretrained` lays it out) and return
-    its path: a `WanTransformer3DModel` and an `AutoencoderKLWan` at the sizes of diffusers' own Wan tests, a random
-    UMT5 encoder with a unigram tokenizer of the world's words, UniPC on flow sigmas. With `two_experts`, Wan 2.2
-    A14B's layout: a second transformer (`transformer_2/`) for noise levels below `boundary_ratio` 0.875. With
-    `image_to_video`, Wan 2.2 TI2V's: `expand_timesteps` (per-token timesteps, the first latent frame given), so it
-    starts videos from an image. A `motiontune.json` states its native clip (9 frames of 64 x 64)."""
+        its path: a `WanTransformer3DModel` and an `AutoencoderKLWan` at the sizes of diffusers' own Wan tests, a random
+        UMT5 encoder with a unigram tokenizer of the world's words, UniPC on flow sigmas. With `two_experts`, Wan 2.2
+        A14B's layout: a second transformer (`transformer_2/`) for noise levels below `boundary_ratio` 0.875. With
+        `image_to_video`, Wan 2.2 TI2V's: `expand_timesteps` (per-token timesteps, the first latent frame given), so it
+        starts videos from an image. A `motiontune.json` states its native clip (9 frames of 64 x 64). The configs given
+    are merged over the tiny ones (`TINY_WAN`, `TINY_WAN_VAE`, `WAN_SCHEDULER`) and `native` replaces the clip."""
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
     tokenizer = build_word_unigram_tokenizer(words, text_length)
@@ -347,21 +352,21 @@ def build_tiny_wan(
             eos_token_id=tokenizer.eos_token_id,
         )
     )
-    transformer = WanTransformer3DModel(**TINY_WAN, text_dim=text_hidden_size)
+    transformer_kwargs = {**TINY_WAN, **(transformer_config or {}), "text_dim": text_hidden_size}
     components = {
-        "transformer": transformer,
-        "vae": AutoencoderKLWan(**TINY_WAN_VAE),
+        "transformer": WanTransformer3DModel(**transformer_kwargs),
+        "vae": AutoencoderKLWan(**{**TINY_WAN_VAE, **(vae_config or {})}),
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "scheduler": UniPCMultistepScheduler(**WAN_SCHEDULER),
+        "scheduler": UniPCMultistepScheduler(**{**WAN_SCHEDULER, **(scheduler_config or {})}),
     }
     if two_experts:
-        components["transformer_2"] = WanTransformer3DModel(**TINY_WAN, text_dim=text_hidden_size)
+        components["transformer_2"] = WanTransformer3DModel(**transformer_kwargs)
     with atomic_directory(output_dir) as staging:
         _write_folder(staging, "WanPipeline", components)
         index = json.loads((staging / "model_index.json").read_text())
         index.setdefault("transformer_2", [None, None])
         index.update(boundary_ratio=WAN22_BOUNDARY if two_experts else None, expand_timesteps=image_to_video)
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))
-        (staging / "motiontune.json").write_text(json.dumps({"native": TINY_WAN_NATIVE}, indent=2))
+        (staging / "motiontune.json").write_text(json.dumps({"native": native or TINY_WAN_NATIVE}, indent=2))
     return output_dir

@@ -1,13 +1,14 @@
-"""Build the ShapeWorld base model: a tiny UNet3D text-to-video model trained on ShapeWorld clips.
+"""Build a ShapeWorld base model: a tiny text-to-video model trained on ShapeWorld clips, as a UNet3D
+(`architecture: unet3d`, ZeroScope's layout) or as a Wan DiT (`architecture: wan`, `WanPipeline`'s layout).
 
 Recipe (`motiontune world train-base --config FILE`), reproducible from its config and seed:
 1. render `clips` random clips of the *known* motions and shapes (novel ones are held out);
-2. train a small `AutoencoderKL` on their frames (MSE + a small KL term), so the diffusion model
-   works in a 2x smaller latent space;
-3. pre-train every UNet weight with v-prediction (`methods.pretrain`; min-SNR weighting optional)
-   through the shared training loop, resumable from its checkpoints, optionally keeping a weight
-   average (`ema_decay`) that becomes the exported UNet;
-4. write a standard diffusers model folder, loadable by the same code as ZeroScope.
+2. train a small autoencoder on them (MSE + a small KL term): UNet3D's per-frame `AutoencoderKL` on single
+   frames; Wan's causal `AutoencoderKLWan` (4x in space and in time) on `vae_frames`-frame windows;
+3. pre-train every denoiser weight (`methods.pretrain`: v-prediction on the UNet3D, flow matching on Wan;
+   min-SNR weighting optional) through the shared training loop, resumable from its checkpoints,
+   optionally keeping a weight average (`ema_decay`) that becomes the exported denoiser;
+4. write a standard diffusers model folder, loadable by the same code as ZeroScope or Wan.
 
 With `frame_positions` every temporal attention also learns per-frame query/key positions
 (`Backbone.add_frame_positions`), saved beside the UNet: without them the tiny UNet3D follows the
@@ -38,23 +39,75 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from ..attention import controlled_backbone
+from ..backbones.base import DENOISER_FOLDERS
+from ..control import interpolate_boxes
 from ..errors import ConfigError
 from ..generation import GenerationConfig, generate_latents
 from ..io.video import frames_to_uint8, uint8_to_frames, write_contact_sheet
 from ..methods import load_adapter
 from ..methods.pretrain import Pretrain, PretrainConfig
+from ..settings import ModelDefaults
 from ..training import Example, TrainConfig, train
 from ..utils import atomic_directory, atomic_write_text, default_device
 from .evaluation import evaluate_video
 from .shapeworld import KNOWN_MOTIONS, NOVEL_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
-from .tiny import TINY_VAE, build_tiny_model
+from .tiny import TINY_VAE, WAN_SCHEDULER, build_tiny_model, build_tiny_wan
+
+#: what each architecture's recipe uses where the config says nothing (None)
+ARCHITECTURE_DEFAULTS = {
+    "unet3d": {
+        "frames": 8,
+        "vae_frames": 1,
+        "frame_positions": True,
+        "zero_terminal_snr": True,
+        "vae": {"block_out_channels": [32, 64, 64], "latent_channels": 8, "norm_num_groups": 8},
+        "denoiser": {
+            "block_out_channels": [32, 64],
+            "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+            "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+        },
+    },
+    # 17 frames of 32 x 32 behind a 4x (space) x 4x (time) causal autoencoder: 5 latent frames of 8 x 8, one
+    # token per latent cell (patch 1), so a zigzag's swings land on different latent frames.
+    "wan": {
+        "frames": 17,
+        "vae_frames": 9,
+        "frame_positions": False,
+        "zero_terminal_snr": False,
+        "vae": {
+            "base_dim": 16,
+            "z_dim": 16,
+            "dim_mult": [1, 2, 2],
+            "num_res_blocks": 1,
+            "temperal_downsample": [True, True],
+            "scale_factor_spatial": 4,
+            "scale_factor_temporal": 4,
+        },
+        "denoiser": {
+            "patch_size": [1, 1, 1],
+            "num_attention_heads": 4,
+            "attention_head_dim": 24,
+            "ffn_dim": 384,
+            "num_layers": 6,
+            "freq_dim": 256,
+            "cross_attn_norm": True,
+            "qk_norm": "rms_norm_across_heads",
+            "rope_max_seq_len": 64,
+        },
+    },
+}
 
 
 @dataclass
 class BaseModelConfig:
-    """Everything that defines a ShapeWorld base model; the same config and seed give the same model."""
+    """Everything that defines a ShapeWorld base model; the same config and seed give the same model. Options
+    left None take the architecture's value (`ARCHITECTURE_DEFAULTS`); `vae` and `denoiser` entries are merged
+    over the architecture's."""
 
-    frames: int = 8
+    architecture: str = "unet3d"
+    frames: int | None = None
     size: int = 32
     clips: int = 4000
     seed: int = 0
@@ -62,30 +115,43 @@ class BaseModelConfig:
     vae_batch: int = 64
     vae_learning_rate: float = 2e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 20000
+    vae_frames: int | None = None
+    denoiser_steps: int = 20000
     batch_size: int = 32
     learning_rate: float = 1e-3
     snr_gamma: float = 0.0
     ema_decay: float = 0.0
-    zero_terminal_snr: bool = True
-    frame_positions: bool = True
+    zero_terminal_snr: bool | None = None
+    flow_shift: float = 2.0
+    frame_positions: bool | None = None
     box_edit_rate: float = 0.0
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
-    vae: dict = field(
-        default_factory=lambda: {"block_out_channels": [32, 64, 64], "latent_channels": 8, "norm_num_groups": 8}
-    )
-    unet: dict = field(
-        default_factory=lambda: {
-            "block_out_channels": [32, 64],
-            "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
-            "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
-            "attention_head_dim": 8,
-            "norm_num_groups": 8,
-        }
-    )
+    vae: dict = field(default_factory=dict)
+    denoiser: dict = field(default_factory=dict)
     text_hidden_size: int = 64
     tokens: list[str] = field(default_factory=lambda: ["sks", "pll"])
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURE_DEFAULTS:
+            known = ", ".join(ARCHITECTURE_DEFAULTS)
+            raise ConfigError(f"architecture must be one of {known}, got {self.architecture!r}")
+        defaults = ARCHITECTURE_DEFAULTS[self.architecture]
+        for name in ("frames", "vae_frames", "frame_positions", "zero_terminal_snr"):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
+        self.vae = {**defaults["vae"], **self.vae}
+        self.denoiser = {**defaults["denoiser"], **self.denoiser}
+        if self.architecture == "wan":
+            if self.frame_positions:
+                raise ConfigError("frame_positions is for UNet3D's order-blind temporal attention; Wan has rotary ones")
+            if self.zero_terminal_snr:
+                raise ConfigError("zero_terminal_snr is for DDPM schedules; flow matching ends at pure noise anyway")
+            step = self.vae["scale_factor_temporal"]
+            for name in ("frames", "vae_frames"):
+                value = getattr(self, name)
+                if (value - 1) % step:
+                    raise ConfigError(f"{name} must be {step}k+1 for Wan's causal autoencoder, got {value}")
 
     @classmethod
     def from_yaml(cls, path: Path) -> BaseModelConfig:
@@ -96,8 +162,8 @@ class BaseModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown base-model option(s) {', '.join(unknown)}")
-        config = cls(**values)
         try:
+            config = cls(**values)
             config.pretrain_config()
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
@@ -113,15 +179,26 @@ def training_clips(config: BaseModelConfig):
     return sample_clips(config.clips, config.seed, motions=KNOWN_MOTIONS, shapes=SHAPES)
 
 
-def train_autoencoder(vae: torch.nn.Module, frames: np.ndarray, config: BaseModelConfig, progress: bool) -> list:
-    """Fit the VAE to ShapeWorld frames `(N, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I))."""
+def _autoencoder_batch(clips: torch.Tensor, config: BaseModelConfig, generator: torch.Generator) -> torch.Tensor:
+    """A random batch from clips `(N, F, 3, H, W)`: single frames `(B, 3, H, W)` for a per-frame autoencoder,
+    windows of `vae_frames` frames `(B, 3, vae_frames, H, W)` for a video one."""
+    if config.architecture == "unet3d":
+        frames = clips.flatten(0, 1)
+        return frames[torch.randint(len(frames), (config.vae_batch,), generator=generator)]
+    rows = torch.randint(len(clips), (config.vae_batch,), generator=generator)
+    starts = torch.randint(clips.shape[1] - config.vae_frames + 1, (config.vae_batch,), generator=generator)
+    return torch.stack([clips[r, s : s + config.vae_frames] for r, s in zip(rows, starts, strict=True)]).transpose(1, 2)
+
+
+def train_autoencoder(vae: torch.nn.Module, clips: np.ndarray, config: BaseModelConfig, progress: bool) -> list:
+    """Fit the VAE to ShapeWorld clips `(N, F, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I))."""
     generator = torch.Generator().manual_seed(config.seed)
-    pixels = uint8_to_frames(frames)
+    pixels = uint8_to_frames(clips)
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
     losses = []
     for _ in tqdm(range(config.vae_steps), desc="training autoencoder", disable=not progress):
-        batch = pixels[torch.randint(len(pixels), (config.vae_batch,), generator=generator)]
+        batch = _autoencoder_batch(pixels, config, generator)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator)).sample
         loss = torch.nn.functional.mse_loss(recon, batch) + config.vae_kl_weight * posterior.kl().mean()
@@ -138,12 +215,17 @@ def _tuples(values: dict) -> dict:
 
 
 def _vae_config(config: BaseModelConfig) -> dict:
+    if config.architecture == "wan":
+        channels = config.vae["z_dim"]
+        return {"latents_mean": [0.0] * channels, "latents_std": [1.0] * channels, **config.vae}
     levels = len(config.vae["block_out_channels"])
     blocks = {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels}
     return _tuples({**TINY_VAE, **blocks, **config.vae})
 
 
 def _scheduler_config(config: BaseModelConfig) -> dict:
+    if config.architecture == "wan":
+        return {**WAN_SCHEDULER, "flow_shift": config.flow_shift}
     zero_snr = config.zero_terminal_snr
     return {
         "prediction_type": "v_prediction",
@@ -163,19 +245,61 @@ def set_noise_schedule(model: Path, config: BaseModelConfig) -> None:
         atomic_write_text(folder / "scheduler_config.json", scheduler.to_json_string())
 
 
-def _unet_config(config: BaseModelConfig) -> dict:
-    channels = config.vae["latent_channels"]
-    return _tuples({"in_channels": channels, "out_channels": channels, **config.unet})
+def _denoiser_config(config: BaseModelConfig) -> dict:
+    channels = config.vae["z_dim" if config.architecture == "wan" else "latent_channels"]
+    return _tuples({"in_channels": channels, "out_channels": channels, **config.denoiser})
 
 
 @torch.no_grad()
-def _normalise_latents(vae: torch.nn.Module, frames: np.ndarray) -> float:
-    """Set the VAE scaling factor to 1 / std of its latents (as Stable Diffusion's 0.18215 was chosen)."""
-    pixels = uint8_to_frames(frames)
-    latents = torch.cat([vae.encode(part).latent_dist.mode() for part in pixels.split(256)])
-    factor = float(1 / latents.std())
-    vae.register_to_config(scaling_factor=factor)
-    return factor
+def _normalise_latents(vae: torch.nn.Module, clips: np.ndarray, config: BaseModelConfig) -> float | dict:
+    """Scale the latents to unit variance: UNet3D's `scaling_factor` 1 / std (as Stable Diffusion's 0.18215 was
+    chosen); Wan's per-channel `latents_mean` / `latents_std`, as its own autoencoder states them."""
+    pixels = uint8_to_frames(clips)
+    if config.architecture == "unet3d":
+        frames = pixels.flatten(0, 1)
+        frames = frames[:: max(1, len(frames) // 2048)]
+        latents = torch.cat([vae.encode(part).latent_dist.mode() for part in frames.split(256)])
+        factor = float(1 / latents.std())
+        vae.register_to_config(scaling_factor=factor)
+        return factor
+    pixels = pixels[:: max(1, len(pixels) // 256)]
+    latents = torch.cat([vae.encode(part.transpose(1, 2)).latent_dist.mode() for part in pixels.split(16)])
+    statistics = {
+        "latents_mean": latents.mean((0, 2, 3, 4)).tolist(),
+        "latents_std": latents.std((0, 2, 3, 4)).tolist(),
+    }
+    vae.register_to_config(**statistics)
+    return statistics
+
+
+def native_clip(model: Path) -> tuple[int, int]:
+    """Frames and frame size the model folder states (`motiontune.json`), else its recipe's, else 8 of 32 x 32."""
+    native = ModelDefaults.read(Path(model)).native
+    recipe = Path(model) / "recipe.json"
+    trained = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
+    return int(native.get("frames", trained.get("frames", 8))), int(native.get("height", trained.get("size", 32)))
+
+
+@torch.no_grad()
+def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progress: bool = True) -> dict:
+    """Score the model's autoencoder: held-out clips (known motions and shapes, an independent seed) at the
+    model's native size, encoded and decoded, then read by the analytic metrics as a sample would be. What the
+    autoencoder loses (a shape's corners, a frame's position inside a latent frame) no denoiser can give back,
+    so these accuracies cap the base model's."""
+    backbone = controlled_backbone(model, default_device())
+    frames, size = native_clip(model)
+    scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
+    errors = []
+    for clip in tqdm(sample_clips(clips, seed, motions=KNOWN_MOTIONS, shapes=SHAPES), disable=not progress):
+        rendered = render(clip, frames, size)
+        pixels = uint8_to_frames(rendered.frames[None])
+        decoded = backbone.decode_latents(backbone.encode_video(pixels))
+        errors.append(float((decoded.float().cpu() - pixels).square().mean()))
+        result = evaluate_video(frames_to_uint8(decoded[0]), clip)
+        for attribute in scores:
+            scores[attribute].append(bool(result["correct"][attribute]))
+    summary = {f"{name}_accuracy": float(np.mean(values)) for name, values in scores.items()}
+    return {**summary, "mse": float(np.mean(errors)), "clips": clips}
 
 
 def evaluate_base_model(
@@ -197,9 +321,7 @@ def evaluate_base_model(
     """
     backbone = controlled_backbone(model, default_device())
     methods = [load_adapter(path, backbone, allow_other_model) for path in adapters]
-    recipe = Path(model) / "recipe.json"
-    trained = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
-    frames, size = trained.get("frames", 8), trained.get("size", 32)
+    frames, size = native_clip(model)
     clips = sample_clips(prompts, seed, motions=KNOWN_MOTIONS, shapes=SHAPES)
     novel = [with_motion(clip, NOVEL_MOTIONS[i % len(NOVEL_MOTIONS)]) for i, clip in enumerate(clips[:16])]
     scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
@@ -233,8 +355,9 @@ def build_base_model(
 ) -> dict:
     """Train the base model into `output/model` and return a summary with timings and losses.
 
-    With `init`, the autoencoder, text encoder and UNet come from that model folder and the UNet goes on
-    training from its weights (the config's `vae`, `unet` and `vae_*` options are then not used).
+    With `init`, the autoencoder, text encoder and denoiser come from that model folder and the denoiser goes on
+    training from its weights (the config's `vae`, `denoiser` and `vae_*` options are then not used). Boxes of
+    the box edit land on latent frames as boxes given over a video do at generation.
     """
     if init is not None and not (Path(init) / "model_index.json").exists():
         raise ConfigError(f"{init}: --init must be a model folder (it has no model_index.json)")
@@ -257,27 +380,19 @@ def build_base_model(
             with atomic_directory(untrained) as staging:
                 shutil.copytree(init, staging, dirs_exist_ok=True)
     elif not staged:
-        folder = build_tiny_model(
-            stage / "untrained",
-            words=[*VOCABULARY, *config.tokens],
-            text_length=16,
-            unet_config=_unet_config(config),
-            vae_config=_vae_config(config),
-            text_hidden_size=config.text_hidden_size,
-            scheduler_config=_scheduler_config(config),
-            seed=config.seed,
-        )
+        folder = _untrained_model(stage / "untrained", config)
         backbone = controlled_backbone(folder, "cpu")
-        frames = np.concatenate([r.frames for r in rendered])
-        losses = train_autoencoder(backbone.vae, frames, config, progress)
+        videos = np.stack([r.frames for r in rendered])
+        losses = train_autoencoder(backbone.vae, videos, config, progress)
         summary["autoencoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
-        summary["latent_scaling_factor"] = _normalise_latents(backbone.vae, frames[:: max(1, len(frames) // 2048)])
+        summary["latent_normalisation"] = _normalise_latents(backbone.vae, videos, config)
         with atomic_directory(untrained) as staging:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
             backbone.vae.save_pretrained(staging / "vae")
     summary["autoencoder_seconds"] = round(time.perf_counter() - started, 1)
 
-    set_noise_schedule(untrained, config)
+    if config.architecture == "unet3d":
+        set_noise_schedule(untrained, config)
     backbone = controlled_backbone(untrained, "cpu")
     if config.frame_positions and not backbone.frame_positions:
         backbone.add_frame_positions(config.frames)
@@ -292,7 +407,7 @@ def build_base_model(
             for offset, (r, latent, text) in enumerate(zip(part, latents, texts, strict=True)):
                 example = Example(latent, r.caption, text, "target", f"shapeworld:{chunk + offset}")
                 if config.box_edit_rate:
-                    example.boxes = torch.as_tensor(r.boxes, dtype=torch.float32)
+                    example.boxes = interpolate_boxes(r.boxes, None, latent.shape[1])
                     example.subject = f"{r.clip.colour} {r.clip.shape}"
                 examples.append(example)
     method = Pretrain(backbone, pretraining)
@@ -301,8 +416,8 @@ def build_base_model(
         method,
         examples,
         TrainConfig(
-            output / "unet-training",
-            steps=config.unet_steps,
+            output / f"{_denoiser_folder(untrained)}-training",
+            steps=config.denoiser_steps,
             learning_rate=config.learning_rate,
             batch_size=config.batch_size,
             ema_decay=config.ema_decay,
@@ -312,17 +427,45 @@ def build_base_model(
             progress=progress,
         ),
     )
-    summary["unet_seconds"] = round(time.perf_counter() - started, 1)
+    summary["denoiser_seconds"] = round(time.perf_counter() - started, 1)
     export_model(backbone, untrained, output / "model", config, summary)
     return summary
 
 
+def _untrained_model(folder: Path, config: BaseModelConfig) -> Path:
+    """The recipe's model folder with random weights, in its architecture's diffusers layout."""
+    words = [*VOCABULARY, *config.tokens]
+    common = {"words": words, "text_length": 16, "text_hidden_size": config.text_hidden_size, "seed": config.seed}
+    if config.architecture == "wan":
+        native = {"frames": config.frames, "height": config.size, "width": config.size}
+        return build_tiny_wan(
+            folder,
+            transformer_config=_denoiser_config(config),
+            vae_config=_vae_config(config),
+            scheduler_config=_scheduler_config(config),
+            native=native,
+            **common,
+        )
+    return build_tiny_model(
+        folder,
+        unet_config=_denoiser_config(config),
+        vae_config=_vae_config(config),
+        scheduler_config=_scheduler_config(config),
+        **common,
+    )
+
+
+def _denoiser_folder(model: Path) -> str:
+    return next(name for name in DENOISER_FOLDERS if (Path(model) / name).is_dir())
+
+
 def export_model(backbone, autoencoded: Path, target: Path, config: BaseModelConfig, summary: dict) -> Path:
     """Write the trained model as a diffusers folder with its native size and the recipe beside it."""
-    backbone.denoiser.register_to_config(sample_size=config.size // backbone.vae_scale_factor)
+    if "sample_size" in backbone.denoiser.config:
+        backbone.denoiser.register_to_config(sample_size=config.size // backbone.vae_scale_factor)
     with atomic_directory(target) as staging:
         shutil.copytree(autoencoded, staging, dirs_exist_ok=True)
-        backbone.denoiser.save_pretrained(staging / "unet")
+        backbone.denoiser.save_pretrained(staging / _denoiser_folder(autoencoded))
         if backbone.frame_positions:
             backbone.save_frame_positions(staging)
         (staging / "recipe.json").write_text(json.dumps(summary, indent=2))
