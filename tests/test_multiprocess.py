@@ -1,6 +1,6 @@
 """Training on several processes (DDP over gloo on CPU, as `torchrun` or `accelerate launch` start it): the
 processes average their gradients every step, end with the same trained tensors (checked before saving) and
-write one adapter and one log."""
+write one adapter and one log; a checkpoint keeps each process's random states."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import os
 import socket
 import subprocess
 import sys
+
+import torch
+from safetensors.torch import load_file
 
 from motiontune.io.adapters import read_metadata
 
@@ -26,7 +29,19 @@ def test_two_processes_train_one_adapter_and_agree(tiny_model_dir, motion_data, 
     command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     command += ["-m", "motiontune.app.cli", "train", "--method", "motiondirector", "--model", str(tiny_model_dir)]
     command += ["--data", str(motion_data), "--output", str(output), "--token", "sks", "--train-token"]
-    command += ["--steps", "3", "--frames", "4", "--height", "32", "--width", "32", "--quiet"]
+    command += [
+        "--steps",
+        "3",
+        "--frames",
+        "4",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--checkpoint-every",
+        "3",
+        "--quiet",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     errors = [line for line in done.stderr.splitlines() if "motiontune: error" in line or "Error:" in line]
@@ -35,3 +50,7 @@ def test_two_processes_train_one_adapter_and_agree(tiny_model_dir, motion_data, 
     assert training["processes"] == 2 and training["steps"] == 3
     assert len((output / "training_log.jsonl").read_text().splitlines()) == 3
     assert done.stdout.count("adapter:") == 1
+    saved = load_file(output / "checkpoints" / "step-000003" / "optimizer.safetensors")
+    generators, torches = saved["rng.generator"], saved["rng.torch"]
+    assert generators.shape[0] == torches.shape[0] == 2, "a checkpoint keeps every process's random states"
+    assert not torch.equal(generators[0], generators[1]) and not torch.equal(torches[0], torches[1])

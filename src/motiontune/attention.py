@@ -25,6 +25,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from .backbones import load_backbone
 from .backbones.base import AttentionSite, Backbone
+from .utils import rows_joined
 
 
 @dataclass
@@ -274,6 +275,20 @@ class AttentionController:
             return probs.view(context.batch, context.frames, -1, h, w, probs.shape[-1])
         return probs.view(context.batch, h, w, -1, *probs.shape[-2:])
 
+    def store(self, site: AttentionSite, probs: torch.Tensor, recordings: list) -> None:
+        """Keep `site`'s attention probabilities, in its canonical view, in each recording that asked for them
+        (with their graph where the recording trains through them)."""
+        view = self.canonical(site, probs)
+        for recording in recordings:
+            recording.maps[site.name] = view if recording.with_grad else view.detach()
+
+    def conditional_rows(self) -> torch.Tensor:
+        """Which rows of the current call are conditional (guidance's text rows): what it was told, else all."""
+        context = self.context
+        if context.conditional is None:
+            return torch.ones(context.batch, dtype=torch.bool)
+        return context.conditional
+
     @contextlib.contextmanager
     def record(self, select: Callable[[AttentionSite], bool], with_grad: bool = False) -> Iterator[dict]:
         """Record attention probabilities of the selected sites during the block; yields `{site: probs}` in each
@@ -313,11 +328,7 @@ class AttentionController:
             names = {name for _, maps in parts for name in maps[index]}
             for name in names:
                 pieces = [(rows, maps[index][name]) for rows, maps in parts if name in maps[index]]
-                first = pieces[0][1]
-                whole = first.new_zeros((batch, *first.shape[1:]))
-                for rows, piece in pieces:
-                    whole = whole.index_put((rows.nonzero()[:, 0].to(whole.device),), piece)
-                recording.maps[name] = whole
+                recording.maps[name] = rows_joined(pieces, batch)
 
     @contextlib.contextmanager
     def editing(self, edit: BoxEdit | RowBoxEdits | None) -> Iterator[None]:
@@ -447,9 +458,7 @@ class ControlledProcessor:
             scores = self._edit_scores(scores, attn.heads, edit)
         probs = scores.float().softmax(dim=-1).to(value.dtype)
         if recordings:
-            view = self.controller.canonical(self.site, probs)
-        for recording in recordings:
-            recording.maps[self.site.name] = view if recording.with_grad else view.detach()
+            self.controller.store(self.site, probs, recordings)
         return attn.batch_to_head_dim(torch.bmm(probs, value))
 
     def _edit_scores(self, scores: torch.Tensor, heads: int, edit: BoxEdit | RowBoxEdits) -> torch.Tensor:
@@ -458,10 +467,7 @@ class ControlledProcessor:
         tokens = scores.shape[-1]
         if grid[0] * grid[1] != scores.shape[1]:
             raise RuntimeError(f"{self.site.name}: grid {grid} does not match {scores.shape[1]} query tokens")
-        conditional = context.conditional
-        if conditional is None:
-            conditional = torch.ones(context.batch, dtype=torch.bool)
-        bias, suppress = edit.rows_bias_and_mask(conditional, context.frames, grid, tokens)
+        bias, suppress = edit.rows_bias_and_mask(self.controller.conditional_rows(), context.frames, grid, tokens)
         shape = (context.batch, context.frames, heads, *bias.shape[2:])
         bias = bias[:, :, None].expand(shape).flatten(0, 2).to(scores.device, scores.dtype)
         suppress = suppress[:, :, None].expand(shape).flatten(0, 2)
@@ -540,9 +546,7 @@ class ControlledTokenProcessor:
         if recordings and self.site.kind == "temporal":
             per_position = query.unflatten(1, (frames, h * w)), key.unflatten(1, (frames, h * w))
             scores = torch.einsum("bfphd,bgphd->bphfg", *per_position) * scale
-            view = controller.canonical(self.site, scores.float().softmax(-1).to(query.dtype))
-            for recording in recordings:
-                recording.maps[self.site.name] = view if recording.with_grad else view.detach()
+            controller.store(self.site, scores.float().softmax(-1).to(query.dtype), recordings)
         q, k, v = (x.transpose(1, 2) for x in (query, key, value))
         if explicit or (self.site.kind == "cross" and (recordings or edit)):
             scores = q @ k.transpose(-1, -2) * scale
@@ -550,9 +554,7 @@ class ControlledTokenProcessor:
                 scores = self._edit_scores(scores, edit, frames, (h, w))
             probs = scores.float().softmax(-1).to(v.dtype)
             if recordings and self.site.kind == "cross":
-                view = controller.canonical(self.site, probs)
-                for recording in recordings:
-                    recording.maps[self.site.name] = view if recording.with_grad else view.detach()
+                controller.store(self.site, probs, recordings)
             out = probs @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
@@ -561,10 +563,7 @@ class ControlledTokenProcessor:
 
     def _edit_scores(self, scores: torch.Tensor, edit, frames: int, grid: tuple[int, int]) -> torch.Tensor:
         """Scores `(B, heads, F*h*w, T)` with the box edit's bias and suppression on the conditional rows."""
-        context = self.controller.context
-        conditional = context.conditional
-        if conditional is None:
-            conditional = torch.ones(context.batch, dtype=torch.bool)
+        conditional = self.controller.conditional_rows()
         bias, suppress = edit.rows_bias_and_mask(conditional, frames, grid, scores.shape[-1])
         bias, suppress = bias.flatten(1, 2)[:, None], suppress.flatten(1, 2)[:, None]
         scores = scores + bias.to(scores.device, scores.dtype)

@@ -89,10 +89,8 @@ def guided_prediction(
 ) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, Eq. 6) with both halves in one batch:
     `e = e_u + w (e_c - e_u)`. Rows of the conditional half are marked for attention edits. `timestep` is one for
-    all rows, or one per latent frame `(F,)` (a backbone that starts from an image)."""
+    all rows (0-d), or one per row and latent frame `(B, F)` (a backbone that starts from an image)."""
     batch = latents.shape[0]
-    if timestep.ndim == 1:
-        timestep = timestep[None].expand(batch, -1)
     if uncond_text is None or guidance_scale == 1.0:
         conditional = torch.ones(batch, dtype=torch.bool)
         return backbone.predict_noise(latents, timestep, text, conditional)
@@ -137,7 +135,9 @@ def sample(
         model_input = latents
         if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have none: their input is x_t itself
             model_input = scheduler.scale_model_input(latents, timestep)
-        denoiser_timestep = timestep if state.frame_timesteps is None else state.frame_timesteps
+        denoiser_timestep = timestep
+        if state.frame_timesteps is not None:
+            denoiser_timestep = state.frame_timesteps[None].expand(latents.shape[0], -1)
         noise = guided_prediction(backbone, model_input, denoiser_timestep, text, uncond_text, guidance_scale)
         latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]
     for hook in hooks:

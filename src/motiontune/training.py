@@ -279,11 +279,27 @@ def remove_staging_folders(output_dir: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _random_states(accelerator: Accelerator, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's training generator and torch RNG states, `(processes, state)` each, gathered (a collective:
+    every process calls it) so that a resumed multi-process run draws on as each of its processes would have."""
+    states = torch.stack([generator.get_state(), torch.get_rng_state()])[None]
+    if accelerator.num_processes > 1:
+        states = accelerator.gather(states.to(accelerator.device)).cpu()
+    return states[:, 0], states[:, 1]
+
+
 def _save_checkpoint(
-    output_dir: Path, step: int, method: Method, optimizer, generator, keep: int, average: WeightAverage | None
+    output_dir: Path,
+    step: int,
+    method: Method,
+    optimizer,
+    random_states: tuple[torch.Tensor, torch.Tensor],
+    keep: int,
+    average: WeightAverage | None,
 ) -> Path:
-    """Write adapter, optimizer and RNG states to a temporary folder, then rename it into place.
-    With a weight average, `ema.safetensors` holds it as an adapter of the same method (usable with `--adapter`)."""
+    """Write adapter, optimizer and RNG states (one row per process) to a temporary folder, then rename it into
+    place. With a weight average, `ema.safetensors` holds it as an adapter of the same method (usable with
+    `--adapter`)."""
     root = output_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     with atomic_directory(final) as staging:
@@ -292,8 +308,7 @@ def _save_checkpoint(
             with average.swapped_in():
                 save_adapter(staging / "ema.safetensors", method.adapter_tensors(), method.adapter_metadata())
         tensors, layout = _optimizer_tensors(optimizer)
-        tensors["rng.generator"] = generator.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"], tensors["rng.torch"] = random_states
         atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
         (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
     for old in checkpoint_folders(output_dir)[:-keep]:
@@ -334,9 +349,12 @@ def _read_checkpoint(checkpoint: Path, device) -> _Checkpoint:
     return _Checkpoint(checkpoint, step, adapter, average, optimizer, layout, generator_state, torch_state)
 
 
-def _restore_checkpoint(output_dir: Path, method: Method, optimizer, generator, average: WeightAverage | None) -> int:
+def _restore_checkpoint(
+    output_dir: Path, method: Method, optimizer, generator, average: WeightAverage | None, process: int = 0
+) -> int:
     """Restore the newest intact checkpoint (a damaged one is reported and the one before it tried); a weight
-    average starts from the saved one, or from the weights when it has none. Returns its step (0: none)."""
+    average starts from the saved one, or from the weights when it has none; process `process` takes its own
+    random states (a process the checkpoint has none for keeps its seeded ones). Returns its step (0: none)."""
     checkpoints = completed_checkpoints(output_dir)
     for checkpoint in reversed(checkpoints):
         try:
@@ -349,8 +367,12 @@ def _restore_checkpoint(output_dir: Path, method: Method, optimizer, generator, 
         except (MotiontuneError, ValueError, KeyError, RuntimeError) as error:
             warn(f"{error}; trying the checkpoint before it" if checkpoint != checkpoints[0] else str(error))
             continue
-        generator.set_state(saved.generator_state)
-        torch.set_rng_state(saved.torch_state)
+        generator_states, torch_states = saved.generator_state, saved.torch_state
+        if generator_states.ndim == 1:  # checkpoints from before the states were kept per process
+            generator_states, torch_states = generator_states[None], torch_states[None]
+        if process < len(generator_states):
+            generator.set_state(generator_states[process].contiguous())
+            torch.set_rng_state(torch_states[process].contiguous())
         if checkpoint != checkpoints[-1]:
             warn(f"resuming from {checkpoint} (the newer checkpoints are damaged)")
         return saved.step
@@ -378,17 +400,22 @@ def _diverged(output_dir: Path, step: int, what: str) -> TrainingDiverged:
 LOW_PRECISIONS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def check_mixed_precision(weights: str, requested: str) -> None:
+    """Weights loaded in bf16 / fp16 (`weights`, as `--weights-dtype` names it) train under autocast in that
+    precision: `--mixed-precision` must then be `auto` or the same, else a ConfigError."""
+    if weights in LOW_PRECISIONS.values() and requested not in ("auto", weights):
+        raise ConfigError(
+            f"weights loaded in {weights} train under {weights} autocast: --mixed-precision must be auto or "
+            f"{weights}, got {requested}"
+        )
+
+
 def _resolve_precision(requested: str, device: torch.device, weights: torch.dtype) -> str:
     """The mixed precision to train under: weights loaded in bf16 / fp16 train under autocast in that precision
     (their trained tensors are float32); float32 weights under what was asked (`auto`: bf16 or fp16 on CUDA)."""
     if weights in LOW_PRECISIONS:
-        wanted = LOW_PRECISIONS[weights]
-        if requested not in ("auto", wanted):
-            raise ConfigError(
-                f"weights loaded in {wanted} train under {wanted} autocast: --mixed-precision must be auto or "
-                f"{wanted}, got {requested}"
-            )
-        return wanted
+        check_mixed_precision(LOW_PRECISIONS[weights], requested)
+        return LOW_PRECISIONS[weights]
     if requested != "auto":
         return requested
     if device.type == "cuda":
@@ -445,7 +472,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         remove_staging_folders(output_dir)
     if config.resume:
-        start = _restore_checkpoint(output_dir, method, optimizer, generator, average)
+        start = _restore_checkpoint(output_dir, method, optimizer, generator, average, accelerator.process_index)
         if start == 0 and accelerator.is_main_process:
             tqdm.write(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
     log_path = output_dir / "training_log.jsonl"
@@ -482,10 +509,12 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
                 seconds = seconds_before + time.perf_counter() - started
                 log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
-        if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0:
-            if not _finite(trainable):
-                raise _diverged(output_dir, done, "non-finite weights")
-            _save_checkpoint(output_dir, done, method, optimizer, generator, config.keep_checkpoints, average)
+        if config.checkpoint_every and done % config.checkpoint_every == 0:
+            random_states = _random_states(accelerator, generator)
+            if accelerator.is_main_process:
+                if not _finite(trainable):
+                    raise _diverged(output_dir, done, "non-finite weights")
+                _save_checkpoint(output_dir, done, method, optimizer, random_states, config.keep_checkpoints, average)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
             with average.swapped_in() if average is not None else contextlib.nullcontext():

@@ -16,6 +16,23 @@ import torch
 
 from .errors import ConfigError, InputError
 
+
+def rows_joined(pieces: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
+    """One `(batch, ...)` tensor from parts computed on subsets of a batch: `(rows, part)` pairs, `rows` a bool mask
+    over the batch and `part` the values of those rows in order (rows no part covers are zero)."""
+    first = pieces[0][1]
+    whole = first.new_zeros((batch, *first.shape[1:]))
+    for rows, part in pieces:
+        whole = whole.index_put((rows.nonzero()[:, 0].to(whole.device),), part)
+    return whole
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that checks and writes a run's folder: the only one, or rank 0 of several
+    (`torchrun` / `accelerate launch` set RANK); the others train beside it and leave the folder to it."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 #: Seeds are 63-bit: every torch generator takes them, and a seed plus a process index still fits.
 MAX_SEED = 2**63 - 1
 

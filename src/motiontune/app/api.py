@@ -37,6 +37,7 @@ from ..utils import (
     check_regular_file,
     check_writable_folder,
     default_device,
+    is_main_process,
 )
 
 if TYPE_CHECKING:
@@ -133,12 +134,6 @@ def _data_fingerprint(files: list[tuple[str, Path, str]]) -> str:
         else:
             digest.update(str(path.resolve()).encode())
     return digest.hexdigest()
-
-
-def _main_process() -> bool:
-    """Whether this is the process that checks and writes a run's folder: the only one, or rank 0 of several
-    (`torchrun` / `accelerate launch` set RANK); the others train beside it and leave the folder to it."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _check_resumable(output: Path, current: dict) -> None:
@@ -284,7 +279,7 @@ def train(
     from ..io.data import VideoDataset
     from ..io.subject_data import find_subject_images, prepare_subject_examples
     from ..methods import create_method, method_class
-    from ..training import TrainConfig, prepare_examples
+    from ..training import TrainConfig, check_mixed_precision, prepare_examples
     from ..training import train as run_training
 
     cls = method_class(method)
@@ -332,7 +327,7 @@ def train(
     check_writable_folder(cache, "--cache-dir")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: give one")
-    main = _main_process()
+    main = is_main_process()
     if main and not resume and not overwrite and _holds_a_run(output):
         raise ConfigError(
             f"{output}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
@@ -343,11 +338,7 @@ def train(
         sources["regularization"] = find_video_items(reg_data, allow_outside_data)
     for items in sources.values():
         check_items(items, frames, sampling)
-    if weights_dtype != "fp32" and mixed_precision not in ("auto", weights_dtype):
-        raise ConfigError(
-            f"weights loaded in {weights_dtype} train under {weights_dtype} autocast: --mixed-precision must be auto "
-            f"or {weights_dtype}, got {mixed_precision}"
-        )
+    check_mixed_precision(weights_dtype, mixed_precision)
     backbone = open_backbone(model, device, motion_adapter, weights_dtype)
     if height % backbone.pixel_multiple or width % backbone.pixel_multiple:
         raise ConfigError(f"--height/--width must be multiples of {backbone.pixel_multiple}, got {height}x{width}")

@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LOGGER, ConfigError, MotiontuneError
 from ..io.export import FORMATS as EXPORT_FORMATS
-from ..utils import MAX_SEED, check_regular_file
+from ..utils import MAX_SEED, check_regular_file, is_main_process
 
 FITTED = (
     "(default: the model folder's recommendation for the method in its motiontune.json, else the method's "
@@ -716,7 +715,7 @@ def run_train(args: argparse.Namespace) -> int:
         sources=_sources(args),
         allow_outside_data=args.allow_outside_data,
     )
-    if os.environ.get("RANK", "0") == "0":  # one summary from a multi-process run (torchrun, accelerate launch)
+    if is_main_process():  # one summary from a multi-process run
         print(result.summary())
     return 0
 

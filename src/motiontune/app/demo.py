@@ -12,6 +12,7 @@ four trainings run two at a time in worker processes of one thread each.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -102,20 +103,19 @@ def _train_all(output: Path, model, steps: int | None, device, progress: bool, t
     if progress:
         print(f"training {', '.join(TRAINING_ORDER)} ({steps or 'the steps the model recommends'})", flush=True)
     parallel = (device is None or str(device) == "cpu") and not torch.cuda.is_available() and (os.cpu_count() or 1) > 1
-    results = {}
-    if not parallel:
-        for job in jobs:
-            name, *outcome = _train_job(job)
+    with contextlib.ExitStack() as stack:
+        trained, note = map, ""
+        if parallel:
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(
+                ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=_worker_setup)
+            )
+            trained, note = pool.map, " (one thread, beside another training)"
+        results = {}
+        for name, *outcome in trained(_train_job, jobs):
             results[name] = tuple(outcome)
             if progress:
-                print(f"  {name} trained in {outcome[1]:.1f} s", flush=True)
-        return results
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=_worker_setup) as pool:
-        for name, *outcome in pool.map(_train_job, jobs):
-            results[name] = tuple(outcome)
-            if progress:
-                print(f"  {name} trained in {outcome[1]:.1f} s (one thread, beside another training)", flush=True)
+                print(f"  {name} trained in {outcome[1]:.1f} s{note}", flush=True)
     return results
 
 

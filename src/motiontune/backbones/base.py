@@ -177,15 +177,21 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
     )
 
 
+def set_active_adapters(layer: BaseTunerLayer, names: list[str]) -> None:
+    """Activate exactly `names` on one LoRA layer without changing any parameter's `requires_grad` (peft's
+    `set_adapter` makes the active adapters trainable)."""
+    flags = [(parameter, parameter.requires_grad) for parameter in layer.parameters()]
+    layer.set_adapter(names)
+    for parameter, flag in flags:
+        parameter.requires_grad_(flag)
+
+
 def _apply(modes: list[tuple[torch.nn.Module, bool]], adapters: list[tuple[BaseTunerLayer, list[str]]]) -> None:
     """Set each layer's train / eval flag and each LoRA layer's active adapters (keeping `requires_grad`)."""
     for layer, training in modes:
         layer.training = training
     for layer, names in adapters:
-        flags = [(parameter, parameter.requires_grad) for parameter in layer.parameters()]
-        layer.set_adapter(names)
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
+        set_active_adapters(layer, names)
 
 
 class Backbone(abc.ABC):

@@ -42,6 +42,8 @@ import torch
 
 from ..diffusion import FlowMatching, NoiseProcess
 from ..errors import ConfigError
+from ..io.adapters import DENOISER_PREFIX
+from ..utils import rows_joined
 from .base import AttentionSite, Backbone, ModelComponents
 
 _PROJECTIONS = r"\.(?:to_q|to_k|to_v|to_out\.0)"
@@ -60,7 +62,6 @@ ORIGINAL_PROJECTIONS = {
 }
 ORIGINAL_FEED_FORWARD = {"ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2"}
 #: the adapter file's prefix of denoiser tensors, and the part of a two-expert model each expert's factors go to
-ADAPTER_PREFIX = "unet."
 EXPERT_PARTS = {"experts.high.": "high_noise", "experts.low.": "low_noise"}
 
 
@@ -142,9 +143,11 @@ class WanBackbone(Backbone):
         super().lora_files(factors, layout)
         parts: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in factors.items():
-            name = key.removeprefix(ADAPTER_PREFIX)
-            part = next((p for prefix, p in EXPERT_PARTS.items() if name.startswith(prefix)), "")
-            name = next((name.removeprefix(prefix) for prefix in EXPERT_PARTS if name.startswith(prefix)), name)
+            name = key.removeprefix(DENOISER_PREFIX)
+            prefix, part = next(
+                ((prefix, p) for prefix, p in EXPERT_PARTS.items() if name.startswith(prefix)), ("", "")
+            )
+            name = name.removeprefix(prefix)
             module, _, suffix = name.partition(".lora_")
             if layout == "comfyui":
                 renamed = f"diffusion_model.{original_module_name(module)}.lora_{suffix}"
@@ -355,10 +358,7 @@ class WanBackbone(Backbone):
                     except _BlockDone as done:
                         stopped.append((rows, done.hidden_states))
         if stopped:
-            hidden = stopped[0][1].new_zeros((batch, *stopped[0][1].shape[1:]))
-            for rows, part_hidden in stopped:
-                hidden = hidden.index_put((rows.nonzero()[:, 0],), part_hidden)
-            raise _BlockDone(hidden)
+            raise _BlockDone(rows_joined(stopped, batch))
         return output
 
     def _call(self, expert, latents, timesteps, text, conditional) -> torch.Tensor:

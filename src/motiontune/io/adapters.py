@@ -20,6 +20,9 @@ from ..utils import atomic_file
 FORMAT = "motiontune.adapter"
 FORMAT_VERSION = 1
 METADATA_KEY = "motiontune"
+#: the key prefix of denoiser tensors in an adapter file on every backbone (a transformer's too), so that files stay
+#: readable across versions; exports rename them to the formats other tools load
+DENOISER_PREFIX = "unet."
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, header: dict[str, str]) -> Path:

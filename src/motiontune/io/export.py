@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, InputError, warn
 from ..utils import atomic_directory, check_output_files, check_writable_folder
+from .adapters import DENOISER_PREFIX, atomic_save_tensors, read_adapter
 
 if TYPE_CHECKING:
     from ..backbones import Backbone
@@ -38,11 +39,10 @@ FORMATS = {
     "motion-adapter": "NewMove's full fine-tune of AnimateDiff's motion modules as a MotionAdapter folder",
 }
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
-UNET_PREFIX = "unet."
 
 
 def _is_lora_factor(key: str) -> bool:
-    return key.startswith(UNET_PREFIX) and key.endswith(LORA_SUFFIXES)
+    return key.startswith(DENOISER_PREFIX) and key.endswith(LORA_SUFFIXES)
 
 
 #: the LoRA layout of each LoRA format (`Backbone.lora_files`)
@@ -56,7 +56,6 @@ def export_lora(
     one file per expert beside it, `NAME-high_noise.safetensors` and `NAME-low_noise.safetensors`); returns the
     files written. Neither the model nor any file is touched before every check has passed."""
     from ..backbones import BACKBONES
-    from .adapters import atomic_save_tensors, read_adapter
 
     adapter, output = Path(adapter), Path(output)
     if output.suffix != ".safetensors":
@@ -69,7 +68,7 @@ def export_lora(
             "load only in motiontune (motiontune generate --adapter)"
         )
     others = sorted(set(tensors) - set(factors))
-    if any(not key.endswith(LORA_SUFFIXES) and key.startswith(UNET_PREFIX) for key in others):
+    if any(not key.endswith(LORA_SUFFIXES) and key.startswith(DENOISER_PREFIX) for key in others):
         raise InputError(f"{adapter}: holds full weights beside its LoRA factors; {format} would drop them")
     family = BACKBONES.get(metadata.get("backbone", ""))
     if family is None:
@@ -95,14 +94,13 @@ def export_motion_adapter(
     own adapter format (AnimateDiff: a `MotionAdapter` folder); refused when the adapter changes anything else.
     The output and the adapter's kind are checked before the model loads."""
     from ..methods import load_adapter
-    from .adapters import read_adapter
 
     adapter, output = Path(adapter), Path(output)
     check_writable_folder(output, "--output")
     if output.exists() and not overwrite:
         raise InputError(f"--output {output}: already exists (pass --overwrite to replace it)")
     tensors, _ = read_adapter(adapter)
-    weights = [key.removeprefix(UNET_PREFIX) for key in tensors if key.startswith(UNET_PREFIX)]
+    weights = [key.removeprefix(DENOISER_PREFIX) for key in tensors if key.startswith(DENOISER_PREFIX)]
     if not weights or any(key.endswith(LORA_SUFFIXES) for key in weights):
         raise InputError(
             f"{adapter}: a motion adapter export needs full weights of the temporal layers (NewMove with the default "

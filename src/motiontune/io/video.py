@@ -131,6 +131,19 @@ def _has_transparency(frame: av.VideoFrame) -> bool:
     return bool((frame.to_ndarray(format="rgba")[..., 3] < 255).any())
 
 
+def _image_frame(image_path: Path, source: Path, to_array: bool, what: str) -> np.ndarray | tuple[int, int]:
+    """One image file as RGB uint8 `(H, W, 3)` (EXIF orientation applied) if `to_array`, else its (height, width);
+    transparency is dropped with a warning naming `source`, a file that will not decode is an InputError naming it
+    as `what`."""
+    try:
+        with Image.open(image_path) as image:
+            if "A" in image.getbands() or "transparency" in image.info:
+                _warn_transparency(source)
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB")) if to_array else image.size[::-1]
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{image_path}: cannot read {what} ({_reason(exc)})") from exc
+
+
 def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | tuple[int, int]]:
     """Yield every frame of ``path`` in display order: RGB uint8 HxWx3 if ``to_array``, else its (height,
     width).
@@ -147,13 +160,7 @@ def _iter_decoded(path: Path, to_array: bool) -> Iterator[np.ndarray | tuple[int
         if not images:
             raise InputError(f"{path}: empty video (folder has no {'/'.join(IMAGE_EXTENSIONS)} frames)")
         for image_path in images:
-            try:
-                with Image.open(image_path) as image:
-                    if "A" in image.getbands() or "transparency" in image.info:
-                        _warn_transparency(path)
-                    yield np.asarray(ImageOps.exif_transpose(image).convert("RGB")) if to_array else image.size[::-1]
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                raise InputError(f"{image_path}: cannot read image frame ({_reason(exc)})") from exc
+            yield _image_frame(image_path, path, to_array, "image frame")
         return
 
     try:
@@ -256,14 +263,7 @@ def read_image(path: str | os.PathLike[str], height: int, width: int) -> torch.T
     if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise InputError(f"{path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
     _check_exists(path)
-    try:
-        with Image.open(path) as image:
-            if "A" in image.getbands() or "transparency" in image.info:
-                _warn_transparency(path)
-            frame = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path}: cannot read image ({_reason(exc)})") from exc
-    frame = _resize_crop(frame, height, width)
+    frame = _resize_crop(_image_frame(path, path, True, "image"), height, width)
     return torch.tensor(frame).permute(2, 0, 1).float() / 127.5 - 1  # a copy: the decoded array is read-only
 
 

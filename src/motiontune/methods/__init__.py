@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from ..backbones.base import Backbone
 from ..errors import ConfigError
-from ..io.adapters import read_metadata, read_tensors
+from ..io.adapters import DENOISER_PREFIX, read_metadata, read_tensors
 from .base import Method
 from .dreambooth import DreamBooth
 from .motion_inversion import MotionInversion
@@ -155,7 +155,7 @@ def load_adapters(paths: list[str | os.PathLike], backbone: Backbone, allow_othe
     for index in sorted(range(len(paths)), key=lambda i: _holds_lora(paths[i])):
         path = paths[index]
         with safe_open(str(path), framework="pt") as handle:
-            names = [key.removeprefix("unet.") for key in handle.keys()]  # noqa: SIM118
+            names = [key.removeprefix(DENOISER_PREFIX) for key in handle.keys()]  # noqa: SIM118
         before = {name: parameters[name].detach().clone() for name in names if name in parameters}
         loaded[index] = load_adapter(path, backbone, allow_other_model)
         with torch.no_grad():

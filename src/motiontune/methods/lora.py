@@ -22,18 +22,10 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
+from ..backbones.base import set_active_adapters
 from ..errors import ConfigError
+from ..io.adapters import DENOISER_PREFIX
 from .base import Method
-
-UNET_PREFIX = "unet."
-
-
-def _set_active_adapters(layer: LoraLayer, names: list[str]) -> None:
-    """Activate exactly `names` on one LoRA layer without changing any parameter's `requires_grad`."""
-    flags = [(parameter, parameter.requires_grad) for parameter in layer.parameters()]
-    layer.set_adapter(names)
-    for parameter, flag in flags:
-        parameter.requires_grad_(flag)
 
 
 def check_lora_options(rank: int, dropout: float) -> None:
@@ -82,7 +74,7 @@ def inject_lora(unet: torch.nn.Module, target_modules: str, rank: int, name: str
     for module in unet.modules():
         if isinstance(module, LoraLayer):
             previous = [a for a in before.get(id(module), []) if a in module.lora_A]
-            _set_active_adapters(module, previous + ([unique] if unique in module.lora_A else []))
+            set_active_adapters(module, previous + ([unique] if unique in module.lora_A else []))
     unet.train(unet.training)  # the new modules start in training mode: give them the model's mode
     return unique
 
@@ -101,7 +93,7 @@ def set_lora_enabled(layers: list[LoraLayer], name: str, enabled: bool) -> None:
     """Switch one adapter on or off on its layers; other adapters on the same layers are left as they are."""
     for layer in layers:
         others = [a for a in layer.active_adapters if a != name]
-        _set_active_adapters(layer, [*others, name] if enabled else others)
+        set_active_adapters(layer, [*others, name] if enabled else others)
 
 
 def _factors(unet: torch.nn.Module, name: str) -> dict[str, torch.nn.Parameter]:
@@ -109,8 +101,8 @@ def _factors(unet: torch.nn.Module, name: str) -> dict[str, torch.nn.Parameter]:
     factors = {}
     for module_name, module in unet.named_modules():
         if isinstance(module, LoraLayer) and name in module.lora_A:
-            factors[f"{UNET_PREFIX}{module_name}.lora_A.weight"] = module.lora_A[name].weight
-            factors[f"{UNET_PREFIX}{module_name}.lora_B.weight"] = module.lora_B[name].weight
+            factors[f"{DENOISER_PREFIX}{module_name}.lora_A.weight"] = module.lora_A[name].weight
+            factors[f"{DENOISER_PREFIX}{module_name}.lora_B.weight"] = module.lora_B[name].weight
     return factors
 
 
@@ -122,14 +114,14 @@ def lora_tensors(unet: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
 def load_lora_tensors(unet: torch.nn.Module, name: str, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy the `unet.` tensors of a file into adapter `name`; every factor must be there with its shape."""
     factors = _factors(unet, name)
-    given = {key: value for key, value in tensors.items() if key.startswith(UNET_PREFIX)}
+    given = {key: value for key, value in tensors.items() if key.startswith(DENOISER_PREFIX)}
     if set(given) != set(factors):
         wrong = sorted(set(given) ^ set(factors))[0]
-        raise ConfigError(f"{source}: LoRA tensors do not match this model ({wrong.removeprefix(UNET_PREFIX)})")
+        raise ConfigError(f"{source}: LoRA tensors do not match this model ({wrong.removeprefix(DENOISER_PREFIX)})")
     for key, value in given.items():
         if value.shape != factors[key].shape:
             raise ConfigError(
-                f"{source}: LoRA tensor '{key.removeprefix(UNET_PREFIX)}' has shape {tuple(value.shape)}, "
+                f"{source}: LoRA tensor '{key.removeprefix(DENOISER_PREFIX)}' has shape {tuple(value.shape)}, "
                 f"model expects {tuple(factors[key].shape)} (trained with another rank or model size?)"
             )
     with torch.no_grad():

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
+from ..io.adapters import DENOISER_PREFIX
 from .base import TOKEN_KEY, Method, copy_into_parameters, denoising_loss
 
 #: `trained_parameters` options of the official code and the backbone parameter group of each.
@@ -240,17 +241,17 @@ class MotionBooth(Method):
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         unet = self.backbone.denoiser
         names = self.backbone.parameter_names(self._group())
-        tensors = {f"unet.{name}": unet.get_parameter(name).detach().clone() for name in names}
+        tensors = {f"{DENOISER_PREFIX}{name}": unet.get_parameter(name).detach().clone() for name in names}
         return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        copy_into_parameters(self.backbone.denoiser, tensors, "unet.", source)
+        copy_into_parameters(self.backbone.denoiser, tensors, DENOISER_PREFIX, source)
         if self.trained_token is not None:
             self.trained_token.load(tensors, source)
 
     def adapter_tensor_kinds(self) -> dict[str, bool]:
         """The trained parameters' keys, listed without copying the weights."""
-        keys = [f"unet.{name}" for name in self.backbone.parameter_names(self._group())]
+        keys = [f"{DENOISER_PREFIX}{name}" for name in self.backbone.parameter_names(self._group())]
         return dict.fromkeys(keys + ([TOKEN_KEY] if self.trained_token else []), True)
 
     def adapter_metadata(self) -> dict:

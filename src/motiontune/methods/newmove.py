@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
+from ..io.adapters import DENOISER_PREFIX
 from .base import TOKEN_KEY, Method, check_timestep_sampling, copy_into_parameters, drawn_timesteps, uniform_picks
 from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
@@ -140,7 +141,7 @@ class NewMove(Method):
             self._inject()
             tensors = lora_tensors(unet, self.adapter_name) if self.adapter_name is not None else {}
         else:
-            tensors = {f"unet.{name}": unet.get_parameter(name) for name in self._full_weight_names()}
+            tensors = {f"{DENOISER_PREFIX}{name}": unet.get_parameter(name) for name in self._full_weight_names()}
         tensors = {key: value.detach().clone() for key, value in tensors.items()}
         return {**tensors, **(self.trained_token.tensors() if self.trained_token else {})}
 
@@ -151,7 +152,7 @@ class NewMove(Method):
             if self.adapter_name is not None:
                 load_lora_tensors(unet, self.adapter_name, tensors, source)
         else:
-            copy_into_parameters(unet, tensors, "unet.", source)
+            copy_into_parameters(unet, tensors, DENOISER_PREFIX, source)
         if self.trained_token is not None:
             self.trained_token.load(tensors, source)
 
@@ -159,7 +160,9 @@ class NewMove(Method):
         """A full-weight adapter's keys listed without copying the weights; a LoRA's from its injected factors."""
         if self.config.adapter == "lora":
             return super().adapter_tensor_kinds()
-        keys = [f"unet.{name}" for name in self._full_weight_names()] + ([TOKEN_KEY] if self.trained_token else [])
+        keys = [f"{DENOISER_PREFIX}{name}" for name in self._full_weight_names()] + (
+            [TOKEN_KEY] if self.trained_token else []
+        )
         return dict.fromkeys(keys, True)
 
     def adapter_metadata(self) -> dict:

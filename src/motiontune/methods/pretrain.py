@@ -24,6 +24,7 @@ from ..attention import BoxEdit, RowBoxEdits, SubjectBox
 from ..control import ControlOptions
 from ..diffusion import window_level
 from ..errors import ConfigError
+from ..io.adapters import DENOISER_PREFIX
 from .base import Method, copy_into_parameters, copy_tensors, uniform_timesteps
 
 POSITIONS = "frame_positions."
@@ -124,13 +125,15 @@ class Pretrain(Method):
         return RowBoxEdits(edits)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"unet.{name}": p.detach().clone() for name, p in self.backbone.denoiser.named_parameters()}
+        tensors = {
+            f"{DENOISER_PREFIX}{name}": p.detach().clone() for name, p in self.backbone.denoiser.named_parameters()
+        }
         tensors.update({f"{POSITIONS}{site}": p.detach().clone() for site, p in self.backbone.frame_positions.items()})
         return tensors
 
     def adapter_tensor_kinds(self) -> dict[str, bool]:
         """Every denoiser parameter's key and the frame positions', listed without copying the weights."""
-        keys = [f"unet.{name}" for name, _ in self.backbone.denoiser.named_parameters()]
+        keys = [f"{DENOISER_PREFIX}{name}" for name, _ in self.backbone.denoiser.named_parameters()]
         return dict.fromkeys(keys + [f"{POSITIONS}{site}" for site in self.backbone.frame_positions], True)
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -139,4 +142,4 @@ class Pretrain(Method):
         if stray:
             raise ConfigError(f"{source}: adapter tensor '{stray[0]}' has no matching frame positions in this model")
         copy_tensors(positions, tensors, source)
-        copy_into_parameters(self.backbone.denoiser, tensors, "unet.", source)
+        copy_into_parameters(self.backbone.denoiser, tensors, DENOISER_PREFIX, source)
