@@ -572,6 +572,54 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
 
 
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune evaluate`: the papers' metrics on any videos."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score videos with the papers' metrics (CLIP-T, temporal consistency, R-CLIP/R-DINO, motion "
+        "fidelity, appearance leakage, camera error, dynamic degree) from local CLIP/DINO folders",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("videos", type=Path, nargs="+", help="videos, GIFs or folders of frames to score")
+    evaluate.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="the reference video the motion was learned from: motion fidelity (DMT's track score) and appearance "
+        "leakage (how much each frame looks like the reference's)",
+    )
+    prompts = evaluate.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", default=None, help="the prompt of every video (CLIP-T)")
+    prompts.add_argument("--prompts", type=Path, default=None, help="file with one prompt per line, one per video")
+    evaluate.add_argument("--subject-images", type=Path, default=None, help="folder of subject images (R-CLIP, R-DINO)")
+    evaluate.add_argument(
+        "--boxes",
+        type=Path,
+        default=None,
+        help="control script with the subjects' boxes (as `generate --script` reads): subject regions for R-CLIP "
+        "/ R-DINO are cropped at its first subject's boxes, camera motion is read outside every box",
+    )
+    evaluate.add_argument(
+        "--camera-speed",
+        default=None,
+        help="requested camera travel DX,DY in fractions of the frame over the video (positive x pans right): "
+        "camera error is the distance of the measured travel from it",
+    )
+    evaluate.add_argument(
+        "--clip", type=Path, default=None, help="local CLIP model folder (e.g. openai/clip-vit-base-patch32 saved)"
+    )
+    evaluate.add_argument("--dino", type=Path, default=None, help="local DINO v2 model folder (e.g. dinov2-small)")
+    evaluate.add_argument(
+        "--tracker",
+        default=None,
+        help="point tracker as module:factory (factory() returns a callable video -> motiontune.metrics.tracks."
+        "Tracks, e.g. around a local CoTracker checkpoint); default OpenCV corners + Lucas-Kanade",
+    )
+    evaluate.add_argument("--output", type=Path, required=True, help="folder for metrics.json, report.md and plots")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per `_add_*_command`."""
     parser = OneLineParser(
@@ -586,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_command(commands)
     _add_tiny_model_command(commands)
     _add_export_command(commands)
+    _add_evaluate_command(commands)
     return parser
 
 
@@ -915,6 +964,29 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..control import parse_camera_speed
+    from .evaluate import EvaluationInputs, evaluate_videos, markdown_report, prompts_from_file
+
+    prompts = [args.prompt] * len(args.videos) if args.prompt is not None else None
+    if args.prompts is not None:
+        prompts = prompts_from_file(args.prompts, len(args.videos))
+    inputs = EvaluationInputs(
+        reference=args.reference,
+        prompts=prompts,
+        subject_images=args.subject_images,
+        boxes=args.boxes,
+        camera_speed=parse_camera_speed(args.camera_speed) if args.camera_speed is not None else None,
+        clip=args.clip,
+        dino=args.dino,
+        tracker=args.tracker,
+    )
+    report = evaluate_videos(args.videos, args.output, inputs, overwrite=args.overwrite, progress=not args.quiet)
+    print(markdown_report(report, list(report["mean"])), end="")
+    print(f"report: {args.output / 'report.md'}")
+    return 0
+
+
 class WarningLines(logging.Handler):
     """motiontune's warnings as `motiontune: warning: ...` lines on the current stderr."""
 
@@ -947,6 +1019,7 @@ COMMANDS = {
     "bench": run_bench,
     "tiny-model": run_tiny_model,
     "export": run_export,
+    "evaluate": run_evaluate,
 }
 
 

@@ -267,6 +267,24 @@ def read_image(path: str | os.PathLike[str], height: int, width: int) -> torch.T
     return torch.tensor(frame).permute(2, 0, 1).float() / 127.5 - 1  # a copy: the decoded array is read-only
 
 
+def read_image_uint8(path: str | os.PathLike[str]) -> np.ndarray:
+    """One image file at its own size, RGB uint8 `(H, W, 3)` (EXIF orientation applied, transparency dropped with a
+    warning)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise InputError(f"{path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+    _check_exists(path)
+    return np.array(_image_frame(path, path, True, "image"))
+
+
+def read_native_video(path: str | os.PathLike[str]) -> np.ndarray:
+    """Every frame of a video, GIF or folder of image frames at its own size, RGB uint8 `(F, H, W, 3)`."""
+    count, height, width = probe_video(path)
+    if count == 0:
+        raise InputError(f"{path}: empty video (no frames decode)")
+    return frames_to_uint8(read_video(path, count, height, width))
+
+
 def read_video(
     path: str | os.PathLike[str], num_frames: int, height: int, width: int, sampling: str = "uniform"
 ) -> torch.Tensor:

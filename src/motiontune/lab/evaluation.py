@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
+from ..metrics.flow import LUMA, background_motion
+from ..metrics.tracks import displacement_agreement
 from .shapeworld import (
     BACKGROUNDS,
     COLOURS,
@@ -44,7 +46,6 @@ ALL_SHAPES = SHAPES + NOVEL_SHAPES
 ALL_MOTIONS = KNOWN_MOTIONS + NOVEL_MOTIONS
 APPEARANCE = ("colour", "shape", "background")
 ATTRIBUTES = (*APPEARANCE, "motion")
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 SHAPE_FEATURES = ("fill", "solidity", "hole", "aspect", "centroid_y", "moment", "corners")
 
 
@@ -540,11 +541,7 @@ def motion_fidelity(generated: np.ndarray, reference: np.ndarray, *, eps: float 
     valid = ~(np.isnan(v).any(1) | np.isnan(u).any(1))
     if not valid.any():
         return float("nan")
-    v, u = v[valid], u[valid]
-    nv, nu = np.linalg.norm(v, axis=1), np.linalg.norm(u, axis=1)
-    still_v, still_u = nv < eps, nu < eps
-    cos = (v * u).sum(1) / np.maximum(nv * nu, 1e-12)
-    scores = np.where(still_v & still_u, 1.0, np.where(still_v | still_u, 0.0, cos))
+    scores = displacement_agreement(v[valid], u[valid], eps)
     return float(np.clip(scores.mean(), -1.0, 1.0))
 
 
@@ -600,21 +597,8 @@ def camera_pan(frames: np.ndarray, masks: np.ndarray | None = None) -> np.ndarra
     video = _as_video(frames)
     if masks is None:
         masks = segment(video)
-    f, h, w, _ = video.shape
-    grey = np.clip(_luma(video), 0, 255).astype(np.uint8)
-    margin = max(2, min(h, w) // 8)
-    keep = _background_pixels(masks, margin)
-    inner = np.zeros((h, w), bool)
-    inner[margin : h - margin, margin : w - margin] = True
-    flow_model = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    out = np.zeros((max(f - 1, 0), 2))
-    for k in range(f - 1):
-        flow = flow_model.calc(grey[k], grey[k + 1], None)
-        sel = keep[k] & keep[k + 1] & inner
-        if sel.sum() == 0:
-            sel = inner if inner.any() else np.ones((h, w), bool)
-        out[k] = flow[sel].mean(0) / (w, h)
-    return out
+    margin = max(2, min(video.shape[1:3]) // 8)
+    return background_motion(video, _background_pixels(masks, margin), margin)
 
 
 def pan_error(frames: np.ndarray, requested: Sequence[float], masks: np.ndarray | None = None) -> float:
