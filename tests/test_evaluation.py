@@ -303,16 +303,16 @@ def test_copy_rates_hand_made():
 
 def test_temporal_consistency():
     base = Clip("circle", "red", "gray", "right", size="large")
-    steady = ev.temporal_consistency(render(base, FRAMES, 32).frames)
+    steady = ev.object_stability(render(base, FRAMES, 32).frames)
     assert steady["colour_stability"] > 0.98 and steady["hue_stability"] > 0.99
     assert steady["size_stability"] > 0.85 and steady["presence"] == 1.0
     red, blue = render(base, FRAMES, 32).frames, render(replace(base, colour="blue"), FRAMES, 32).frames
     switching = np.concatenate([red[: FRAMES // 2], blue[FRAMES // 2 :]])
-    changed = ev.temporal_consistency(switching)
+    changed = ev.object_stability(switching)
     assert changed["colour_stability"] < 0.6 and changed["hue_stability"] < 0.5
     assert all(0.0 <= v <= 1.0 for v in (*steady.values(), *changed.values()))
     growing = np.concatenate([red[: FRAMES // 2], render(replace(base, size="small"), FRAMES, 32).frames[4:]])
-    assert ev.temporal_consistency(growing)["size_stability"] < steady["size_stability"] - 0.1
+    assert ev.object_stability(growing)["size_stability"] < steady["size_stability"] - 0.1
 
 
 # ------------------------------------------------------------------------------------------- rejection

@@ -5,6 +5,7 @@ plumbing on tiny random models built from config (no weights are downloaded)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -223,3 +224,22 @@ def test_evaluate_command_writes_every_score_its_inputs_allow(embedding_folders,
     skipped = json.loads((bare / "metrics.json").read_text())["skipped"]
     assert "CLIP scores skipped: no --clip folder given" in skipped
     assert set(json.loads((bare / "metrics.json").read_text())["mean"]) == {"dynamic_degree"}
+
+
+def test_evaluate_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, capsys):
+    video = write_video(_clip("right"), tmp_path / "v.mp4")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\nthree\n")
+    cases = [
+        (["--prompts", str(prompts)], "--prompts .*prompts.txt: 3 prompts for 1 videos"),
+        (["--reference", str(tmp_path / "missing.mp4")], "missing.mp4"),
+        (["--subject-images", str(tmp_path / "none")], "--subject-images .*none: not a folder"),
+        (["--camera-speed", "1,x"], "--camera-speed '1,x': expected two comma-separated numbers"),
+        (["--tracker", "os:nothing_here"], "--tracker 'os:nothing_here': cannot load it"),
+    ]
+    for extra, message in cases:
+        output = tmp_path / "out"
+        assert main(["evaluate", str(video), "--output", str(output), "--quiet", *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and re.search(message, error), error
+        assert not output.exists()

@@ -542,3 +542,42 @@ def generate_video(
     timesteps = sampling_timesteps(backbone, settings.sampler, settings.steps)
     hooks = control_hooks(backbone, motion, settings.frames, timesteps, control, seed)
     return run_generation(backbone, motion.prompt, output, methods, settings, hooks)
+
+
+def evaluate(
+    videos: list[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    reference: str | os.PathLike | None = None,
+    prompt: str | None = None,
+    prompts: list[str] | None = None,
+    subject_images: str | os.PathLike | None = None,
+    boxes: str | os.PathLike | None = None,
+    camera_speed: tuple[float, float] | None = None,
+    clip: str | os.PathLike | None = None,
+    dino: str | os.PathLike | None = None,
+    tracker: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Score `videos` with the papers' metrics and write the report into `output` (`motiontune evaluate`; see
+    docs/evaluate.md): `prompt` for every video or `prompts` one per video (CLIP-T), `reference` (motion fidelity,
+    appearance leakage), `subject_images` and `boxes` (a control script; R-CLIP / R-DINO), `camera_speed` (camera
+    error), local `clip` / `dino` folders (a missing one skips its scores), `tracker` as `module:factory`. Returns
+    the contents of `metrics.json`."""
+    from .evaluate import EvaluationInputs, evaluate_videos
+
+    paths = [Path(video) for video in videos]
+    if prompt is not None and prompts is not None:
+        raise ConfigError("give prompt (one for every video) or prompts (one per video), not both")
+    inputs = EvaluationInputs(
+        reference=Path(reference) if reference is not None else None,
+        prompts=[prompt] * len(paths) if prompt is not None else prompts,
+        subject_images=Path(subject_images) if subject_images is not None else None,
+        boxes=Path(boxes) if boxes is not None else None,
+        camera_speed=camera_speed,
+        clip=Path(clip) if clip is not None else None,
+        dino=Path(dino) if dino is not None else None,
+        tracker=tracker,
+    )
+    return evaluate_videos(paths, Path(output), inputs, overwrite=overwrite, progress=progress)

@@ -966,22 +966,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..control import parse_camera_speed
-    from .evaluate import EvaluationInputs, evaluate_videos, markdown_report, prompts_from_file
+    from .api import evaluate
+    from .evaluate import markdown_report, prompts_from_file
 
-    prompts = [args.prompt] * len(args.videos) if args.prompt is not None else None
-    if args.prompts is not None:
-        prompts = prompts_from_file(args.prompts, len(args.videos))
-    inputs = EvaluationInputs(
+    report = evaluate(
+        args.videos,
+        args.output,
         reference=args.reference,
-        prompts=prompts,
+        prompt=args.prompt,
+        prompts=prompts_from_file(args.prompts, len(args.videos)) if args.prompts is not None else None,
         subject_images=args.subject_images,
         boxes=args.boxes,
         camera_speed=parse_camera_speed(args.camera_speed) if args.camera_speed is not None else None,
         clip=args.clip,
         dino=args.dino,
         tracker=args.tracker,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
-    report = evaluate_videos(args.videos, args.output, inputs, overwrite=args.overwrite, progress=not args.quiet)
     print(markdown_report(report, list(report["mean"])), end="")
     print(f"report: {args.output / 'report.md'}")
     return 0

@@ -636,7 +636,7 @@ def mean_box_iou(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.nanmean(iou)) if (~np.isnan(iou)).any() else float("nan")
 
 
-def temporal_consistency(frames: np.ndarray, masks: np.ndarray | None = None) -> dict[str, float]:
+def object_stability(frames: np.ndarray, masks: np.ndarray | None = None) -> dict[str, float]:
     """Stability of the object over time, each in [0, 1] (1 = unchanged), NaN with fewer than 2 object frames.
 
     colour_stability = 1 - mean over RGB channels of std_k(c_k) / 127.5, where c_k is the median colour of the
@@ -675,7 +675,7 @@ def evaluate_video(frames: np.ndarray, prompt: Mapping | Clip | None = None, *, 
 
     Returns colour, shape, background, motion (None / "none" when not found), centres `(F, 2)`, boxes `(F, 4)`,
     presence, camera (total background displacement `(2,)` on textured backgrounds, else None) and the
-    `temporal_consistency` entries. On a textured background with `compensate_camera`, motion is classified
+    `object_stability` entries. On a textured background with `compensate_camera`, motion is classified
     on the world track centres_k - sum_{j<k} camera_pan_j, so a panning camera is not read as object motion.
     With a `prompt` (a dict or `Clip` holding colour/shape/background/motion) it adds "correct" (attribute ->
     bool) and "accuracy" (their mean). A prompt's `path:` motion joins the motions the track is classified
@@ -704,7 +704,7 @@ def evaluate_video(frames: np.ndarray, prompt: Mapping | Clip | None = None, *, 
         "centres": centres,
         "boxes": boxes(masks),
         "camera": camera,
-        **temporal_consistency(video, masks),
+        **object_stability(video, masks),
     }
     if prompt is not None:
         correct = {a: result[a] == prompt[a] for a in ATTRIBUTES if a in prompt}
