@@ -19,7 +19,15 @@ import numpy as np
 from ..errors import ConfigError
 from ..lab.shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
 from ..lab.tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, check_task_motion, task_scores, write_task
-from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
+from .bench_common import (
+    bench_model,
+    chosen_rows,
+    model_clip,
+    model_label,
+    run_rows,
+    wilson_interval,
+    write_marked_section,
+)
 
 KNOWN_DIRECTIONS = ("left", "right", "up", "down")
 
@@ -180,7 +188,8 @@ def train_row(
     `GenerationConfig` settings its videos are generated with."""
     from . import api
 
-    references, reference_dir, regularization_dir = task or write_task(workdir, 8, 32, motion, seed)
+    frames, size, _ = model_clip(model)
+    references, reference_dir, regularization_dir = task or write_task(workdir, frames, size, motion, seed)
     first_video = sorted(reference_dir.glob("*.mp4"))[0]
     if row.one_video:
         references = references[:1]
@@ -197,9 +206,9 @@ def train_row(
         model=model,
         token=TOKEN,
         steps=steps or row.steps,
-        frames=8,
-        height=32,
-        width=32,
+        frames=frames,
+        height=size,
+        width=size,
         learning_rate=row.learning_rate,
         batch_size=row.batch_size,
         checkpoint_every=checkpoint_every,
@@ -275,13 +284,14 @@ def score_adapter(
     from . import api
 
     backbone = api.open_backbone(model)
+    frames, size, guidance = model_clip(model)
     adapters = [load_adapter(adapter, backbone)] if adapter is not None else []
     generation = {"debias": generation_settings(ModelDefaults.read(backbone.path), {})["debias"].value, **generation}
 
     def evaluated(prompts: list[Clip], check: bool) -> list[dict]:
         results = []
         for seed in range(seeds):
-            settings = GenerationConfig(8, 32, 32, sampling, 7.5, seed=seed, progress=False, **generation)
+            settings = GenerationConfig(frames, size, size, sampling, guidance, seed=seed, progress=False, **generation)
             captions = [clip.caption(TOKEN) for clip in prompts]
             latents = generate_latents(backbone, captions, adapters, settings, check_prompts=check)
             for video, clip in zip(backbone.decode_latents(latents), prompts, strict=True):

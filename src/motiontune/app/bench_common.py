@@ -47,6 +47,17 @@ def bench_model(model: str | None, output: Path) -> str:
     return str(default_or_tiny_model(output)[0])
 
 
+def model_clip(model: str | os.PathLike | None) -> tuple[int, int, float]:
+    """The frames, frame size (square) and guidance scale the benches use on `model` (None: the shipped one): its
+    native clip and sampling guidance as its `motiontune.json` states them, else the shipped model's 8 frames of
+    32 x 32 at guidance 7.5."""
+    from ..settings import ModelDefaults
+
+    defaults = ModelDefaults.read(Path(model) if model is not None else default_model_dir())
+    frames, size = defaults.native.get("frames", 8), defaults.native.get("height", 32)
+    return int(frames), int(size), float(defaults.generation.get("guidance_scale", 7.5))
+
+
 def model_label(model: str) -> str:
     """How a report names the benched model folder: "the shipped model" for the package's own, else its path."""
     try:
