@@ -120,3 +120,16 @@ def test_the_shipped_models_defaults_teach_motion_inversion_the_zigzag(tmp_path)
     assert trained["steps"] == 100  # the model's recommendation, not a bench setting
     assert base["motion_accuracy"] == 0.0
     assert trained["motion_accuracy"] >= 0.75 and trained["appearance_accuracy"] >= 0.75
+
+
+def test_a_bench_row_runs_on_a_wan_model_at_its_native_clip(tiny_wan_dir, tmp_path):
+    """The tiny Wan states 9 frames of 64 x 64 (4k+1 frames for its causal autoencoder): the task's clips, the
+    training and the scored videos take that clip, not the UNet3D model's 8 frames of 32 x 32."""
+    from motiontune.app.bench_common import model_clip
+
+    assert model_clip(tiny_wan_dir)[:2] == (9, 64)
+    results = bench_shapeworld(
+        tmp_path / "work", str(tiny_wan_dir), ["newmove, lora 32"], steps=1, prompts=1, seeds=1, sampling=2
+    )
+    assert results[0]["videos"] == 1 and results[0]["steps"] == 1
+    assert len(list((tmp_path / "work").rglob("reference/*.mp4"))) == 4

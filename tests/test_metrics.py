@@ -243,3 +243,15 @@ def test_evaluate_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, ca
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and re.search(message, error), error
         assert not output.exists()
+
+
+def test_real_reference_videos_score_sanely(reference_videos):
+    """car_turn against itself scores 1, against its time reverse below 0; every video moves (dynamic degree)."""
+    from motiontune.io.video import read_native_video
+
+    video = read_native_video(reference_videos / "car_turn.mp4")
+    tracker = tracks.LucasKanadeTracker()
+    found = tracker(video)
+    assert tracks.motion_fidelity(found, found) == pytest.approx(1.0)
+    assert tracks.motion_fidelity(found, tracker(video[::-1].copy())) < 0
+    assert flow.dynamic_degree(video)["dynamic"]

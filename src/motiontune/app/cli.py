@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from ..errors import LOGGER, ConfigError, MotiontuneError
+from ..errors import LOGGER, ConfigError, InputError, MotiontuneError
 from ..io.export import FORMATS as EXPORT_FORMATS
 from ..utils import MAX_SEED, check_regular_file, is_main_process
 
@@ -339,6 +339,13 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     _add_config(demo)
     demo.add_argument("--output", type=Path, default=Path("motiontune-demo"), help="folder for everything")
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
+    demo.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a ShapeWorld model folder, UNet3D or Wan format (default: the shipped model); the demo's clips take "
+        "its native frames and size",
+    )
     demo.add_argument("--device", default=None, help="torch device")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--overwrite", action="store_true", help="run again in a folder that holds a finished demo")
@@ -822,7 +829,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
-    demo(args.output, steps=args.steps, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
+    if args.model is not None and not (args.model / "model_index.json").is_file():
+        raise InputError(f"--model {args.model}: not a model folder (no model_index.json)")
+    demo(
+        args.output,
+        steps=args.steps,
+        device=args.device,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        model=args.model,
+    )
     return 0
 
 

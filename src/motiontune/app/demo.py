@@ -27,7 +27,7 @@ from ..lab.shapeworld import Clip, write_subject_images
 from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores, write_task
 from ..utils import atomic_write_text, check_writable_folder
 from .bench import ROWS, train_row
-from .bench_common import default_or_tiny_model
+from .bench_common import default_or_tiny_model, model_clip
 from .bench_motionbooth import subject_images
 
 PROMPTS = [
@@ -49,22 +49,30 @@ COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0
 
 
 def run_demo(
-    output: Path, steps: int | None = None, device: str | None = None, progress: bool = True, overwrite: bool = False
+    output: Path,
+    steps: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    model: Path | None = None,
 ) -> Path:
     """Teach the default model zigzag with every motion method, generate, measure and report; then learn
     a novel subject with MotionBooth and compose it with the NewMove motion, a box path and a camera pan.
     Each method trains for `steps`, or what the model recommends for it (`motiontune.json`). Every score is
     taken on the frames as generated (the MP4/GIF files are written from them). A folder that holds a finished
-    demo (its report.md) is redone only with `overwrite`."""
-    from ..io.video import write_contact_sheet
+    demo (its report.md) is redone only with `overwrite`. `model`: a ShapeWorld model folder (default: the shipped
+    one); clips are its native frames and size."""
+    from ..io.video import read_native_video, write_contact_sheet
 
     output = Path(output)
     check_writable_folder(output, "--output")
     if (output / "report.md").exists() and not overwrite:
         raise ConfigError(f"{output}: holds a finished demo (report.md); pass --overwrite to run it again")
-    model, shipped = default_or_tiny_model(output)
-    task = write_task(output, 8, 32, NOVEL_MOTION, 0)
-    write_subject_images(output / "subject", subject_images(), 32)
+    given = model is not None
+    model, shipped = (Path(model), False) if given else default_or_tiny_model(output)
+    frames, size, _ = model_clip(model)
+    task = write_task(output, frames, size, NOVEL_MOTION, 0)
+    write_subject_images(output / "subject", subject_images(), size)
     trained = _train_all(output, model, steps, device, progress, task)
     rows, labels, scores = [], [], {}
     training = {name: (result, seconds) for name, (result, seconds, _, _) in trained.items()}
@@ -83,9 +91,16 @@ def run_demo(
         rows += composed[label]["videos"]
         labels += [f"{label}: {composed['prompt']}"] * len(composed[label]["videos"])
     sheet = write_contact_sheet(rows, output / "contact_sheet.png", labels=labels)
-    reference_rows = [_read_mp4(p) for p in sorted((output / "reference").glob("*.mp4"))]
+    reference_rows = [read_native_video(p) for p in sorted((output / "reference").glob("*.mp4"))]
     reference_sheet = write_contact_sheet(reference_rows, output / "reference_sheet.png")
-    report = _report(training, scores, composed, steps, shipped, model, sheet, reference_sheet)
+    if shipped or given:
+        model_line = f"Model: {'the shipped ShapeWorld base model' if shipped else 'the ShapeWorld model'} (`{model}`)."
+    else:
+        model_line = (
+            "Model: a tiny random UNet3D built from config (no ShapeWorld model is shipped in this install),\n"
+            "so the videos are noise and the scores only show that the pipeline runs."
+        )
+    report = _report(training, scores, composed, steps, model_line, sheet, reference_sheet)
     atomic_write_text(output / "report.md", report)
     print(report)
     return output / "report.md"
@@ -136,6 +151,7 @@ def _train_job(job: tuple) -> tuple:
     name, output, model, steps, device, task = job
     started = time.perf_counter()
     if name == "motionbooth":
+        frames, size, _ = model_clip(model)
         result = api.train(
             "motionbooth",
             data=output / "subject",
@@ -144,9 +160,9 @@ def _train_job(job: tuple) -> tuple:
             model=model,
             token=SUBJECT_TOKEN,
             steps=steps,
-            frames=8,
-            height=32,
-            width=32,
+            frames=frames,
+            height=size,
+            width=size,
             checkpoint_every=0,
             overwrite=True,
             device=device,
@@ -176,8 +192,9 @@ def _generate_prompts(
         key: setting.value for key, setting in generation_settings(ModelDefaults.read(backbone.path), {}).items()
     }
     options = {"debias": sampling["debias"], **generation}  # the row's own debias mode, if it has one
+    frames, size, _ = model_clip(model)
     settings = GenerationConfig(
-        8, 32, 32, sampling["steps"], sampling["guidance_scale"], seed=0, progress=False, **options
+        frames, size, size, sampling["steps"], sampling["guidance_scale"], seed=0, progress=False, **options
     )
     captions = [clip.caption(TOKEN) for clip in PROMPTS]
     latents = generate_latents(backbone, captions, adapters, settings)
@@ -200,8 +217,9 @@ def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, d
     from . import api
 
     prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
-    requested = render(replace(COMPOSED, camera=(0.0, 0.0)), 8, 32).boxes
-    filmed = render(COMPOSED, 8, 32).boxes
+    frames, size, _ = model_clip(model)
+    requested = render(replace(COMPOSED, camera=(0.0, 0.0)), frames, size).boxes
+    filmed = render(COMPOSED, frames, size).boxes
     path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
     controlled = {"adapters": [subject_adapter, motion_adapter], "boxes": [path], "camera_speed": COMPOSED.camera}
     composed = {"prompt": prompt, "still_pan_error": float(np.linalg.norm(COMPOSED.camera))}
@@ -213,9 +231,9 @@ def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, d
                 prompt,
                 output / "videos" / f"{files[label]}_{seed}.mp4",
                 model=model,
-                frames=8,
-                height=32,
-                width=32,
+                frames=frames,
+                height=size,
+                width=size,
                 seed=seed,
                 device=device,
                 progress=progress,
@@ -240,20 +258,7 @@ def _composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[st
     }
 
 
-def _read_mp4(path: Path) -> np.ndarray:
-    from ..io.video import count_frames, frames_to_uint8, read_video
-
-    frames = count_frames(path)
-    return frames_to_uint8(read_video(path, frames, 32, 32))
-
-
-def _report(training, scores, composed, steps, shipped, model, sheet, reference_sheet) -> str:
-    model_line = (
-        f"Model: the shipped ShapeWorld base model (`{model}`)."
-        if shipped
-        else "Model: a tiny random UNet3D built from config (no ShapeWorld model is shipped in this install),\n"
-        "so the videos are noise and the scores only show that the pipeline runs."
-    )
+def _report(training, scores, composed, steps, model_line, sheet, reference_sheet) -> str:
     lines = [
         "# motiontune demo: teach a ShapeWorld model to zigzag",
         "",
