@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LOGGER, ConfigError, InputError, MotiontuneError
 from ..io.export import FORMATS as EXPORT_FORMATS
-from ..utils import MAX_SEED, check_regular_file, is_main_process
+from ..utils import MAX_SEED, check_regular_file, check_writable_folder, is_main_process
 
 FITTED = (
     "(default: the model folder's recommendation for the method in its motiontune.json, else the method's "
@@ -627,6 +627,26 @@ def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_app_command(commands: argparse._SubParsersAction) -> None:
+    """`motiontune app`: the browser app."""
+    app = commands.add_parser(
+        "app",
+        help="teach, steer and compare motions in a browser (Gradio; pip install 'motiontune[app]')",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    app.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped ShapeWorld model)")
+    app.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path("motiontune-workspace"),
+        help="folder for uploads, adapters, videos and jobs; an app started again on it finds it as it was",
+    )
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    app.add_argument("--port", type=_positive_int, default=7860, help="port to listen on")
+    app.add_argument("--clip", type=Path, default=None, help="local CLIP folder for the Compare tab's scores")
+    app.add_argument("--dino", type=Path, default=None, help="local DINO v2 folder for the Compare tab's scores")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per `_add_*_command`."""
     parser = OneLineParser(
@@ -642,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiny_model_command(commands)
     _add_export_command(commands)
     _add_evaluate_command(commands)
+    _add_app_command(commands)
     return parser
 
 
@@ -1005,6 +1026,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_app(args: argparse.Namespace) -> int:
+    from .api import default_model_dir
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("motiontune app needs Gradio: pip install 'motiontune[app]'") from None
+    from .webapp import serve
+
+    model = args.model if args.model is not None else default_model_dir()
+    if not (Path(model) / "model_index.json").is_file():
+        raise InputError(f"--model {model}: not a model folder (no model_index.json)")
+    check_writable_folder(args.workspace, "--workspace")
+    serve(model, args.workspace, args.host, args.port, args.clip, args.dino)
+    return 0
+
+
 class WarningLines(logging.Handler):
     """motiontune's warnings as `motiontune: warning: ...` lines on the current stderr."""
 
@@ -1038,6 +1076,7 @@ COMMANDS = {
     "tiny-model": run_tiny_model,
     "export": run_export,
     "evaluate": run_evaluate,
+    "app": run_app,
 }
 
 

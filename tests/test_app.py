@@ -1,0 +1,202 @@
+"""`motiontune app`: the workspace and job queue on their own, and the whole app driven in a real Chromium (Debian's
+`chromium` + `chromedriver`, which `.ci/run` installs; never a downloaded browser)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from motiontune.app.jobs import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, JobQueue, Workspace
+from motiontune.errors import InputError
+from motiontune.io.video import write_video
+from motiontune.lab.shapeworld import Clip, render
+
+SCREENSHOTS = os.environ.get("MOTIONTUNE_APP_SCREENSHOTS")
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_uploads_are_checked_and_copied_with_their_caption(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    clip = write_video(render(Clip("circle", "red", "white", "zigzag"), 4, 32).frames, tmp_path / "z.mp4")
+    folder = workspace.save_videos([clip], "a red circle doing sks")
+    assert (folder / "clip00.mp4").read_bytes() == clip.read_bytes()
+    assert (folder / "clip00.txt").read_text() == "a red circle doing sks\n"
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(InputError, match=r"bad\.mp4"):
+        workspace.save_videos([clip, bad], "a caption")
+    with pytest.raises(InputError, match="caption: describe the clips"):
+        workspace.save_videos([clip], " ")
+    with pytest.raises(InputError, match="no reference videos"):
+        workspace.save_videos([], "a caption")
+    assert len(list((workspace.root / "uploads").iterdir())) == 1, "a refused upload leaves nothing behind"
+    with pytest.raises(InputError, match=r"adapter name '\.\./x'"):
+        workspace.adapter_folder("../x")
+    (workspace.root / "adapters" / "taken").mkdir()
+    with pytest.raises(InputError, match="already used"):
+        workspace.adapter_folder("taken")
+
+
+def test_jobs_run_one_at_a_time_report_errors_cancel_and_survive_a_restart(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    queue = JobQueue(workspace, start=False)
+    ok = queue.submit("generate", "ok", _python("print('fine')"), {})
+    failing = queue.submit(
+        "train", "bad", _python("import sys; print('motiontune: error: x.mp4: broken'); sys.exit(2)"), {}
+    )
+    assert queue.run(ok).state == DONE and "fine" in queue.log(ok.id)
+    failed = queue.run(failing)
+    assert (failed.state, failed.message) == (FAILED, "x.mp4: broken")
+
+    slow = queue.submit("train", "slow", _python("import time; time.sleep(60)"), {})
+    queued = queue.submit("train", "never", _python("print(1)"), {})
+    assert queue.cancel(queued.id).state == CANCELLED
+    runner = JobQueue(workspace)  # a worker thread: the slow job starts
+    deadline = time.time() + 30
+    while runner.get(slow.id).state != RUNNING and time.time() < deadline:
+        time.sleep(0.1)
+    assert runner.cancel(slow.id).message == "cancelling"
+    assert runner.wait(slow.id, 30).state == CANCELLED
+
+    record = workspace.root / "jobs" / slow.id / "job.json"
+    stale = {**json.loads(record.read_text()), "state": RUNNING, "message": ""}
+    record.write_text(json.dumps(stale))
+    restarted = JobQueue(workspace, start=False)
+    assert restarted.get(slow.id).state == INTERRUPTED
+    assert [job.title for job in restarted.jobs()] == ["ok", "bad", "slow", "never"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("Debian's chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1500")
+    options.binary_location = chromium
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def _failed(browser) -> bool:
+    """A job the page reports as failed stops the test with its message."""
+    from selenium.webdriver.common.by import By
+
+    for element in browser.find_elements(By.CSS_SELECTOR, "#teach-status, #generate-status"):
+        if ": failed" in element.text:
+            raise AssertionError(element.text)
+    return False
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_path):
+    """Upload a clip, train two adapters a few steps, generate with both composed (the video plays: duration > 0),
+    compare with and without one; then a page reload and an app restart find the workspace as it was."""
+    from selenium.webdriver.common.by import By
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "motiontune.json").write_text(json.dumps({"native": {"frames": 4, "height": 32, "width": 32}}))
+    clip = write_video(render(Clip("circle", "red", "white", "zigzag"), 4, 32).frames, tmp_path / "zigzag.mp4")
+    port, workspace = _free_port(), tmp_path / "workspace"
+    command = [sys.executable, "-m", "motiontune.app.cli", "app", "--model", str(model), "--workspace", str(workspace)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([*command, "--port", str(port)], env=environment, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(server.stdout.readline())["workspace"] == str(workspace.resolve())
+        url = f"http://127.0.0.1:{port}/"
+        _wait(lambda: _listening(port), 60, "the app to listen")
+        browser.get(url)
+        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#teach-clips input[type=file]"), 60, "the page")
+        for name in ("first", "second"):
+            browser.find_element(By.CSS_SELECTOR, "#teach-clips input[type=file]").send_keys(str(clip))
+            for field, text in (("caption", "a red circle doing sks"), ("name", name), ("steps", "2")):
+                box = browser.find_element(By.CSS_SELECTOR, f"#teach-{field} textarea, #teach-{field} input")
+                box.clear()
+                box.send_keys(text)
+            time.sleep(1)
+            browser.find_element(By.ID, "teach-train").click()
+            status = lambda n=name: f"{n}: done" in browser.find_element(By.ID, "teach-status").text  # noqa: E731
+            _wait(lambda status=status: status() or _failed(browser), 180, f"training {name}")
+        assert "step 2 / 2" in browser.find_element(By.ID, "teach-status").text
+        if SCREENSHOTS:
+            browser.save_screenshot(str(Path(SCREENSHOTS) / "app-teach.png"))
+
+        browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Generate')]").click()
+        browser.find_element(By.CSS_SELECTOR, "#generate-prompt textarea").send_keys("a red circle doing sks")
+        for name in ("first", "second"):
+            box = f"#generate-adapters input[name='{name}']"
+            _wait(lambda box=box: browser.find_elements(By.CSS_SELECTOR, box), 30, f"adapter {name} on the page")
+            browser.find_element(By.CSS_SELECTOR, box).click()
+        browser.find_element(By.ID, "generate-run").click()
+        _wait(lambda: ": done" in browser.find_element(By.ID, "generate-status").text or _failed(browser), 180, "it")
+        video = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#generate-video video"), 30, "the video")[0]
+        duration = _wait(
+            lambda: browser.execute_script("return arguments[0].readyState > 0 && arguments[0].duration", video),
+            60,
+            "the video's metadata",
+        )
+        assert duration > 0
+        generations = [j for j in JobQueue(Workspace(workspace), start=False).jobs() if j.kind == "generate"]
+        assert generations[-1].command.count("--adapter") == 2, "both adapters composed in one generation"
+        if SCREENSHOTS:
+            browser.save_screenshot(str(Path(SCREENSHOTS) / "app-generate.png"))
+
+        browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Compare')]").click()
+        browser.find_element(By.CSS_SELECTOR, "#compare-prompt textarea").send_keys("a red circle doing sks")
+        browser.find_element(By.CSS_SELECTOR, "#compare-adapters input[name='first']").click()
+        browser.find_element(By.ID, "compare-run").click()
+        _wait(lambda: "dynamic degree" in browser.find_element(By.ID, "compare-report").text, 240, "the comparison")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#compare-video-1 video")) == 1
+        if SCREENSHOTS:
+            browser.save_screenshot(str(Path(SCREENSHOTS) / "app-compare.png"))
+
+        browser.refresh()
+        listed = lambda: any("newmove: first" in e.text for e in browser.find_elements(By.ID, "jobs"))  # noqa: E731
+        _wait(listed, 60, "the jobs after a reload")
+    finally:
+        server.terminate()
+        server.wait(30)
+    restarted = Workspace(workspace)
+    assert set(restarted.adapters()) == {"first", "second"}
+    assert all(job.state == DONE for job in JobQueue(restarted, start=False).jobs())
