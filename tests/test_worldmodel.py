@@ -357,3 +357,36 @@ def test_architecture_defaults_fill_what_the_recipe_leaves_out():
     assert (unet3d.frames, unet3d.frame_positions, unet3d.zero_terminal_snr) == (8, True, True)
     assert (wan.frames, wan.vae_frames, wan.frame_positions, wan.zero_terminal_snr) == (17, 9, False, False)
     assert wan.denoiser["num_layers"] == 3 and wan.denoiser["patch_size"] == [1, 1, 1]
+
+
+def test_autoencoder_training_resumes_exactly_where_it_stopped(tmp_path):
+    """3 steps straight equal 2 steps, a checkpoint, and 1 resumed step from it (weights, optimizer and generator
+    restored); a checkpoint made from a saved autoencoder alone goes on with a fresh optimizer."""
+    import numpy as np
+    from diffusers import AutoencoderKL
+
+    from motiontune.lab.tiny import TINY_VAE
+    from motiontune.lab.worldmodel import train_autoencoder
+
+    clips = np.random.default_rng(0).integers(0, 255, (4, 2, 16, 16, 3), dtype=np.uint8)
+
+    def fresh():
+        torch.manual_seed(0)
+        return AutoencoderKL(**TINY_VAE)
+
+    def config(steps):
+        return BaseModelConfig(vae_steps=steps, vae_batch=2, checkpoint_every=1)
+
+    straight = fresh()
+    assert len(train_autoencoder(straight, clips, config(3), False)) == 3
+    stopped = fresh()
+    train_autoencoder(stopped, clips, config(2), False, tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "latest" / "state.json").read_text())["step"] == 2
+    resumed = fresh()
+    assert len(train_autoencoder(resumed, clips, config(3), False, tmp_path / "ckpt", resume=True)) == 1
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=0)
+
+    (tmp_path / "ckpt" / "latest" / "optimizer.safetensors").unlink()
+    again = fresh()
+    assert len(train_autoencoder(again, clips, config(4), False, tmp_path / "ckpt", resume=True)) == 1

@@ -195,7 +195,8 @@ def _draw_batch(
     return batch
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state as safetensors-ready tensors and a JSON-ready layout (`load_optimizer` reads them)."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
@@ -207,7 +208,8 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], layout: dict) -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], layout: dict) -> None:
+    """Restore what `optimizer_tensors` wrote."""
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, index, name = key.split(".", 2)
@@ -307,7 +309,7 @@ def _save_checkpoint(
         if average is not None:
             with average.swapped_in():
                 save_adapter(staging / "ema.safetensors", method.adapter_tensors(), method.adapter_metadata())
-        tensors, layout = _optimizer_tensors(optimizer)
+        tensors, layout = optimizer_tensors(optimizer)
         tensors["rng.generator"], tensors["rng.torch"] = random_states
         atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
         (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
@@ -363,7 +365,7 @@ def _restore_checkpoint(
                 method.load_adapter_tensors(saved.average or saved.adapter, str(checkpoint))
                 average.take_from_parameters()
             method.load_adapter_tensors(saved.adapter, str(checkpoint))
-            _load_optimizer(optimizer, saved.optimizer, saved.layout)
+            load_optimizer(optimizer, saved.optimizer, saved.layout)
         except (MotiontuneError, ValueError, KeyError, RuntimeError) as error:
             warn(f"{error}; trying the checkpoint before it" if checkpoint != checkpoints[0] else str(error))
             continue

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 from diffusers import DDIMScheduler
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..attention import controlled_backbone
@@ -47,7 +48,7 @@ from ..io.video import frames_to_uint8, uint8_to_frames, write_contact_sheet
 from ..methods import load_adapter
 from ..methods.pretrain import Pretrain, PretrainConfig
 from ..settings import ModelDefaults
-from ..training import Example, TrainConfig, train
+from ..training import Example, TrainConfig, load_optimizer, optimizer_tensors, train
 from ..utils import atomic_directory, atomic_write_text, default_device
 from .evaluation import evaluate_video
 from .shapeworld import KNOWN_MOTIONS, NOVEL_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
@@ -190,14 +191,26 @@ def _autoencoder_batch(clips: torch.Tensor, config: BaseModelConfig, generator: 
     return torch.stack([clips[r, s : s + config.vae_frames] for r, s in zip(rows, starts, strict=True)]).transpose(1, 2)
 
 
-def train_autoencoder(vae: torch.nn.Module, clips: np.ndarray, config: BaseModelConfig, progress: bool) -> list:
-    """Fit the VAE to ShapeWorld clips `(N, F, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I))."""
+def train_autoencoder(
+    vae: torch.nn.Module,
+    clips: np.ndarray,
+    config: BaseModelConfig,
+    progress: bool,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+) -> list:
+    """Fit the VAE to ShapeWorld clips `(N, F, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I)).
+
+    With `checkpoints`, every `checkpoint_every` steps the weights, the optimizer and the generator are written to
+    `checkpoints/latest/` (atomically), and `resume` goes on from there. Returns the losses of the steps run."""
     generator = torch.Generator().manual_seed(config.seed)
     pixels = uint8_to_frames(clips)
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
+    start = _restore_autoencoder(checkpoints / "latest", vae, optimizer, generator) if checkpoints and resume else 0
     losses = []
-    for _ in tqdm(range(config.vae_steps), desc="training autoencoder", disable=not progress):
+    steps = range(start, config.vae_steps)
+    for step in tqdm(steps, desc="training autoencoder", disable=not progress, initial=start, total=config.vae_steps):
         batch = _autoencoder_batch(pixels, config, generator)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator)).sample
@@ -206,8 +219,35 @@ def train_autoencoder(vae: torch.nn.Module, clips: np.ndarray, config: BaseModel
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if checkpoints is not None and (step + 1) % config.checkpoint_every == 0:
+            _save_autoencoder(checkpoints / "latest", step + 1, vae, optimizer, generator)
     vae.eval().requires_grad_(False)
     return losses
+
+
+def _save_autoencoder(folder: Path, step: int, vae, optimizer, generator: torch.Generator) -> None:
+    tensors, layout = optimizer_tensors(optimizer)
+    with atomic_directory(folder) as staging:
+        save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(staging / "vae.safetensors"))
+        save_file({**tensors, "rng.generator": generator.get_state()}, str(staging / "optimizer.safetensors"))
+        (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
+
+
+def _restore_autoencoder(folder: Path, vae, optimizer, generator: torch.Generator) -> int:
+    """Load an autoencoder checkpoint; returns its step (0 when there is none). A checkpoint without optimizer
+    state (e.g. made from a saved autoencoder to go on training it under a changed recipe) starts a fresh one."""
+    if not (folder / "state.json").is_file():
+        return 0
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
+        if (folder / "optimizer.safetensors").is_file():
+            tensors = load_file(str(folder / "optimizer.safetensors"))
+            generator.set_state(tensors.pop("rng.generator"))
+            load_optimizer(optimizer, tensors, state["optimizer"])
+        return int(state["step"])
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ConfigError(f"{folder}: damaged autoencoder checkpoint ({' '.join(str(error).split())})") from None
 
 
 def _tuples(values: dict) -> dict:
@@ -383,8 +423,9 @@ def build_base_model(
         folder = _untrained_model(stage / "untrained", config)
         backbone = controlled_backbone(folder, "cpu")
         videos = np.stack([r.frames for r in rendered])
-        losses = train_autoencoder(backbone.vae, videos, config, progress)
-        summary["autoencoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
+        losses = train_autoencoder(backbone.vae, videos, config, progress, stage / "autoencoder-training", resume)
+        if losses:
+            summary["autoencoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
         summary["latent_normalisation"] = _normalise_latents(backbone.vae, videos, config)
         with atomic_directory(untrained) as staging:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
