@@ -420,7 +420,7 @@ def build_base_model(
             with atomic_directory(untrained) as staging:
                 shutil.copytree(init, staging, dirs_exist_ok=True)
     elif not staged:
-        folder = _untrained_model(stage / "untrained", config)
+        folder = untrained_model(stage / "untrained", config)
         backbone = controlled_backbone(folder, "cpu")
         videos = np.stack([r.frames for r in rendered])
         losses = train_autoencoder(backbone.vae, videos, config, progress, stage / "autoencoder-training", resume)
@@ -473,7 +473,7 @@ def build_base_model(
     return summary
 
 
-def _untrained_model(folder: Path, config: BaseModelConfig) -> Path:
+def untrained_model(folder: Path, config: BaseModelConfig) -> Path:
     """The recipe's model folder with random weights, in its architecture's diffusers layout."""
     words = [*VOCABULARY, *config.tokens]
     common = {"words": words, "text_length": 16, "text_hidden_size": config.text_hidden_size, "seed": config.seed}
