@@ -83,6 +83,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), 1).close()
@@ -130,8 +141,9 @@ def _wait(condition, timeout: float, what: str):
 
 
 def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_path):
-    """Upload a clip, train two adapters a few steps, generate with both composed (the video plays: duration > 0),
-    compare with and without one; then a page reload and an app restart find the workspace as it was."""
+    """Upload a clip, train two adapters a few steps, generate with both composed (the video plays: duration > 0;
+    the server serves it, and nothing outside the workspace), compare with and without one; then a page reload and
+    an app restart find the workspace as it was."""
     from selenium.webdriver.common.by import By
 
     model = tmp_path / "model"
@@ -179,6 +191,10 @@ def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_pat
         assert duration > 0
         generations = [j for j in JobQueue(Workspace(workspace), start=False).jobs() if j.kind == "generate"]
         assert generations[-1].command.count("--adapter") == 2, "both adapters composed in one generation"
+        served = generations[-1].outputs["video"]
+        assert _status(f"{url}gradio_api/file={served}") == 200
+        for outside in ("/etc/passwd", Path(__file__).resolve(), model / "model_index.json"):
+            assert _status(f"{url}gradio_api/file={outside}") == 403, f"{outside} must not be served"
         if SCREENSHOTS:
             browser.save_screenshot(str(Path(SCREENSHOTS) / "app-generate.png"))
 
