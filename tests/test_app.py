@@ -77,6 +77,28 @@ def test_jobs_run_one_at_a_time_report_errors_cancel_and_survive_a_restart(tmp_p
     assert [job.title for job in restarted.jobs()] == ["ok", "bad", "slow", "never"]
 
 
+def test_app_events_refuse_a_taken_name_before_keeping_an_upload_and_too_many_comparisons(tiny_model_dir, tmp_path):
+    from motiontune.app.webapp import MotiontuneApp
+    from motiontune.errors import MotiontuneError
+
+    workspace = Workspace(tmp_path / "ws")
+    app = MotiontuneApp(Path(tiny_model_dir), workspace, JobQueue(workspace, start=False), None, None)
+    clip = write_video(render(Clip("circle", "red", "white", "zigzag"), 4, 32).frames, tmp_path / "z.mp4")
+    job = app.teach([clip], "", "newmove", "mine", "a red circle doing sks", "sks", "2", "", "")
+    assert job.total_steps == 2 and "--steps" in job.command and "--lr" not in job.command
+    with pytest.raises(MotiontuneError, match="a queued training already uses it"):
+        app.teach([clip], "", "newmove", "mine", "a red circle doing sks", "sks", "", "", "")
+    with pytest.raises(MotiontuneError, match="steps: expected a number, got 'many'"):
+        app.teach([clip], "", "newmove", "other", "a red circle doing sks", "sks", "many", "", "")
+    assert len(list((workspace.root / "uploads").iterdir())) == 1
+    for name in ("a", "b", "c"):
+        (workspace.root / "adapters" / name).mkdir()
+        (workspace.root / "adapters" / name / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(MotiontuneError, match="tick one or two adapters"):
+        app.compare("a prompt", ["a", "b", "c"], "0", None)
+    assert len(app.compare("a prompt", ["a", "b"], "0", None)) == 5  # none, a, b, a + b, and the evaluation
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -76,18 +76,25 @@ class MotiontuneApp:
 
     # --- teach ---------------------------------------------------------------------------------------
     def teach(self, files, example, method, name, caption, token, steps, learning_rate, batch_size) -> Job:
-        """Queue a training: uploaded clips (captioned) or the bundled example of `example`."""
-        if example:
-            data = bundled_example(self.workspace, self.model, example)
-        else:
-            data = self.workspace.save_videos([Path(getattr(f, "name", f)) for f in files or []], caption or "")
+        """Queue a training: uploaded clips (captioned) or the bundled example of `example`. The name is checked
+        first (free in the workspace and among queued trainings) and the numbers next, so a refusal keeps no
+        upload."""
         run = self.workspace.adapter_folder(name or "")
-        arguments = ["train", "--method", method, "--model", self.model, "--data", data, "--output", run]
-        arguments += ["--token", token or "sks", "--checkpoint-every", "0", "--quiet"]
+        pending = [j for j in self.queue.jobs() if j.kind == "train" and j.state in (QUEUED, RUNNING)]
+        if any(Path(j.outputs["run"]) == run for j in pending):
+            raise MotiontuneError(f"adapter name '{name}': a queued training already uses it; choose another")
+        numbers = []
         for option, value in (("--steps", steps), ("--lr", learning_rate), ("--batch-size", batch_size)):
             number = _number(value, option.removeprefix("--"))
             if number is not None:
-                arguments += [option, number if option == "--lr" else int(number)]
+                numbers += [option, number if option == "--lr" else int(number)]
+        if example:
+            data = bundled_example(self.workspace, self.model, example)
+        else:
+            paths = [Path(f) if isinstance(f, str | os.PathLike) else Path(f.name) for f in files or []]
+            data = self.workspace.save_videos(paths, caption or "")
+        arguments = ["train", "--method", method, "--model", self.model, "--data", data, "--output", run]
+        arguments += ["--token", token or "sks", "--checkpoint-every", "0", "--quiet", *numbers]
         total = int(_number(steps) or 0) or method_defaults(self.model, method).get("steps")
         outputs = {"run": str(run), "adapter": str(run / "adapter.safetensors")}
         return self.queue.submit("train", f"{method}: {run.name}", motiontune_command(*arguments), outputs, total)
@@ -126,6 +133,8 @@ class MotiontuneApp:
         variants = [("no adapter", [])] + [(name, [name]) for name in adapters]
         if len(adapters) > 1:
             variants.append(("all: " + " + ".join(adapters), adapters))
+        if len(variants) > COMPARE_SLOTS:
+            raise MotiontuneError(f"Compare shows {COMPARE_SLOTS} videos: tick one or two adapters")
         group = f"compare-{int(time.time() * 1000)}"
         jobs = [self.generate(prompt, chosen, "", "", seed, steps, group, label) for label, chosen in variants]
         report = self.workspace.root / "videos" / group / "evaluation"
