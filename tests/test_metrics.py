@@ -85,6 +85,11 @@ def test_dmt_formula_on_hand_made_tracks():
     still = tracks.Tracks(np.full((1, 3, 2), 30.0), np.ones((1, 3), bool), (100, 100))
     assert tracks.motion_fidelity(reference, still) == 0.0
     assert np.isnan(tracks.motion_fidelity(still, generated))
+    # two generated tracks both moving right: each finds the reference's right track (one-sided 1); the reference's
+    # down track finds none of them (0), so the two-sided score is (1 + (1 + 0) / 2) / 2
+    only_right = tracks.Tracks(np.stack([right, right + 5]) + 20, np.ones((2, 3), bool), (100, 100))
+    assert tracks.motion_fidelities(reference, only_right) == pytest.approx((1.0, 0.75))
+    assert tracks.motion_fidelity(reference, only_right, two_sided=True) == pytest.approx(0.75)
 
 
 def test_a_tracker_plugs_in_by_name_and_bad_names_are_one_line():
@@ -99,8 +104,10 @@ def test_a_tracker_plugs_in_by_name_and_bad_names_are_one_line():
 @pytest.mark.parametrize("speed", [(-0.3, 0.1), (0.2, 0.1), (0.4, -0.1)])
 def test_camera_travel_of_a_known_pan_is_measured_within_0_02_of_the_frame(speed):
     video = _clip("static", "circle", background="textured", size="small", camera=speed, texture_seed=3)
-    assert flow.camera_error(video, speed) < 0.02
-    assert flow.camera_error(video, (-speed[0], -speed[1])) > 0.3
+    travel = flow.camera_motion(video)
+    assert flow.camera_error(travel, speed) < 0.02
+    assert flow.camera_error(travel, (-speed[0], -speed[1])) > 0.3
+    np.testing.assert_allclose(flow.camera_motion(video, flows=flow.optical_flow(video)), travel)
 
 
 def test_dynamic_degree_tells_a_still_video_from_a_moving_one():
@@ -144,12 +151,17 @@ def test_clip_scores_match_a_hand_computation(embedding_folders):
         tokens = processor(text=[prompt], return_tensors="pt", padding=True)
         text = clip.model.get_text_features(**tokens).pooler_output
     by_hand = torch.nn.functional.cosine_similarity(image, text).numpy()
-    np.testing.assert_allclose(embeddings.text_similarity(clip, video, prompt), by_hand, atol=1e-5)
+    frames = clip.images(list(video))
+    np.testing.assert_allclose(embeddings.text_similarity(frames, clip.texts([prompt])[0]), by_hand, atol=1e-5)
     consecutive = torch.nn.functional.cosine_similarity(image[:-1], image[1:]).numpy()
-    np.testing.assert_allclose(embeddings.consecutive_similarity(clip, video), consecutive, atol=1e-5)
-    still = np.repeat(video[:1], 4, axis=0)
-    np.testing.assert_allclose(embeddings.consecutive_similarity(clip, still), 1.0, atol=1e-5)
-    np.testing.assert_allclose(embeddings.reference_similarity(clip, video, video), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embeddings.consecutive_similarity(frames), consecutive, atol=1e-5)
+    still = clip.images(list(np.repeat(video[:1], 4, axis=0)))
+    np.testing.assert_allclose(embeddings.consecutive_similarity(still), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embeddings.reference_similarity(frames, frames), 1.0, atol=1e-5)
+    # a reference of another length is read at the same points in time: a 2x slower copy matches frame for frame
+    slower = clip.images(list(np.repeat(video, 2, axis=0)[: 2 * len(video) - 1]))
+    np.testing.assert_allclose(embeddings.reference_similarity(frames, slower), 1.0, atol=1e-5)
+    assert embeddings.matching_frames(9, 5).tolist() == [0, 2, 4, 6, 8]
 
 
 def test_subject_similarity_crops_each_frame_at_its_box(embedding_folders):
@@ -159,9 +171,10 @@ def test_subject_similarity_crops_each_frame_at_its_box(embedding_folders):
     crops = embeddings.box_crops(video, boxes)
     assert crops[0].shape == (32, 32, 3)
     subject = video[0, 16:48, 16:48]
-    scores = embeddings.subject_similarity(dino, video, [subject], boxes)
+    subject_embedding = dino.images([subject])
+    scores = embeddings.subject_similarity(dino.images(crops), subject_embedding)
     assert scores[0] == pytest.approx(1.0, abs=1e-5)
-    whole = embeddings.subject_similarity(dino, video, [subject])
+    whole = embeddings.subject_similarity(dino.images(list(video)), subject_embedding)
     assert whole.shape == (FRAMES,) and not np.allclose(whole, scores)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..control import read_script
@@ -88,45 +89,58 @@ def _mean(values) -> float:
     return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else math.nan
 
 
+@dataclass
+class Reference:
+    """What every video is compared with, computed once: the reference video, its tracks and its frames' embeddings
+    per model, and the subject images' embeddings per model."""
+
+    video: np.ndarray | None = None
+    tracks: tracks.Tracks | None = None
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    subject_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 def evaluate_video(
     video: np.ndarray,
     inputs: EvaluationInputs,
     prompt: str | None,
     models: dict[str, embeddings.Embedder],
-    reference: np.ndarray | None,
-    reference_tracks: tracks.Tracks | None,
-    subject_images: list[np.ndarray],
+    reference: Reference,
     tracker: tracks.Tracker,
 ) -> dict:
-    """Every score the inputs allow for one video `(F, H, W, 3)` uint8: `{"scores": {...}, "per_frame": {...}}`."""
+    """Every score the inputs allow for one video `(F, H, W, 3)` uint8: `{"scores": {...}, "per_frame": {...}}`.
+    Each model embeds the video's frames once; the optical flow is computed once."""
     scores: dict[str, float] = {}
     per_frame: dict[str, list[float]] = {}
     boxes = _script_boxes(inputs.boxes, len(video)) if inputs.boxes is not None else None
-    clip = models.get("CLIP")
-    if clip is not None and prompt:
-        per_frame["clip_t"] = embeddings.text_similarity(clip, video, prompt).tolist()
     for name, model in models.items():
-        per_frame[f"temporal_consistency_{name.lower()}"] = embeddings.consecutive_similarity(model, video).tolist()
-        if subject_images:
-            first_subject = None if boxes is None else boxes[:, 0]
-            similarity = embeddings.subject_similarity(model, video, subject_images, first_subject)
-            per_frame[f"r_{name.lower()}"] = similarity.tolist()
-        if reference is not None:
-            per_frame[f"leakage_{name.lower()}"] = embeddings.reference_similarity(model, video, reference).tolist()
+        key = name.lower()
+        frames = model.images(list(video))
+        if name == "CLIP" and prompt:
+            per_frame["clip_t"] = embeddings.text_similarity(frames, model.texts([prompt])[0]).tolist()
+        per_frame[f"temporal_consistency_{key}"] = embeddings.consecutive_similarity(frames).tolist()
+        if name in reference.subject_embeddings:
+            regions = frames if boxes is None else model.images(embeddings.box_crops(video, boxes[:, 0]))
+            similarity = embeddings.subject_similarity(regions, reference.subject_embeddings[name])
+            per_frame[f"r_{key}"] = similarity.tolist()
+        if name in reference.embeddings:
+            per_frame[f"leakage_{key}"] = embeddings.reference_similarity(frames, reference.embeddings[name]).tolist()
     for key, values in per_frame.items():
         scores[key] = _mean(values)
     result: dict = {"frames": len(video), "height": video.shape[1], "width": video.shape[2]}
-    if reference_tracks is not None:
+    if reference.tracks is not None:
         generated_tracks = tracker(video)
-        scores["motion_fidelity"] = tracks.motion_fidelity(reference_tracks, generated_tracks)
-        result["motion_fidelity_two_sided"] = tracks.motion_fidelity(reference_tracks, generated_tracks, two_sided=True)
-        result["moving_tracks"] = len(generated_tracks.complete(moving=0.02))
+        scores["motion_fidelity"], result["motion_fidelity_two_sided"] = tracks.motion_fidelities(
+            reference.tracks, generated_tracks
+        )
+        result["moving_tracks"] = len(generated_tracks.complete(moving=tracks.MOVING))
         result["_tracks"] = generated_tracks
-    travel = flow.camera_motion(video, boxes)
+    flows = flow.optical_flow(video)
+    travel = flow.camera_motion(video, boxes, flows)
     result["camera_motion"] = travel.tolist()
     if inputs.camera_speed is not None:
-        scores["camera_error"] = float(np.linalg.norm(travel - np.asarray(inputs.camera_speed)))
-    dynamic = flow.dynamic_degree(video)
+        scores["camera_error"] = flow.camera_error(travel, inputs.camera_speed)
+    dynamic = flow.dynamic_degree(video, flows)
     scores["dynamic_degree"] = float(dynamic["dynamic"])
     result.update(flow_magnitude=dynamic["flow_magnitude"], moving_pairs=dynamic["moving_pairs"])
     return {**result, "scores": scores, "per_frame": per_frame}
@@ -156,9 +170,14 @@ def evaluate_videos(
             skipped.append(reason)
         else:
             models[name] = model
-    reference = read_native_video(inputs.reference) if inputs.reference is not None else None
-    reference_tracks = tracker(reference) if reference is not None else None
-    if reference is None:
+    reference = Reference()
+    if inputs.reference is not None:
+        reference.video = read_native_video(inputs.reference)
+        reference.tracks = tracker(reference.video)
+        reference.embeddings = {name: model.images(list(reference.video)) for name, model in models.items()}
+    if subject_images:
+        reference.subject_embeddings = {name: model.images(subject_images) for name, model in models.items()}
+    if reference.video is None:
         skipped.append("motion fidelity and appearance leakage skipped: no --reference video given")
     if not subject_images:
         skipped.append("R-CLIP / R-DINO skipped: no --subject-images folder given")
@@ -168,7 +187,7 @@ def evaluate_videos(
     for index, path in enumerate(tqdm(videos, desc="evaluating", disable=not progress)):
         video = read_native_video(path)
         prompt = inputs.prompts[index] if inputs.prompts is not None else None
-        row = evaluate_video(video, inputs, prompt, models, reference, reference_tracks, subject_images, tracker)
+        row = evaluate_video(video, inputs, prompt, models, reference, tracker)
         row["_video"] = video
         rows.append({"video": str(path), "prompt": prompt, **row})
     names = [key for key in SCORES if any(key in row["scores"] for row in rows)]
@@ -189,7 +208,7 @@ def evaluate_videos(
         for index, row in enumerate(rows):
             if "_tracks" in row:
                 name = f"tracks-{index:02d}-{Path(row['video']).stem}.png"
-                draw_tracks(reference, reference_tracks, row["_video"], row["_tracks"], staging / name)
+                draw_tracks(reference.video, reference.tracks, row["_video"], row["_tracks"], staging / name)
     return report
 
 
@@ -250,7 +269,7 @@ def _track_panel(video: np.ndarray, found: tracks.Tracks, height: int = 256, mos
     blue to red in time."""
     scale = height / video.shape[1]
     panel = cv2.resize(video[0], (round(video.shape[2] * scale), height), interpolation=cv2.INTER_NEAREST)
-    usable = found.complete(moving=0.02) * np.array([video.shape[2], video.shape[1]]) * scale
+    usable = found.complete(moving=tracks.MOVING) * np.array([video.shape[2], video.shape[1]]) * scale
     steps = max(1, usable.shape[1] - 2)
     for track in usable[:: max(1, len(usable) // most)]:
         for k in range(len(track) - 1):

@@ -81,15 +81,16 @@ def load_embedder(name: str, folder: Path | None) -> tuple[Embedder | None, str 
     return Embedder(name, folder, model.eval(), processor), None
 
 
-def text_similarity(clip: Embedder, frames: np.ndarray, text: str) -> np.ndarray:
-    """CLIP-T per frame `(F,)`: cos(image embedding of frame k, text embedding of `text`)."""
-    return (clip.images(list(frames)) @ clip.texts([text])[0]).numpy()
+def text_similarity(frames: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    """CLIP-T per frame `(F,)`: cos(image embedding of frame k, text embedding), from unit embeddings `(F, D)` and
+    `(D,)`."""
+    return (frames @ text).numpy()
 
 
-def consecutive_similarity(embedder: Embedder, frames: np.ndarray) -> np.ndarray:
-    """Temporal consistency per frame pair `(F-1,)`: cos(embedding of frame k, embedding of frame k+1)."""
-    embeddings = embedder.images(list(frames))
-    return (embeddings[:-1] * embeddings[1:]).sum(-1).numpy()
+def consecutive_similarity(frames: torch.Tensor) -> np.ndarray:
+    """Temporal consistency per frame pair `(F-1,)`: cos(embedding of frame k, embedding of frame k+1), from unit
+    embeddings `(F, D)`."""
+    return (frames[:-1] * frames[1:]).sum(-1).numpy()
 
 
 def box_crops(frames: np.ndarray, boxes: np.ndarray | None) -> list[np.ndarray]:
@@ -110,18 +111,18 @@ def box_crops(frames: np.ndarray, boxes: np.ndarray | None) -> list[np.ndarray]:
     return crops
 
 
-def subject_similarity(
-    embedder: Embedder, frames: np.ndarray, subject_images: list[np.ndarray], boxes: np.ndarray | None = None
-) -> np.ndarray:
-    """R-CLIP / R-DINO per frame `(F,)`: the mean over subject images of cos(frame k's subject region, image)."""
-    regions = embedder.images(box_crops(frames, boxes))
-    references = embedder.images(subject_images)
-    return (regions @ references.T).mean(-1).numpy()
+def subject_similarity(regions: torch.Tensor, subject_images: torch.Tensor) -> np.ndarray:
+    """R-CLIP / R-DINO per frame `(F,)`: the mean over subject images of cos(frame k's subject region, image), from
+    unit embeddings of the regions `(F, D)` (`box_crops`) and of the images `(I, D)`."""
+    return (regions @ subject_images.T).mean(-1).numpy()
 
 
-def reference_similarity(embedder: Embedder, frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Appearance leakage per frame `(F,)`: cos(generated frame k, the reference frame at the same point in time)
-    (the reference's frames picked evenly when the lengths differ)."""
-    picks = np.linspace(0, len(reference) - 1, len(frames)).round().astype(int)
-    generated, referenced = embedder.images(list(frames)), embedder.images(list(reference[picks]))
-    return (generated * referenced).sum(-1).numpy()
+def matching_frames(reference_frames: int, frames: int) -> np.ndarray:
+    """The reference frame at the same point in time as each of `frames` frames (picked evenly)."""
+    return np.linspace(0, reference_frames - 1, frames).round().astype(int)
+
+
+def reference_similarity(frames: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """Appearance leakage per frame `(F,)`: cos(generated frame k, the reference frame at the same point in time),
+    from unit embeddings of the generated frames `(F, D)` and of the reference's frames `(F', D)`."""
+    return (frames * reference[matching_frames(len(reference), len(frames))]).sum(-1).numpy()

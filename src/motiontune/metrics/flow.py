@@ -37,11 +37,14 @@ def optical_flow(video: np.ndarray) -> np.ndarray:
     return np.stack(flows) if flows else np.zeros((0, *grey.shape[1:], 2), dtype=np.float32)
 
 
-def background_motion(video: np.ndarray, keep: np.ndarray | None = None, margin: int | None = None) -> np.ndarray:
+def background_motion(
+    video: np.ndarray, keep: np.ndarray | None = None, margin: int | None = None, flows: np.ndarray | None = None
+) -> np.ndarray:
     """Per-frame motion of the background `(F-1, 2)`: the mean flow from frame k to k+1 over pixels that are
     background in both (`keep` `(F, H, W)`, default all) and at least `margin` pixels (default H/8) inside the
-    border, where new content enters; divided by the frame width and height."""
-    flows = optical_flow(video)
+    border, where new content enters; divided by the frame width and height. `flows`: the video's `optical_flow`
+    when already computed."""
+    flows = optical_flow(video) if flows is None else flows
     h, w = np.asarray(video).shape[1:3]
     margin = max(2, min(h, w) // 8) if margin is None else margin
     inner = np.zeros((h, w), dtype=bool)
@@ -69,27 +72,28 @@ def outside_boxes(boxes: np.ndarray, size: tuple[int, int], margin: int) -> np.n
     return keep
 
 
-def camera_motion(video: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
+def camera_motion(video: np.ndarray, boxes: np.ndarray | None = None, flows: np.ndarray | None = None) -> np.ndarray:
     """How far the camera travels over the video `(2,)`, as fractions of the frame width and height (positive x:
     the camera pans right and the content moves left; MotionBooth's `camera_speed` convention): minus the summed
     background motion, the background being the pixels outside the subjects' `boxes` `(F, S, 4)` when given."""
     video = np.asarray(video)
     margin = max(2, min(video.shape[1:3]) // 8)
     keep = None if boxes is None else outside_boxes(boxes, video.shape[1:3], margin)
-    return -background_motion(video, keep, margin).sum(0)
+    return -background_motion(video, keep, margin, flows).sum(0)
 
 
-def camera_error(video: np.ndarray, requested: Sequence[float], boxes: np.ndarray | None = None) -> float:
+def camera_error(travel: Sequence[float], requested: Sequence[float]) -> float:
     """Euclidean distance, in fractions of the frame, between the camera travel measured (`camera_motion`) and the
     `requested` camera speed (dx, dy)."""
-    return float(np.linalg.norm(camera_motion(video, boxes) - np.asarray(requested, dtype=float)))
+    return float(np.linalg.norm(np.asarray(travel, dtype=float) - np.asarray(requested, dtype=float)))
 
 
-def dynamic_degree(video: np.ndarray) -> dict[str, float | bool]:
+def dynamic_degree(video: np.ndarray, flows: np.ndarray | None = None) -> dict[str, float | bool]:
     """VBench's dynamic degree with DIS flow in place of RAFT: per frame pair the mean of its largest 5% flow
     magnitudes; `moving_pairs` counts the pairs above 6 pixels at 256 (scaled with the shorter side), `dynamic` is
-    whether they reach 4 per 16 frames, `flow_magnitude` is the mean over pairs in fractions of the shorter side."""
-    flows = optical_flow(video)
+    whether they reach 4 per 16 frames, `flow_magnitude` is the mean over pairs in fractions of the shorter side.
+    `flows`: the video's `optical_flow` when already computed."""
+    flows = optical_flow(video) if flows is None else flows
     short = min(flows.shape[1:3])
     magnitude = np.linalg.norm(flows, axis=-1).reshape(len(flows), -1)
     top = np.sort(magnitude, axis=1)[:, -max(1, magnitude.shape[1] // 20) :].mean(1)

@@ -28,6 +28,9 @@ import numpy as np
 from ..errors import ConfigError
 from .flow import grey_frames
 
+#: tracks that get this far (a fraction of the frame) from where they start carry motion; the rest is background
+MOVING = 0.02
+
 
 @dataclass(frozen=True)
 class Tracks:
@@ -135,20 +138,26 @@ def track_correlations(reference: np.ndarray, generated: np.ndarray, still: floa
 
 
 def motion_fidelity(
-    reference: Tracks, generated: Tracks, still: float = 0.002, moving: float = 0.02, two_sided: bool = False
+    reference: Tracks, generated: Tracks, still: float = 0.002, moving: float = MOVING, two_sided: bool = False
 ) -> float:
     """DMT's motion fidelity of `generated` against `reference`, in [-1, 1], on the tracks each video follows
     through every frame and that move: at least `moving` (a fraction of the frame) from where they start. A static
     background holds no motion to compare, and would otherwise match any other static background perfectly. NaN
     when the reference has no such track, 0 when the generated video has none (it reproduced no motion).
     `still`: displacements shorter than this fraction of the frame per frame count as no motion."""
+    one_sided, both_sided = motion_fidelities(reference, generated, still, moving)
+    return both_sided if two_sided else one_sided
+
+
+def motion_fidelities(
+    reference: Tracks, generated: Tracks, still: float = 0.002, moving: float = MOVING
+) -> tuple[float, float]:
+    """The one-sided and the two-sided `motion_fidelity` from one matrix of track correlations."""
     ref, gen = reference.complete(moving), generated.complete(moving)
     if len(ref) == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     if len(gen) == 0:
-        return 0.0
+        return 0.0, 0.0
     correlations = track_correlations(ref, gen, still)
-    score = correlations.max(axis=1).mean()
-    if two_sided:
-        score = (score + correlations.max(axis=0).mean()) / 2
-    return float(score)
+    one_sided = correlations.max(axis=1).mean()
+    return float(one_sided), float((one_sided + correlations.max(axis=0).mean()) / 2)
