@@ -84,15 +84,24 @@ def test_evaluation_reports_accuracies(smoke_model):
     assert 0.0 <= summary["novel_motion_produced"] <= 1.0
 
 
-def test_autoencoder_evaluation_scores_reconstructions_from_the_command_line(smoke_model, capsys):
+def test_autoencoder_evaluation_scores_reconstructions_from_the_command_line(smoke_model, capsys, tmp_path):
     """`world evaluate --autoencoder` on the recipe's autoencoder stage (no recipe.json there: the native clip
-    comes from its motiontune.json) and on the model; an untrained 3-step autoencoder is far from its input."""
+    comes from its motiontune.json), on the model, and on the last autoencoder checkpoint of the training (the
+    same weights as the stage: the same scores); an untrained 3-step autoencoder is far from its input."""
     output, _ = smoke_model
-    for model in (output / "stages" / "autoencoded", output / "model"):
+    checkpoint = output / "stages" / "autoencoder-training" / "latest"
+    summaries = []
+    for model in (output / "stages" / "autoencoded", output / "model", checkpoint):
         assert main(["world", "evaluate", "--autoencoder", "--model", str(model), "--prompts", "2", "--quiet"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["clips"] == 2 and set(summary) >= {"colour_accuracy", "shape_accuracy", "motion_accuracy"}
         assert summary["mse"] > 0.01
+        summaries.append(summary)
+    assert summaries[2]["mse"] == pytest.approx(summaries[0]["mse"], rel=1e-4)
+    alone = tmp_path / "moved" / "latest"
+    shutil.copytree(checkpoint, alone)
+    assert main(["world", "evaluate", "--autoencoder", "--model", str(alone), "--quiet"]) == 2
+    assert "an autoencoder checkpoint without its recipe's" in capsys.readouterr().err
 
 
 def test_zero_terminal_snr_recipe_trains_and_samples_from_pure_noise(smoke_model):

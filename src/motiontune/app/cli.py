@@ -405,7 +405,8 @@ def _add_world_command(commands: argparse._SubParsersAction) -> None:
         "--autoencoder",
         action="store_true",
         help="score the autoencoder instead: --prompts held-out clips encoded and decoded (what it loses caps the "
-        "model's accuracies); works on a recipe's stages/autoencoded folder before the denoiser trains",
+        "model's accuracies); --model may then be a recipe's stages/autoencoded folder before the denoiser trains, or "
+        "an autoencoder checkpoint in training (OUTPUT/stages/autoencoder-training/latest)",
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument(

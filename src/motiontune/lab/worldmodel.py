@@ -233,15 +233,16 @@ def _save_autoencoder(folder: Path, step: int, vae, optimizer, generator: torch.
         (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
 
 
-def _restore_autoencoder(folder: Path, vae, optimizer, generator: torch.Generator) -> int:
+def _restore_autoencoder(folder: Path, vae, optimizer, generator: torch.Generator | None) -> int:
     """Load an autoencoder checkpoint; returns its step (0 when there is none). A checkpoint without optimizer
-    state (e.g. made from a saved autoencoder to go on training it under a changed recipe) starts a fresh one."""
+    state (e.g. made from a saved autoencoder to go on training it under a changed recipe) starts a fresh one;
+    without an `optimizer` only the weights load."""
     if not (folder / "state.json").is_file():
         return 0
     try:
         state = json.loads((folder / "state.json").read_text())
         vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
-        if (folder / "optimizer.safetensors").is_file():
+        if optimizer is not None and (folder / "optimizer.safetensors").is_file():
             tensors = load_file(str(folder / "optimizer.safetensors"))
             generator.set_state(tensors.pop("rng.generator"))
             load_optimizer(optimizer, tensors, state["optimizer"])
@@ -325,8 +326,17 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
     """Score the model's autoencoder: held-out clips (known motions and shapes, an independent seed) at the
     model's native size, encoded and decoded, then read by the analytic metrics as a sample would be. What the
     autoencoder loses (a shape's corners, a frame's position inside a latent frame) no denoiser can give back,
-    so these accuracies cap the base model's."""
+    so these accuracies cap the base model's. `model` may also be an autoencoder checkpoint of a recipe in
+    training (`OUTPUT/stages/autoencoder-training/latest`): its weights are scored in the recipe's untrained model."""
+    model = Path(model)
+    checkpoint = model if (model / "state.json").is_file() and (model / "vae.safetensors").is_file() else None
+    if checkpoint is not None:
+        model = checkpoint.parent.parent / "untrained"
+        if not (model / "model_index.json").is_file():
+            raise ConfigError(f"{checkpoint}: an autoencoder checkpoint without its recipe's {model} beside it")
     backbone = controlled_backbone(model, default_device())
+    if checkpoint is not None:
+        _restore_autoencoder(checkpoint, backbone.vae, None, None)
     frames, size = native_clip(model)
     scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
     errors = []
