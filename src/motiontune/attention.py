@@ -226,6 +226,8 @@ class ControllerState:
 class _Recording:
     select: Callable[[AttentionSite], bool]
     with_grad: bool
+    #: what is kept of a site's map (`(site, canonical view) -> tensor`); the whole view when None
+    reduce: Callable[[AttentionSite, torch.Tensor], torch.Tensor] | None = None
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -280,7 +282,8 @@ class AttentionController:
         (with their graph where the recording trains through them)."""
         view = self.canonical(site, probs)
         for recording in recordings:
-            recording.maps[site.name] = view if recording.with_grad else view.detach()
+            kept = view if recording.with_grad else view.detach()
+            recording.maps[site.name] = kept if recording.reduce is None else recording.reduce(site, kept)
 
     def conditional_rows(self) -> torch.Tensor:
         """Which rows of the current call are conditional (guidance's text rows): what it was told, else all."""
@@ -290,13 +293,19 @@ class AttentionController:
         return context.conditional
 
     @contextlib.contextmanager
-    def record(self, select: Callable[[AttentionSite], bool], with_grad: bool = False) -> Iterator[dict]:
+    def record(
+        self,
+        select: Callable[[AttentionSite], bool],
+        with_grad: bool = False,
+        reduce: Callable[[AttentionSite, torch.Tensor], torch.Tensor] | None = None,
+    ) -> Iterator[dict]:
         """Record attention probabilities of the selected sites during the block; yields `{site: probs}` in each
         site's canonical view (`canonical`): cross-attention `(B, F, heads, h, w, T)`, temporal attention
-        `(B, h, w, heads, F, F)`. A site recorded twice in one block (e.g. recomputed under gradient checkpointing)
-        keeps its last map.
+        `(B, h, w, heads, F, F)`; with `reduce`, what it keeps of each view (batch first, e.g. some tokens averaged
+        over heads), so that a long recording holds no full maps. A site recorded twice in one block (e.g.
+        recomputed under gradient checkpointing) keeps its last map.
         """
-        recording = _Recording(select, with_grad)
+        recording = _Recording(select, with_grad, reduce)
         self._recordings.append(recording)
         try:
             yield recording.maps

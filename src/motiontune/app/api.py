@@ -463,6 +463,7 @@ def generate_video(
     amplify_until: int = 700,
     keep_other_words: bool = False,
     shift_window: tuple[int, int] | None = None,
+    attention_maps: list[str] | None = None,
     allow_other_model: bool = False,
     overwrite: bool = False,
 ) -> GeneratedVideo:
@@ -483,7 +484,11 @@ def generate_video(
     x1, y1, x2, y2 in [0, 1], spread evenly over the video; or a list of `control.SubjectPath`) or
     `camera_speed` (fraction of the frame travelled, dx, dy) are given; `subject` fills its
     '[rare token] [class name]' placeholder. The other control options are those of `control.ControlOptions`.
+
+    `attention_maps`: words of the prompt whose cross-attention maps (`attention_maps.WordAttention`) are drawn over
+    the frames into `OUTPUT.attention.png` (`paths["attention"]`).
     """
+    from ..attention_maps import WordAttention, write_attention_sheet
     from ..control import ControlOptions, control_hooks, motion_script, sampling_timesteps
     from ..generation import GenerationConfig
     from ..generation import generate as run_generation
@@ -497,7 +502,9 @@ def generate_video(
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise ConfigError(f"{output}: output must be an .mp4 path (GIF and PNG are written beside it)")
-    check_output_files(list(output_paths(output).values()), "--output", overwrite)
+    attention_sheet = output.with_suffix(".attention.png")
+    written = [*output_paths(output).values(), *([attention_sheet] if attention_maps else [])]
+    check_output_files(written, "--output", overwrite)
     if reference is not None:
         check_video_source(Path(reference), "--reference")
     if image is not None:
@@ -541,7 +548,13 @@ def generate_video(
     )
     timesteps = sampling_timesteps(backbone, settings.sampler, settings.steps)
     hooks = control_hooks(backbone, motion, settings.frames, timesteps, control, seed)
-    return run_generation(backbone, motion.prompt, output, methods, settings, hooks)
+    if not attention_maps:
+        return run_generation(backbone, motion.prompt, output, methods, settings, hooks)
+    attention = WordAttention(backbone, motion.prompt, attention_maps)
+    with attention.recording():
+        video = run_generation(backbone, motion.prompt, output, methods, settings, [*hooks, attention])
+    video.paths["attention"] = write_attention_sheet(video.frames, attention.maps(), attention_sheet)
+    return video
 
 
 def evaluate(

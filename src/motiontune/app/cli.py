@@ -316,9 +316,19 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
         f"camera drops it, none keeps it as trained {FITTED_SAMPLING.format('object')}",
     )
     generate.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the MP4/GIF")
+    generate.add_argument(
+        "--attention-maps",
+        action="append",
+        default=None,
+        metavar="WORDS",
+        help="also write OUTPUT.attention.png: where these words of the prompt look (their cross-attention, "
+        "averaged over steps, as MotionBooth's box control reads it) over the frames (repeatable)",
+    )
     generate.add_argument("--output", type=Path, default=Path("output.mp4"), help="output MP4 path")
     generate.add_argument(
-        "--overwrite", action="store_true", help="replace the MP4, GIF and PNG if they exist (refused otherwise)"
+        "--overwrite",
+        action="store_true",
+        help="replace the MP4, GIF and PNG (and attention sheet) if they exist (refused otherwise)",
     )
     generate.add_argument("--quiet", action="store_true", help="no progress bars")
     generate.add_argument(
@@ -840,6 +850,7 @@ def run_generate(args: argparse.Namespace) -> int:
         amplify_until=args.amplify_until,
         keep_other_words=args.keep_other_words,
         shift_window=parse_shift_window(args.shift_window) if args.shift_window is not None else None,
+        attention_maps=args.attention_maps,
         overwrite=args.overwrite,
         allow_other_model=args.allow_other_model,
     )
