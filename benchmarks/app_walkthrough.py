@@ -17,11 +17,17 @@ from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
+from motiontune.control import parse_box_option
 from motiontune.io.video import read_native_video
-from motiontune.lab.evaluation import evaluate_video
+from motiontune.lab.evaluation import evaluate_video, mean_box_iou
 from motiontune.lab.shapeworld import Clip
+
+BOXED_PROMPT = "a red circle moving right on a white background"
+#: two keyframe boxes drawn on the canvas (corner clicks, fractions of the frame): top left, then bottom right
+CORNERS = ((0.05, 0.05), (0.45, 0.45), (0.55, 0.55), (0.95, 0.95))
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--screenshots", type=Path, required=True, help="folder for app-teach/generate/compare.png")
@@ -77,6 +83,23 @@ try:
     d.find_element(By.ID, "generate-run").click()
     wait(lambda: ": done" in d.find_element(By.ID, "generate-status").text, 300, "generate")
     timings["generate s"] = round(time.time() - started, 1)
+    # then steer a subject along a path drawn on the canvas, and show where its words look
+    d.find_element(By.CSS_SELECTOR, "#generate-adapters input[name='zigzag-newmove']").click()
+    prompt = d.find_element(By.CSS_SELECTOR, "#generate-prompt textarea")
+    prompt.clear()
+    prompt.send_keys(BOXED_PROMPT)
+    d.find_element(By.CSS_SELECTOR, "#box-words textarea, #box-words input").send_keys("red circle")
+    canvas = d.find_element(By.CSS_SELECTOR, "#box-canvas img")
+    for x, y in CORNERS:
+        offset = (round((x - 0.5) * canvas.size["width"]), round((y - 0.5) * canvas.size["height"]))
+        ActionChains(d).move_to_element_with_offset(canvas, *offset).click().perform()
+        time.sleep(1.5)
+    d.find_element(By.CSS_SELECTOR, "#attention-words textarea, #attention-words input").send_keys("red circle")
+    started = time.time()
+    d.find_element(By.ID, "generate-run").click()
+    wait(lambda: "red circle" in d.find_element(By.ID, "generate-status").text, 30, "the boxed generation queued")
+    wait(lambda: ": done" in d.find_element(By.ID, "generate-status").text, 300, "the boxed generation")
+    timings["boxed generate s"] = round(time.time() - started, 1)
     time.sleep(4)
     d.save_screenshot(str(out / "app-generate.png"))
     d.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Compare')]").click()
@@ -94,7 +117,13 @@ finally:
 print(json.dumps(timings))
 for record in sorted((workspace / "jobs").glob("*/job.json"), key=lambda p: json.loads(p.read_text())["created"]):
     job = json.loads(record.read_text())
-    if job["kind"] == "generate":
+    if job["kind"] == "generate" and "--box" in job["command"]:
+        video = read_native_video(job["outputs"]["video"])
+        path = parse_box_option(job["command"][job["command"].index("--box") + 1])
+        result = evaluate_video(video, Clip("circle", "red", "white", "right"))
+        iou = mean_box_iou(result["boxes"], path.boxes(len(video)).numpy())
+        print(f"{job['title']}: boxes {path.keyframes}, mean box IoU {iou:.2f}, motion {result['motion']}")
+    elif job["kind"] == "generate":
         words = job["title"].split()
         clip = Clip(
             "square", "blue" if "blue" in words else "yellow", "white" if "white" in words else "black", "zigzag"

@@ -99,6 +99,109 @@ def test_app_events_refuse_a_taken_name_before_keeping_an_upload_and_too_many_co
     assert len(app.compare("a prompt", ["a", "b"], "0", None)) == 5  # none, a, b, a + b, and the evaluation
 
 
+def _app(model: Path, tmp_path: Path):
+    from motiontune.app.webapp import MotiontuneApp
+
+    workspace = Workspace(tmp_path / "ws")
+    return MotiontuneApp(Path(model), workspace, JobQueue(workspace, start=False), None, None)
+
+
+def _subject_files(folder: Path) -> list[Path]:
+    """A blue star `star.png` with its mask `star_mask.png` beside it."""
+    from PIL import Image
+
+    star = render(Clip("star", "blue", "gray", "static", "large"), 1, 32)
+    Image.fromarray(star.frames[0]).save(folder / "star.png")
+    Image.fromarray(star.masks[0].astype("uint8") * 255).save(folder / "star_mask.png")
+    return [folder / "star.png", folder / "star_mask.png"]
+
+
+def test_subject_uploads_are_checked_as_train_checks_them_and_a_refusal_keeps_nothing(tmp_path):
+    from PIL import Image
+
+    workspace = Workspace(tmp_path / "ws")
+    star = render(Clip("star", "blue", "gray", "static", "large"), 1, 32)
+    _subject_files(tmp_path)
+    Image.fromarray(star.frames[0]).save(tmp_path / "lonely.png")
+    folder = workspace.save_subject_images([tmp_path / "star.png", tmp_path / "star_mask.png"])
+    assert sorted(p.name for p in folder.iterdir()) == ["star.png", "star_mask.png"]
+    with pytest.raises(InputError, match=r"^lonely\.png: no mask \(expected masks/lonely\.png"):
+        workspace.save_subject_images([tmp_path / "star.png", tmp_path / "star_mask.png", tmp_path / "lonely.png"])
+    with pytest.raises(InputError, match=r"notes\.txt: not an image"):
+        workspace.save_subject_images([tmp_path / "star.png", tmp_path / "notes.txt"])
+    with pytest.raises(InputError, match="no subject images"):
+        workspace.save_subject_images([])
+    assert [p.name for p in (workspace.root / "uploads").iterdir()] == [folder.name]
+
+
+def test_teach_trains_motionbooth_on_the_bundled_subject_or_uploads_and_refuses_mixups(tiny_model_dir, tmp_path):
+    from motiontune.app.webapp import method_defaults
+    from motiontune.errors import MotiontuneError
+    from motiontune.io.subject_data import find_subject_images
+
+    app = _app(tiny_model_dir, tmp_path)
+    assert method_defaults(app.model, "motionbooth")["steps"] > 0  # no class word needed to read the defaults
+    job = app.teach(None, "subject-star", "motionbooth", "star", "", "", "2", "", "")
+    command = [str(part) for part in job.command]
+    assert command[command.index("--class-word") + 1] == "star" and command[command.index("--token") + 1] == "sks"
+    images = Path(command[command.index("--data") + 1])
+    assert len(find_subject_images(images)) == 5
+    assert list(Path(command[command.index("--reg-data") + 1]).glob("*.mp4"))
+    with pytest.raises(MotiontuneError, match="class word: name what the subject is"):
+        app.teach(None, "", "motionbooth", "mine", "", "sks", "", "", "", [images / "x.png"], " ")
+    with pytest.raises(MotiontuneError, match="motionbooth learns a subject"):
+        app.teach(None, "zigzag", "motionbooth", "mine", "", "sks", "", "", "")
+    with pytest.raises(MotiontuneError, match="the bundled subject is for motionbooth"):
+        app.teach(None, "subject-star", "newmove", "mine", "", "sks", "", "", "")
+    uploaded = sorted(images.glob("*.png"))[:1] + sorted((images / "masks").glob("*.png"))[:1]
+    with pytest.raises(MotiontuneError, match="no mask"):  # the mask sits in masks/ upstream, not beside it
+        app.teach(None, "", "motionbooth", "mine", "", "sks", "", "", "", uploaded[:1], "star")
+    assert not list((app.workspace.root / "uploads").iterdir())
+
+
+def test_boxes_drawn_on_the_canvas_become_keyframes_of_the_named_subject(tiny_model_dir, tmp_path):
+    from motiontune.app.webapp import CANVAS_WIDTH
+    from motiontune.control import parse_box_option
+    from motiontune.errors import MotiontuneError
+
+    app = _app(tiny_model_dir, tmp_path)
+    width, height = app.canvas_size()
+    assert width == CANVAS_WIDTH
+    boxes, pending = app.canvas_click("", "red circle", "", 0.1 * width, 0.2 * height)
+    assert (boxes, pending) == ("", "0.100,0.200")
+    boxes, pending = app.canvas_click(boxes, "red circle", pending, 0.4 * width, 0.05 * height)
+    assert (boxes, pending) == ("red circle:0.100,0.050,0.400,0.200", "")
+    for x, y in ((0.9 * width, 0.9 * height), (0.6 * width, 0.5 * height)):
+        boxes, pending = app.canvas_click(boxes, "red circle", pending, x, y)
+    assert parse_box_option(boxes).keyframes == ((0.1, 0.05, 0.4, 0.2), (0.6, 0.5, 0.9, 0.9))
+    assert app.canvas_click(boxes, "blue square", "0.1,0.1", 0.5 * width, 0.5 * height)[0].startswith("blue square:0.1")
+    with pytest.raises(MotiontuneError, match="drag out a larger box"):
+        app.canvas_click(boxes, "red circle", "0.5,0.5", 0.5 * width + 1, 0.5 * height + 1)
+    with pytest.raises(MotiontuneError, match="box words: name the subject"):
+        app.canvas_click(boxes, " ", "", 1, 1)
+    canvas = app.box_canvas(boxes, "0.5,0.5")
+    assert canvas.shape == (height, width, 3)
+    first_left, second_left = round(0.1 * width), round(0.6 * width)
+    rows = slice(round(0.1 * height), round(0.15 * height))
+    assert (canvas[rows, first_left, 2] > 200).all() and (canvas[rows, first_left, 0] < 60).all()  # blue: first
+    rows = slice(round(0.6 * height), round(0.8 * height))
+    assert (canvas[rows, second_left, 0] > 200).all() and (canvas[rows, second_left, 2] < 60).all()  # red: last
+
+
+def test_generate_asks_for_attention_maps_and_compare_reads_shapeworld_videos(tiny_model_dir, tmp_path):
+    app = _app(tiny_model_dir, tmp_path)
+    job = app.generate("a red circle doing sks", [], "", "", "0", "", attention="red circle, sks")
+    command = [str(part) for part in job.command]
+    assert [command[i + 1] for i, part in enumerate(command) if part == "--attention-maps"] == ["red circle", "sks"]
+    assert job.outputs["attention"].endswith(".attention.png")
+    assert app.generate("a red circle", [], "", "", "0", "").outputs["attention"] == ""
+    assert "--shapeworld" not in app.compare("a red circle", [], "0", None)[-1].command
+    shapeworld = tmp_path / "shapeworld"
+    shutil.copytree(tiny_model_dir, shapeworld)
+    (shapeworld / "recipe.json").write_text("{}")
+    assert "--shapeworld" in _app(shapeworld, tmp_path / "2").compare("a red circle", [], "0", None)[-1].command
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -166,7 +269,11 @@ def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_pat
     """Upload a clip, train two adapters a few steps, generate with both composed (the video plays: duration > 0;
     the server serves it, and nothing outside the workspace), compare with and without one; then a page reload and
     an app restart find the workspace as it was."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from motiontune.control import parse_box_option
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -193,11 +300,41 @@ def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_pat
             status = lambda n=name: f"{n}: done" in browser.find_element(By.ID, "teach-status").text  # noqa: E731
             _wait(lambda status=status: status() or _failed(browser), 180, f"training {name}")
         assert "step 2 / 2" in browser.find_element(By.ID, "teach-status").text
+
+        # a subject for MotionBooth: images with their masks
+        method = browser.find_element(By.CSS_SELECTOR, "#teach-method input")
+        method.click()
+        method.send_keys(Keys.CONTROL, "a")
+        method.send_keys("motionbooth", Keys.ENTER)
+        time.sleep(1)
+        assert not browser.find_elements(By.CSS_SELECTOR, ".toast-body.error"), "choosing a method raises nothing"
+        subject = "\n".join(str(path) for path in _subject_files(tmp_path))
+        browser.find_element(By.CSS_SELECTOR, "#teach-subject input[type=file]").send_keys(subject)
+        for field, text in (("class", "star"), ("name", "star"), ("steps", "2")):
+            box = browser.find_element(By.CSS_SELECTOR, f"#teach-{field} textarea, #teach-{field} input")
+            box.clear()
+            box.send_keys(text)
+        time.sleep(1)
+        browser.find_element(By.ID, "teach-train").click()
+        subject_done = lambda: "motionbooth: star: done" in browser.find_element(By.ID, "teach-status").text  # noqa: E731
+        _wait(lambda: subject_done() or _failed(browser), 180, "training the subject")
         if SCREENSHOTS:
             browser.save_screenshot(str(Path(SCREENSHOTS) / "app-teach.png"))
 
         browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Generate')]").click()
         browser.find_element(By.CSS_SELECTOR, "#generate-prompt textarea").send_keys("a red circle doing sks")
+        browser.find_element(By.CSS_SELECTOR, "#box-words textarea, #box-words input").send_keys("red circle")
+        canvas = browser.find_element(By.CSS_SELECTOR, "#box-canvas img")
+        size = canvas.size
+        for dx, dy in ((-0.3, -0.3), (0.0, 0.0)):  # from the canvas's centre: corners at 0.2 and 0.5 of the frame
+            offset = (round(dx * size["width"]), round(dy * size["height"]))
+            ActionChains(browser).move_to_element_with_offset(canvas, *offset).click().perform()
+            time.sleep(1.5)
+        drawn = browser.find_element(By.CSS_SELECTOR, "#boxes textarea, #boxes input")
+        _wait(lambda: drawn.get_attribute("value"), 30, "the box drawn on the canvas")
+        (box,) = parse_box_option(drawn.get_attribute("value")).keyframes
+        assert box == pytest.approx((0.2, 0.2, 0.5, 0.5), abs=0.02)
+        browser.find_element(By.CSS_SELECTOR, "#attention-words textarea, #attention-words input").send_keys("circle")
         for name in ("first", "second"):
             box = f"#generate-adapters input[name='{name}']"
             _wait(lambda box=box: browser.find_elements(By.CSS_SELECTOR, box), 30, f"adapter {name} on the page")
@@ -211,8 +348,10 @@ def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_pat
             "the video's metadata",
         )
         assert duration > 0
+        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#generate-attention img"), 30, "the attention maps")
         generations = [j for j in JobQueue(Workspace(workspace), start=False).jobs() if j.kind == "generate"]
         assert generations[-1].command.count("--adapter") == 2, "both adapters composed in one generation"
+        assert "--box" in generations[-1].command and "--attention-maps" in generations[-1].command
         served = generations[-1].outputs["video"]
         assert _status(f"{url}gradio_api/file={served}") == 200
         for outside in ("/etc/passwd", Path(__file__).resolve(), model / "model_index.json"):
@@ -236,5 +375,5 @@ def test_teach_generate_and_compare_in_chromium(browser, tiny_model_dir, tmp_pat
         server.terminate()
         server.wait(30)
     restarted = Workspace(workspace)
-    assert set(restarted.adapters()) == {"first", "second"}
+    assert set(restarted.adapters()) == {"first", "second", "star"}
     assert all(job.state == DONE for job in JobQueue(restarted, start=False).jobs())

@@ -268,3 +268,43 @@ def test_real_reference_videos_score_sanely(reference_videos):
     assert tracks.motion_fidelity(found, found) == pytest.approx(1.0)
     assert tracks.motion_fidelity(found, tracker(video[::-1].copy())) < 0
     assert flow.dynamic_degree(video)["dynamic"]
+
+
+def test_what_a_shapeworld_prompt_asks_for():
+    from motiontune.app.evaluate import requested_attributes
+
+    assert requested_attributes("a red circle moving left on a white background") == {
+        "colour": "red",
+        "shape": "circle",
+        "background": "white",
+        "motion": "left",
+    }
+    assert requested_attributes("A green triangle moving in an orbit on a textured background")["motion"] == "orbit"
+    assert requested_attributes("a blue square doing sks on a gray background") == {
+        "colour": "blue",
+        "shape": "square",
+        "background": "gray",
+    }
+    assert requested_attributes("a photo of a dog") == {}
+
+
+def test_evaluate_shapeworld_reads_each_video_and_marks_what_the_prompt_asked_otherwise(tmp_path, capsys):
+    """A rendered red square moving right read against its own caption (all right) and against a prompt that asks
+    for a blue circle moving left (colour, shape and motion marked)."""
+    clip = Clip("square", "red", "white", "right")
+    video = write_video(render(clip, 16, 64).frames, tmp_path / "right.mp4")
+    (tmp_path / "prompts.txt").write_text(f"{clip.caption()}\na blue circle moving left on a white background\n")
+    arguments = ["evaluate", str(video), str(video), "--prompts", str(tmp_path / "prompts.txt"), "--shapeworld"]
+    assert main([*arguments, "--output", str(tmp_path / "report"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["videos"]
+    assert {key: rows[0]["shapeworld"][key] for key in ("colour", "shape", "background", "motion")} == {
+        "colour": "red",
+        "shape": "square",
+        "background": "white",
+        "motion": "right",
+    }
+    assert all(rows[0]["shapeworld"]["correct"].values())
+    assert rows[1]["shapeworld"]["correct"] == {"colour": False, "shape": False, "background": True, "motion": False}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| right.mp4 | red * (blue) | square * (circle) | white | right * (left) |" in report
+    assert "ShapeWorld reading" in capsys.readouterr().out

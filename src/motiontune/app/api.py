@@ -570,14 +570,15 @@ def evaluate(
     clip: str | os.PathLike | None = None,
     dino: str | os.PathLike | None = None,
     tracker: str | None = None,
+    shapeworld: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Score `videos` with the papers' metrics and write the report into `output` (`motiontune evaluate`; see
     docs/evaluate.md): `prompt` for every video or `prompts` one per video (CLIP-T), `reference` (motion fidelity,
     appearance leakage), `subject_images` and `boxes` (a control script; R-CLIP / R-DINO), `camera_speed` (camera
-    error), local `clip` / `dino` folders (a missing one skips its scores), `tracker` as `module:factory`. Returns
-    the contents of `metrics.json`."""
+    error), local `clip` / `dino` folders (a missing one skips its scores), `tracker` as `module:factory`,
+    `shapeworld` to add the ShapeWorld lab's reading of each video. Returns the contents of `metrics.json`."""
     from .evaluate import EvaluationInputs, evaluate_videos
 
     paths = [Path(video) for video in videos]
@@ -592,5 +593,6 @@ def evaluate(
         clip=Path(clip) if clip is not None else None,
         dino=Path(dino) if dino is not None else None,
         tracker=tracker,
+        shapeworld=shapeworld,
     )
     return evaluate_videos(paths, Path(output), inputs, overwrite=overwrite, progress=progress)

@@ -633,6 +633,12 @@ def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
         help="point tracker as module:factory (factory() returns a callable video -> motiontune.metrics.tracks."
         "Tracks, e.g. around a local CoTracker checkpoint); default OpenCV corners + Lucas-Kanade",
     )
+    evaluate.add_argument(
+        "--shapeworld",
+        action="store_true",
+        help="also read each video as the ShapeWorld lab does (its object's colour, shape, background and motion, "
+        "checked against what the prompt names): for videos of the ShapeWorld models",
+    )
     evaluate.add_argument("--output", type=Path, required=True, help="folder for metrics.json, report.md and plots")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1030,6 +1036,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         clip=args.clip,
         dino=args.dino,
         tracker=args.tracker,
+        shapeworld=args.shapeworld,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

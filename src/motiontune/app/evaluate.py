@@ -25,6 +25,8 @@ from ..io.video import IMAGE_EXTENSIONS, read_image_uint8, read_native_video
 from ..metrics import embeddings, flow, tracks
 from ..utils import atomic_directory, check_writable_folder
 
+#: what `--shapeworld` reads of each video
+SHAPEWORLD_ATTRIBUTES = ("colour", "shape", "background", "motion")
 #: the scores of one video, in report order, with what each needs
 SCORES = {
     "clip_t": "CLIP-T (prompt)",
@@ -52,6 +54,8 @@ class EvaluationInputs:
     clip: Path | None = None
     dino: Path | None = None
     tracker: str | None = None
+    #: also read each video as the ShapeWorld lab does (the object's colour, shape, background and motion)
+    shapeworld: bool = False
     skipped: list[str] = field(default_factory=list)
 
 
@@ -82,6 +86,40 @@ def _script_boxes(path: Path, frames: int) -> np.ndarray:
     if not script.subjects:
         raise InputError(f"--boxes {path}: the script has no subject boxes")
     return np.stack([subject.boxes(frames).numpy() for subject in script.subjects], axis=1)
+
+
+def requested_attributes(prompt: str | None) -> dict[str, str]:
+    """What a ShapeWorld prompt asks for, as far as its words say: colour, shape, background ("on a W background")
+    and motion (a known motion's phrase, or "moving in a/an M" for a novel one; a motion token names none)."""
+    from ..lab.shapeworld import BACKGROUNDS, COLOURS, MOTION_PHRASES, NOVEL_MOTIONS, NOVEL_SHAPES, SHAPES
+
+    words = (prompt or "").lower().split()
+    text = " ".join(words)
+    requested = {}
+    for attribute, names in (("colour", COLOURS), ("shape", (*SHAPES, *NOVEL_SHAPES))):
+        found = [word for word in words if word in names]
+        if found:
+            requested[attribute] = found[0]
+    for name in BACKGROUNDS:
+        if f"{name} background" in text:
+            requested["background"] = name
+    phrases = {**{phrase: motion for motion, phrase in MOTION_PHRASES.items()}}
+    phrases.update({f"moving in a {m}": m for m in NOVEL_MOTIONS} | {f"moving in an {m}": m for m in NOVEL_MOTIONS})
+    for phrase, motion in phrases.items():
+        if phrase in text:
+            requested["motion"] = motion
+    return requested
+
+
+def shapeworld_reading(video: np.ndarray, prompt: str | None) -> dict:
+    """The ShapeWorld lab's reading of a video (`lab.evaluation.evaluate_video`): its object's colour, shape,
+    background and motion, what the prompt asked for, and which of those it got right."""
+    from ..lab.evaluation import evaluate_video as read_shapeworld
+
+    requested = requested_attributes(prompt)
+    result = read_shapeworld(video, requested or None)
+    reading = {attribute: result[attribute] for attribute in SHAPEWORLD_ATTRIBUTES}
+    return {**reading, "requested": requested, "correct": result.get("correct", {})}
 
 
 def _mean(values) -> float:
@@ -188,6 +226,8 @@ def evaluate_videos(
         video = read_native_video(path)
         prompt = inputs.prompts[index] if inputs.prompts is not None else None
         row = evaluate_video(video, inputs, prompt, models, reference, tracker)
+        if inputs.shapeworld:
+            row["shapeworld"] = shapeworld_reading(video, prompt)
         row["_video"] = video
         rows.append({"video": str(path), "prompt": prompt, **row})
     names = [key for key in SCORES if any(key in row["scores"] for row in rows)]
@@ -235,6 +275,17 @@ def markdown_report(report: dict, names: list[str]) -> str:
         cells = [Path(row["video"]).name, *[_cell(row["scores"].get(name)) for name in names]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(_cell(report["mean"][name]) for name in names) + " |")
+    readings = [row for row in report["videos"] if "shapeworld" in row]
+    if readings:
+        lines += ["", "ShapeWorld reading (what the lab's analytic metrics see; * where the prompt asked otherwise):"]
+        lines += ["", "| video | " + " | ".join(SHAPEWORLD_ATTRIBUTES) + " |", "|" + " --- |" * 5]
+        for row in readings:
+            reading = row["shapeworld"]
+            cells = [
+                f"{reading[a]}" + ("" if reading["correct"].get(a, True) else f" * ({reading['requested'][a]})")
+                for a in SHAPEWORLD_ATTRIBUTES
+            ]
+            lines.append(f"| {Path(row['video']).name} | " + " | ".join(cells) + " |")
     if report["reference"]:
         lines += ["", f"Reference: `{report['reference']}`; tracker: {report['tracker']}."]
     if report["skipped"]:

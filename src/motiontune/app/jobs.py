@@ -3,9 +3,9 @@ one at a time, each recorded on disk (`jobs/<id>/job.json`, its log beside it), 
 finds every job as it was. A job that was running when the app stopped is marked `interrupted`; queued jobs run
 when the app starts again.
 
-Workspace layout: `uploads/<id>/` (validated uploads with their captions), `examples/` (the bundled ShapeWorld
-clips), `adapters/<name>/` (training runs: `adapter.safetensors`, `training_log.jsonl`), `videos/` (generations),
-`jobs/`.
+Workspace layout: `uploads/<id>/` (validated uploads: clips with their captions, or subject images with their
+masks), `examples/` (the bundled ShapeWorld clips and subject), `adapters/<name>/` (training runs:
+`adapter.safetensors`, `training_log.jsonl`), `videos/` (generations), `jobs/`.
 """
 
 from __future__ import annotations
@@ -103,6 +103,31 @@ class Workspace:
                 name = f"clip{index:02d}{Path(path).suffix.lower()}"
                 shutil.copyfile(path, staging / name)
                 (staging / name).with_suffix(".txt").write_text(caption.strip() + "\n")
+        return target
+
+    def save_subject_images(self, files: list[Path]) -> Path:
+        """Copy uploaded subject images and their masks (`NAME_mask.png` beside `NAME.png`, or an alpha channel)
+        into `uploads/<id>/`, after checking them as `train` would (`subject_data`); InputError naming the file
+        otherwise, and nothing is kept."""
+        from ..io.subject_data import find_subject_images, read_subject_image
+        from ..io.video import IMAGE_EXTENSIONS
+
+        if not files:
+            raise InputError(
+                "no subject images: upload images of the subject with their masks, or pick the bundled subject"
+            )
+        for path in files:
+            if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+                raise InputError(f"{Path(path).name}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
+        target = self.root / "uploads" / uuid.uuid4().hex[:12]
+        with atomic_directory(target) as staging:
+            for path in files:
+                shutil.copyfile(path, staging / Path(path).name)
+            try:
+                for item in find_subject_images(staging):
+                    read_subject_image(item, 64, 64)
+            except InputError as error:
+                raise InputError(str(error).replace(f"{staging}/", "").replace(str(staging), "the upload")) from None
         return target
 
     def inside(self, path: Path) -> bool:

@@ -21,6 +21,10 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..control import parse_box_option
 from ..errors import MotiontuneError
 from ..lab.shapeworld import NOVEL_MOTIONS
 from ..methods import METHODS
@@ -32,14 +36,20 @@ TEACH_METHODS = tuple(name for name, cls in METHODS.items() if not getattr(cls, 
 VIDEO_TYPES = [".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"]
 #: where a compare lays out its videos
 COMPARE_SLOTS = 4
+#: the box canvas's width in pixels
+CANVAS_WIDTH = 256
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp"]
+#: the bundled subject (MotionBooth): `bench motionbooth`'s blue star, its token and class word
+SUBJECT_EXAMPLE, SUBJECT_TOKEN, SUBJECT_CLASS = "subject-star", "sks", "star"
 
 
 def method_defaults(model: Path, method: str) -> dict[str, object]:
     """Steps, learning rate and batch size `method` trains with on `model` when the user gives none."""
     from ..methods import method_class
-    from .api import training_settings_for
+    from ..settings import training_settings
 
-    settings, _ = training_settings_for(method_class(method), model, {}, {}, {})
+    cls = method_class(method)
+    settings = training_settings(method, {"ema_decay": 0.0, **cls.paper_settings}, ModelDefaults.read(model), {})
     return {key: settings[key].value for key in ("steps", "learning_rate", "batch_size") if key in settings}
 
 
@@ -53,6 +63,26 @@ def bundled_example(workspace: Workspace, model: Path, motion: str) -> Path:
         frames, size, _ = model_clip(model)
         write_task(folder, frames, size, motion, 0)
     return folder / "reference"
+
+
+def bundled_subject(workspace: Workspace, model: Path) -> tuple[Path, Path]:
+    """The bundled ShapeWorld subject (`bench motionbooth`'s blue star: stills with exact masks) and its video
+    preservation clips at the model's native clip (written once)."""
+    from ..lab.shapeworld import write_dataset, write_subject_images
+    from .bench_common import model_clip
+    from .bench_motionbooth import regularization_clips, subject_images
+
+    folder = workspace.root / "examples" / SUBJECT_EXAMPLE
+    if not (folder / "regularization").is_dir():
+        frames, size, _ = model_clip(model)
+        write_subject_images(folder / "subject", subject_images(), size)
+        write_dataset(folder / "regularization", regularization_clips(), frames, size)
+    return folder / "subject", folder / "regularization"
+
+
+def _paths(files) -> list[Path]:
+    """Uploaded files as paths (Gradio gives paths or objects with a `.name` path)."""
+    return [Path(f) if isinstance(f, str | os.PathLike) else Path(f.name) for f in files or []]
 
 
 def _number(value, field: str = "value") -> float | None:
@@ -75,10 +105,26 @@ class MotiontuneApp:
         self.sampling_steps = generation_settings(defaults, {})["steps"].value
 
     # --- teach ---------------------------------------------------------------------------------------
-    def teach(self, files, example, method, name, caption, token, steps, learning_rate, batch_size) -> Job:
-        """Queue a training: uploaded clips (captioned) or the bundled example of `example`. The name is checked
-        first (free in the workspace and among queued trainings) and the numbers next, so a refusal keeps no
-        upload."""
+    def teach(
+        self,
+        files,
+        example,
+        method,
+        name,
+        caption,
+        token,
+        steps,
+        learning_rate,
+        batch_size,
+        subject_files=None,
+        class_word: str = "",
+    ) -> Job:
+        """Queue a training: uploaded clips (captioned) or the bundled example of `example`; for a subject method
+        (MotionBooth), uploaded subject images with masks and a class word (the clips, if any, are its video
+        preservation data) or the bundled subject. The name is checked first (free in the workspace and among
+        queued trainings) and the numbers next, so a refusal keeps no upload."""
+        from ..methods import method_class
+
         run = self.workspace.adapter_folder(name or "")
         pending = [j for j in self.queue.jobs() if j.kind == "train" and j.state in (QUEUED, RUNNING)]
         if any(Path(j.outputs["run"]) == run for j in pending):
@@ -88,21 +134,51 @@ class MotiontuneApp:
             number = _number(value, option.removeprefix("--"))
             if number is not None:
                 numbers += [option, number if option == "--lr" else int(number)]
-        if example:
+        token = (token or "").strip() or "sks"
+        learns_subject = method_class(method).training_data == "subject images"
+        extra: list = []
+        if learns_subject:
+            data, regularization, extra = self._subject_data(files, example, caption, subject_files, class_word)
+            if regularization is not None:
+                extra += ["--reg-data", regularization]
+            if example == SUBJECT_EXAMPLE:
+                token = SUBJECT_TOKEN
+        elif example == SUBJECT_EXAMPLE:
+            raise MotiontuneError(f"the bundled subject is for motionbooth; {method} learns a motion from clips")
+        elif subject_files:
+            raise MotiontuneError(f"subject images are for motionbooth; {method} learns a motion from clips")
+        elif example:
             data = bundled_example(self.workspace, self.model, example)
         else:
-            paths = [Path(f) if isinstance(f, str | os.PathLike) else Path(f.name) for f in files or []]
-            data = self.workspace.save_videos(paths, caption or "")
+            data = self.workspace.save_videos(_paths(files), caption or "")
         arguments = ["train", "--method", method, "--model", self.model, "--data", data, "--output", run]
-        arguments += ["--token", token or "sks", "--checkpoint-every", "0", "--quiet", *numbers]
+        arguments += ["--token", token, "--checkpoint-every", "0", "--quiet", *numbers, *extra]
         total = int(_number(steps) or 0) or method_defaults(self.model, method).get("steps")
         outputs = {"run": str(run), "adapter": str(run / "adapter.safetensors")}
         return self.queue.submit("train", f"{method}: {run.name}", motiontune_command(*arguments), outputs, total)
 
+    def _subject_data(self, files, example, caption, subject_files, class_word) -> tuple[Path, Path | None, list]:
+        """A subject training's images, its video preservation clips (or None) and its class word option."""
+        if example == SUBJECT_EXAMPLE:
+            images, regularization = bundled_subject(self.workspace, self.model)
+            return images, regularization, ["--class-word", SUBJECT_CLASS]
+        if example:
+            raise MotiontuneError(
+                "motionbooth learns a subject: upload its images with masks or pick the bundled subject"
+            )
+        if not (class_word or "").strip():
+            raise MotiontuneError("class word: name what the subject is, e.g. dog (captions read 'a sks dog')")
+        images = self.workspace.save_subject_images(_paths(subject_files))
+        regularization = self.workspace.save_videos(_paths(files), caption or "") if files else None
+        return images, regularization, ["--class-word", class_word.strip()]
+
     # --- generate ------------------------------------------------------------------------------------
-    def generate(self, prompt, adapters, boxes, camera, seed, steps, group: str = "", label: str = "") -> Job:
+    def generate(
+        self, prompt, adapters, boxes, camera, seed, steps, group: str = "", label: str = "", attention: str = ""
+    ) -> Job:
         """Queue one generation with `adapters` (names in the workspace) composed; a compare's videos are named by
-        their variant under `videos/<group>/`."""
+        their variant under `videos/<group>/`. `attention`: comma-separated prompt words whose attention maps are
+        drawn over the frames (`generate --attention-maps`)."""
         if not (prompt or "").strip():
             raise MotiontuneError("prompt: write what to generate")
         known = self.workspace.adapters()
@@ -121,9 +197,60 @@ class MotiontuneApp:
         arguments += ["--seed", int(_number(seed, "seed") or 0)]
         if _number(steps, "steps") is not None:
             arguments += ["--steps", int(_number(steps, "steps"))]
+        words = [word.strip() for word in (attention or "").split(",") if word.strip()]
+        for word in words:
+            arguments += ["--attention-maps", word]
         outputs = {"video": str(video), "sheet": str(video.with_suffix(".png")), "group": group, "label": label}
+        outputs["attention"] = str(video.with_suffix(".attention.png")) if words else ""
         title = f"generate: {prompt}" + (f" ({label})" if label else "")
         return self.queue.submit("generate", title, motiontune_command(*arguments), outputs)
+
+    # --- boxes drawn on a canvas ---------------------------------------------------------------------
+    def canvas_size(self) -> tuple[int, int]:
+        """(width, height) of the box canvas: the model's native frame shape, CANVAS_WIDTH pixels wide."""
+        height, width = self.native.get("height", 256), self.native.get("width", 256)
+        return CANVAS_WIDTH, max(32, round(CANVAS_WIDTH * height / width))
+
+    def box_canvas(self, boxes: str, pending: str = "") -> np.ndarray:
+        """The canvas `(H, W, 3)` uint8: a grid, each keyframe box of `boxes` (`WORDS:x1,y1,x2,y2;...`) numbered
+        in order, blue to red, and the first corner of a box being drawn."""
+        width, height = self.canvas_size()
+        image = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(image)
+        for k in range(1, 8):
+            draw.line([(width * k / 8, 0), (width * k / 8, height)], fill=(225, 225, 225))
+            draw.line([(0, height * k / 8), (width, height * k / 8)], fill=(225, 225, 225))
+        keyframes = parse_box_option(boxes).keyframes if (boxes or "").strip() else ()
+        for index, (x1, y1, x2, y2) in enumerate(keyframes):
+            share = index / max(1, len(keyframes) - 1)
+            colour = (round(255 * share), 60, round(255 * (1 - share)))
+            draw.rectangle([x1 * width, y1 * height, x2 * width, y2 * height], outline=colour, width=2)
+            draw.text((x1 * width + 4, y1 * height + 2), str(index + 1), fill=colour)
+        if (pending or "").strip():
+            x, y = (float(v) for v in pending.split(","))
+            draw.ellipse([x * width - 4, y * height - 4, x * width + 4, y * height + 4], fill=(0, 160, 0))
+        return np.asarray(image)
+
+    def canvas_click(self, boxes: str, words: str, pending: str, x: float, y: float) -> tuple[str, str]:
+        """A click at canvas pixel (x, y): the first corner of a box (kept in `pending`), or its opposite corner,
+        which adds the box as the next keyframe of `words`' path. Returns the new boxes text and pending corner."""
+        words = (words or "").strip()
+        if not words:
+            raise MotiontuneError("box words: name the subject in the prompt first (e.g. 'red circle')")
+        width, height = self.canvas_size()
+        point = (min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0))
+        if not (pending or "").strip():
+            return boxes or "", f"{point[0]:.3f},{point[1]:.3f}"
+        first = tuple(float(v) for v in pending.split(","))
+        box = (min(first[0], point[0]), min(first[1], point[1]), max(first[0], point[0]), max(first[1], point[1]))
+        if box[2] - box[0] < 0.02 or box[3] - box[1] < 0.02:
+            raise MotiontuneError("box: drag out a larger box (click two opposite corners)")
+        keyframes = list(parse_box_option(boxes).keyframes) if (boxes or "").strip() else []
+        if (boxes or "").strip() and parse_box_option(boxes).words != words:
+            keyframes = []  # a path for other words starts afresh
+        keyframes.append(box)
+        text = ";".join(",".join(f"{value:.3f}" for value in keyframe) for keyframe in keyframes)
+        return f"{words}:{text}", ""
 
     # --- compare -------------------------------------------------------------------------------------
     def compare(self, prompt, adapters, seed, steps) -> list[Job]:
@@ -139,7 +266,7 @@ class MotiontuneApp:
         jobs = [self.generate(prompt, chosen, "", "", seed, steps, group, label) for label, chosen in variants]
         report = self.workspace.root / "videos" / group / "evaluation"
         arguments = ["evaluate", *[job.outputs["video"] for job in jobs], "--prompt", prompt, "--output", report]
-        arguments += ["--quiet"]
+        arguments += ["--quiet", *(["--shapeworld"] if (self.model / "recipe.json").is_file() else [])]
         for option, folder in (("--clip", self.clip), ("--dino", self.dino)):
             if folder is not None:
                 arguments += [option, folder]
@@ -229,14 +356,28 @@ def build_app(app: MotiontuneApp):
                     clips = gr.File(
                         label="Reference clips", file_count="multiple", file_types=VIDEO_TYPES, elem_id="teach-clips"
                     )
+                    subject_files = gr.File(
+                        label="Subject images with masks (motionbooth): NAME.png + NAME_mask.png, or images with "
+                        "an alpha channel; the clips above, if any, are its video preservation data",
+                        file_count="multiple",
+                        file_types=IMAGE_TYPES,
+                        elem_id="teach-subject",
+                    )
                     example = gr.Dropdown(
-                        [("(my uploads)", ""), *[(f"bundled ShapeWorld example: {m}", m) for m in NOVEL_MOTIONS]],
+                        [
+                            ("(my uploads)", ""),
+                            *[(f"bundled ShapeWorld example: {m}", m) for m in NOVEL_MOTIONS],
+                            ("bundled ShapeWorld subject: a blue star (motionbooth)", SUBJECT_EXAMPLE),
+                        ],
                         value="",
                         label="Or the bundled example",
                         elem_id="teach-example",
                     )
                     caption = gr.Textbox(label="Caption of the clips (with the token)", elem_id="teach-caption")
                     token = gr.Textbox(value="sks", label="Token", elem_id="teach-token")
+                    class_word = gr.Textbox(
+                        label="Class word of the subject (motionbooth), e.g. dog", elem_id="teach-class"
+                    )
                 with gr.Column():
                     method = gr.Dropdown(list(TEACH_METHODS), value=first, label="Method", elem_id="teach-method")
                     name = gr.Textbox(label="Adapter name", elem_id="teach-name")
@@ -269,6 +410,15 @@ def build_app(app: MotiontuneApp):
                 adapters = gr.CheckboxGroup(
                     list(app.workspace.adapters()), label="Adapters (composed)", elem_id="generate-adapters"
                 )
+                box_words = gr.Textbox(label="Box words: the subject as the prompt names it", elem_id="box-words")
+                canvas = gr.Image(
+                    app.box_canvas(""),
+                    label="Draw the subject's path: click two opposite corners per keyframe box",
+                    interactive=False,
+                    elem_id="box-canvas",
+                )
+                clear_boxes = gr.Button("Clear boxes", size="sm", elem_id="box-clear")
+                pending_corner = gr.Textbox(visible=False)
                 boxes = gr.Textbox(label="Boxes: WORDS:x1,y1,x2,y2;x1,y1,x2,y2 (keyframes)", elem_id="boxes")
                 camera = gr.Textbox(label="Camera speed DX,DY (fraction of the frame)", elem_id="camera")
                 with gr.Row():
@@ -276,12 +426,17 @@ def build_app(app: MotiontuneApp):
                     sampling_steps = gr.Textbox(
                         label="Steps", placeholder=f"model default: {app.sampling_steps}", elem_id="generate-steps"
                     )
+                attention_words = gr.Textbox(
+                    label="Show where these prompt words look (comma-separated; attention maps)",
+                    elem_id="attention-words",
+                )
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-run")
                 generate_message = gr.Markdown(elem_id="generate-message")
                 generate_status = gr.Markdown(elem_id="generate-status")
             with gr.Column():
                 video = gr.Video(label="Video", elem_id="generate-video", autoplay=True)
                 sheet = gr.Image(label="Contact sheet", elem_id="generate-sheet")
+                attention_sheet = gr.Image(label="Attention maps over the frames", elem_id="generate-attention")
         with gr.Tab("Compare", elem_id="tab-compare"):
             compare_prompt = gr.Textbox(label="Prompt", elem_id="compare-prompt")
             compare_adapters = gr.CheckboxGroup(
@@ -300,7 +455,7 @@ def build_app(app: MotiontuneApp):
 
         train.click(
             checked(start_training),
-            [clips, example, method, name, caption, token, steps, learning_rate, batch_size],
+            [clips, example, method, name, caption, token, steps, learning_rate, batch_size, subject_files, class_word],
             [teach_message, job_choice],
         )
         method.change(on_method, method, [steps, learning_rate, batch_size])
@@ -313,13 +468,35 @@ def build_app(app: MotiontuneApp):
 
         cancel.click(checked(cancel_training), job_choice, teach_message)
 
-        def start_generation(*values):
-            job = app.generate(*values)
+        def start_generation(text, chosen, box_text, camera_text, seed_value, steps_value, words):
+            job = app.generate(text, chosen, box_text, camera_text, seed_value, steps_value, attention=words)
             return f"Queued **{job.title}**."
 
         generate.click(
-            checked(start_generation), [prompt, adapters, boxes, camera, seed, sampling_steps], generate_message
+            checked(start_generation),
+            [prompt, adapters, boxes, camera, seed, sampling_steps, attention_words],
+            generate_message,
         )
+
+        def click_canvas(box_text, words, pending, event):
+            try:
+                box_text, pending = app.canvas_click(box_text, words, pending, *event.index)
+            except MotiontuneError as error:
+                raise gr.Error(str(error)) from None
+            return box_text, pending, app.box_canvas(box_text, pending)
+
+        # Gradio passes the click (x, y) to a parameter annotated with the class itself (not its name as a string)
+        click_canvas.__annotations__ = {"event": gr.SelectData}
+
+        def redraw_canvas(box_text, pending):
+            try:
+                return app.box_canvas(box_text, pending)
+            except MotiontuneError:
+                return gr.update()  # half-typed boxes: keep the last drawing
+
+        canvas.select(click_canvas, [boxes, box_words, pending_corner], [boxes, pending_corner, canvas])
+        boxes.input(redraw_canvas, [boxes, pending_corner], canvas)
+        clear_boxes.click(lambda: ("", "", app.box_canvas("")), None, [boxes, pending_corner, canvas])
 
         def start_compare(text, chosen, seed_value):
             jobs = app.compare(text, chosen, seed_value, None)
@@ -342,7 +519,8 @@ def build_app(app: MotiontuneApp):
                     f" ({finished.message})" if finished.message else ""
                 )
                 if finished.state == DONE:
-                    updates["video"] = (finished.outputs["video"], finished.outputs["sheet"])
+                    outputs = finished.outputs
+                    updates["video"] = (outputs["video"], outputs["sheet"], outputs.get("attention") or None)
             compared = [
                 j for j in app.queue.jobs() if j.kind == "generate" and group and j.outputs.get("group") == group
             ]
@@ -366,8 +544,9 @@ def build_app(app: MotiontuneApp):
                 line,
                 loss_frame(points),
                 app.job_rows(),
-                changed("video", lambda path, _: path),
-                changed("video", lambda _, image: image),
+                changed("video", lambda path, *_: path),
+                changed("video", lambda _, image, __: image),
+                changed("video", lambda *paths: paths[2]),
                 generation,
                 gr.update(choices=names),
                 gr.update(choices=names),
@@ -391,6 +570,7 @@ def build_app(app: MotiontuneApp):
                 jobs_table,
                 video,
                 sheet,
+                attention_sheet,
                 generate_status,
                 adapters,
                 compare_adapters,
