@@ -1,6 +1,6 @@
 """Training on several processes (DDP over gloo on CPU, as `torchrun` or `accelerate launch` start it): the
 processes average their gradients every step, end with the same trained tensors (checked before saving) and
-write one adapter and one log; a checkpoint keeps each process's random states."""
+write one adapter and one log; two processes train what one process trains with the same global batch."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from motiontune.io.adapters import read_metadata
+from motiontune.training import micro_batch_seed
 
 
 def _free_port() -> int:
@@ -21,36 +22,43 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_train_one_adapter_and_agree(tiny_model_dir, motion_data, tmp_path):
-    """MotionDirector with its token trained: the token's embedding rows sit outside the denoiser, so they agree
-    across processes only if DDP syncs them too (else the run stops with the processes' differing checksums)."""
-    output = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    command += ["-m", "motiontune.app.cli", "train", "--method", "motiondirector", "--model", str(tiny_model_dir)]
-    command += ["--data", str(motion_data), "--output", str(output), "--token", "sks", "--train-token"]
-    command += [
-        "--steps",
-        "3",
-        "--frames",
-        "4",
-        "--height",
-        "32",
-        "--width",
-        "32",
-        "--checkpoint-every",
-        "3",
-        "--quiet",
-    ]
+def _train(launcher: list[str], model, data, output, accumulation: int) -> subprocess.CompletedProcess:
+    """MotionDirector with its token trained, 3 steps of 1 clip per micro-batch, a checkpoint at the end."""
+    command = [*launcher, "-m", "motiontune.app.cli", "train", "--method", "motiondirector", "--model", str(model)]
+    command += ["--data", str(data), "--output", str(output), "--token", "sks", "--train-token", "--steps", "3"]
+    command += ["--frames", "4", "--height", "32", "--width", "32", "--batch-size", "1", "--checkpoint-every", "3"]
+    command += ["--gradient-accumulation", str(accumulation), "--quiet"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     errors = [line for line in done.stderr.splitlines() if "motiontune: error" in line or "Error:" in line]
     assert done.returncode == 0, "\n".join(errors) or done.stderr[-2000:]
-    training = read_metadata(output / "adapter.safetensors")["training"]
+    return done
+
+
+def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(tiny_model_dir, motion_data, tmp_path):
+    """2 processes x 1 micro-batch and 1 process x 2 micro-batches draw the same micro-batches (each seeded by its
+    index over the run) and average the same gradients: their adapters agree to float rounding. The token's
+    embedding rows sit outside the denoiser, so they agree across processes only if DDP syncs them too (else the
+    run stops with the processes' differing checksums)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    two = _train([*torchrun, "--master_port", str(_free_port())], tiny_model_dir, motion_data, tmp_path / "two", 1)
+    training = read_metadata(tmp_path / "two" / "adapter.safetensors")["training"]
     assert training["processes"] == 2 and training["steps"] == 3
-    assert len((output / "training_log.jsonl").read_text().splitlines()) == 3
-    assert done.stdout.count("adapter:") == 1
-    saved = load_file(output / "checkpoints" / "step-000003" / "optimizer.safetensors")
-    generators, torches = saved["rng.generator"], saved["rng.torch"]
-    assert generators.shape[0] == torches.shape[0] == 2, "a checkpoint keeps every process's random states"
-    assert not torch.equal(generators[0], generators[1]) and not torch.equal(torches[0], torches[1])
+    assert len((tmp_path / "two" / "training_log.jsonl").read_text().splitlines()) == 3
+    assert two.stdout.count("adapter:") == 1
+    saved = load_file(tmp_path / "two" / "checkpoints" / "step-000003" / "optimizer.safetensors")
+    assert not any(name.startswith("rng.") for name in saved), "no random state: each micro-batch seeds its own"
+
+    _train([sys.executable], tiny_model_dir, motion_data, tmp_path / "one", 2)
+    one, both = (load_file(tmp_path / run / "adapter.safetensors") for run in ("one", "two"))
+    assert one.keys() == both.keys()
+    for name, tensor in one.items():
+        torch.testing.assert_close(both[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    trained = [tensor for name, tensor in one.items() if "lora_B" in name]
+    assert trained and all(tensor.abs().max() > 1e-4 for tensor in trained), "LoRA B starts at zero: it trained"
+
+
+def test_micro_batch_seeds_depend_on_the_run_seed_and_the_index_only():
+    seeds = {micro_batch_seed(seed, index) for seed in range(4) for index in range(64)}
+    assert len(seeds) == 4 * 64, "no two micro-batches of neighbouring runs share a stream"
+    assert micro_batch_seed(3, 5) == micro_batch_seed(3, 5) and 0 <= micro_batch_seed(3, 5) < 2**63

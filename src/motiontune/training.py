@@ -1,10 +1,15 @@
 """One training loop for every method: accelerate, gradient accumulation, checkpoints, resume.
 
 A method supplies trainable parameters, a loss for a batch and a timestep sampler; this loop draws
-batches from cached latents, steps the optimizer, writes atomic checkpoints every N steps (adapter,
-optimizer state and random-generator states, all safetensors + JSON: nothing is pickled) and
-validation videos, and resumes bit-exactly from the last checkpoint. With `ema_decay` it also keeps an
-exponential moving average of the trained weights, which the final adapter holds.
+batches from cached latents, steps the optimizer, writes atomic checkpoints every N steps (adapter and
+optimizer state, safetensors + JSON: nothing is pickled) and validation videos, and resumes bit-exactly
+from the last checkpoint. With `ema_decay` it also keeps an exponential moving average of the trained
+weights, which the final adapter holds.
+
+Every micro-batch draws its randomness (its examples, timesteps, noise, dropout) from its own stream, seeded by
+the run's seed and the micro-batch's index over the whole run and all processes (`micro_batch_seed`): a run
+resumed at step k draws what it would have drawn, and P processes with accumulation A run the same micro-batches
+as one process with accumulation P x A (the same global batch), so their results agree up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
@@ -281,13 +287,18 @@ def remove_staging_folders(output_dir: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _random_states(accelerator: Accelerator, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's training generator and torch RNG states, `(processes, state)` each, gathered (a collective:
-    every process calls it) so that a resumed multi-process run draws on as each of its processes would have."""
-    states = torch.stack([generator.get_state(), torch.get_rng_state()])[None]
-    if accelerator.num_processes > 1:
-        states = accelerator.gather(states.to(accelerator.device)).cpu()
-    return states[:, 0], states[:, 1]
+def micro_batch_seed(seed: int, index: int) -> int:
+    """The seed of micro-batch `index` of a run seeded `seed`: `index = (step * accumulation + micro) * processes +
+    process`, so the same global batch gets the same seeds however it is split across processes and micro-batches
+    (a hash of both numbers: neighbouring runs share no stream)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _micro_batch_streams(seed: int, index: int) -> torch.Generator:
+    """Seed torch's global stream (dropout) and return the generator of micro-batch `index`'s own draws."""
+    micro_seed = micro_batch_seed(seed, index)
+    torch.manual_seed(micro_seed)
+    return torch.Generator().manual_seed(micro_seed)
 
 
 def _save_checkpoint(
@@ -295,13 +306,12 @@ def _save_checkpoint(
     step: int,
     method: Method,
     optimizer,
-    random_states: tuple[torch.Tensor, torch.Tensor],
     keep: int,
     average: WeightAverage | None,
 ) -> Path:
-    """Write adapter, optimizer and RNG states (one row per process) to a temporary folder, then rename it into
-    place. With a weight average, `ema.safetensors` holds it as an adapter of the same method (usable with
-    `--adapter`)."""
+    """Write adapter and optimizer state to a temporary folder, then rename it into place (no random state: each
+    micro-batch seeds its own, `micro_batch_seed`). With a weight average, `ema.safetensors` holds it as an
+    adapter of the same method (usable with `--adapter`)."""
     root = output_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     with atomic_directory(final) as staging:
@@ -310,7 +320,6 @@ def _save_checkpoint(
             with average.swapped_in():
                 save_adapter(staging / "ema.safetensors", method.adapter_tensors(), method.adapter_metadata())
         tensors, layout = optimizer_tensors(optimizer)
-        tensors["rng.generator"], tensors["rng.torch"] = random_states
         atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
         (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
     for old in checkpoint_folders(output_dir)[:-keep]:
@@ -328,8 +337,6 @@ class _Checkpoint:
     average: dict[str, torch.Tensor] | None
     optimizer: dict[str, torch.Tensor]
     layout: dict
-    generator_state: torch.Tensor
-    torch_state: torch.Tensor
 
 
 def _read_checkpoint(checkpoint: Path, device) -> _Checkpoint:
@@ -342,21 +349,19 @@ def _read_checkpoint(checkpoint: Path, device) -> _Checkpoint:
         saved_average = checkpoint / "ema.safetensors"
         average = read_adapter(saved_average, device=device)[0] if saved_average.exists() else None
         optimizer = load_file(str(checkpoint / "optimizer.safetensors"))
-        generator_state, torch_state = optimizer.pop("rng.generator"), optimizer.pop("rng.torch")
+        for stale in ("rng.generator", "rng.torch"):  # random states that checkpoints of earlier versions kept
+            optimizer.pop(stale, None)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError, MotiontuneError) as error:
         raise InputError(f"{checkpoint}: damaged checkpoint ({' '.join(str(error).split())})") from None
     for name, tensors in (("adapter", adapter), ("weight average", average or {})):
         if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors.values()):
             raise InputError(f"{checkpoint}: damaged checkpoint (its {name} holds non-finite values)")
-    return _Checkpoint(checkpoint, step, adapter, average, optimizer, layout, generator_state, torch_state)
+    return _Checkpoint(checkpoint, step, adapter, average, optimizer, layout)
 
 
-def _restore_checkpoint(
-    output_dir: Path, method: Method, optimizer, generator, average: WeightAverage | None, process: int = 0
-) -> int:
+def _restore_checkpoint(output_dir: Path, method: Method, optimizer, average: WeightAverage | None) -> int:
     """Restore the newest intact checkpoint (a damaged one is reported and the one before it tried); a weight
-    average starts from the saved one, or from the weights when it has none; process `process` takes its own
-    random states (a process the checkpoint has none for keeps its seeded ones). Returns its step (0: none)."""
+    average starts from the saved one, or from the weights when it has none. Returns its step (0: none)."""
     checkpoints = completed_checkpoints(output_dir)
     for checkpoint in reversed(checkpoints):
         try:
@@ -369,12 +374,6 @@ def _restore_checkpoint(
         except (MotiontuneError, ValueError, KeyError, RuntimeError) as error:
             warn(f"{error}; trying the checkpoint before it" if checkpoint != checkpoints[0] else str(error))
             continue
-        generator_states, torch_states = saved.generator_state, saved.torch_state
-        if generator_states.ndim == 1:  # checkpoints from before the states were kept per process
-            generator_states, torch_states = generator_states[None], torch_states[None]
-        if process < len(generator_states):
-            generator.set_state(generator_states[process].contiguous())
-            torch.set_rng_state(torch_states[process].contiguous())
         if checkpoint != checkpoints[-1]:
             warn(f"resuming from {checkpoint} (the newer checkpoints are damaged)")
         return saved.step
@@ -454,8 +453,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         # some trained tensors get no gradient in some steps (a two-expert model's other expert, a LoRA window)
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    torch.manual_seed(config.seed + accelerator.process_index)
-    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    torch.manual_seed(config.seed)  # every process starts from the same trained tensors
     method.bind_training_shape(latent_shape)
     method.prepare_for_training()
     if config.gradient_checkpointing:
@@ -474,7 +472,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         remove_staging_folders(output_dir)
     if config.resume:
-        start = _restore_checkpoint(output_dir, method, optimizer, generator, average, accelerator.process_index)
+        start = _restore_checkpoint(output_dir, method, optimizer, average)
         if start == 0 and accelerator.is_main_process:
             tqdm.write(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
     log_path = output_dir / "training_log.jsonl"
@@ -491,8 +489,9 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     for step in bar:
         total = 0.0
         for micro in range(accumulation):
-            micro_step = step * accumulation + micro
-            batch = _draw_batch(examples, config.batch_size, generator, backbone.device, method, micro_step)
+            index = (step * accumulation + micro) * accelerator.num_processes + accelerator.process_index
+            generator = _micro_batch_streams(config.seed, index)
+            batch = _draw_batch(examples, config.batch_size, generator, backbone.device, method, index)
             with accelerator.accumulate(module), accelerator.autocast():
                 loss = module(batch, generator)
                 accelerator.backward(loss)
@@ -511,12 +510,10 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
                 seconds = seconds_before + time.perf_counter() - started
                 log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
-            random_states = _random_states(accelerator, generator)
-            if accelerator.is_main_process:
-                if not _finite(trainable):
-                    raise _diverged(output_dir, done, "non-finite weights")
-                _save_checkpoint(output_dir, done, method, optimizer, random_states, config.keep_checkpoints, average)
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and accelerator.is_main_process:
+            if not _finite(trainable):
+                raise _diverged(output_dir, done, "non-finite weights")
+            _save_checkpoint(output_dir, done, method, optimizer, config.keep_checkpoints, average)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
             with average.swapped_in() if average is not None else contextlib.nullcontext():

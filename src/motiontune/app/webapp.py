@@ -411,12 +411,8 @@ def build_app(app: MotiontuneApp):
                     list(app.workspace.adapters()), label="Adapters (composed)", elem_id="generate-adapters"
                 )
                 box_words = gr.Textbox(label="Box words: the subject as the prompt names it", elem_id="box-words")
-                canvas = gr.Image(
-                    app.box_canvas(""),
-                    label="Draw the subject's path: click two opposite corners per keyframe box",
-                    interactive=False,
-                    elem_id="box-canvas",
-                )
+                gr.Markdown("Draw the subject's path: click two opposite corners per keyframe box.")
+                canvas = gr.Image(app.box_canvas(""), show_label=False, interactive=False, elem_id="box-canvas")
                 clear_boxes = gr.Button("Clear boxes", size="sm", elem_id="box-clear")
                 pending_corner = gr.Textbox(visible=False)
                 boxes = gr.Textbox(label="Boxes: WORDS:x1,y1,x2,y2;x1,y1,x2,y2 (keyframes)", elem_id="boxes")

@@ -256,7 +256,8 @@ class Method:
         return {**batch, "text": self.backbone.encode_prompt(batch["captions"])}
 
     def pick_examples(self, examples: Sequence, size: int, generator: torch.Generator, micro_step: int) -> list[int]:
-        """Indices of the examples in the batch of `micro_step` (counted from 0 over the whole run)."""
+        """Indices of the examples in micro-batch `micro_step`: its index over the whole run and all processes
+        (`(step * accumulation + micro) * processes + process`, as `training.micro_batch_seed` counts)."""
         return uniform_picks(examples, size, generator)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
