@@ -408,15 +408,20 @@ def training_settings_for(
     given: dict[str, object],
     given_options: dict[str, object],
     sources: dict[str, str],
+    check_options: bool = True,
 ) -> tuple[dict[str, Setting], dict[str, Setting]]:
     """Resolve `given` training values (None = not given) and method options against the model folder's
-    recommendations and the method's paper settings; a value's source is `sources[key]` or "argument"."""
+    recommendations and the method's paper settings; a value's source is `sources[key]` or "argument". With
+    `check_options` off the options are not checked as a whole (to show the defaults before the user has given
+    what a method requires, e.g. MotionBooth's class word)."""
     model_dir = resolve_model_dir(model if model is not None else default_model_dir())
     defaults = ModelDefaults.read(model_dir)
     stated = {key: Setting(value, sources.get(key, "argument")) for key, value in given.items() if value is not None}
     settings = training_settings(cls.name, {"ema_decay": 0.0, **cls.paper_settings}, defaults, stated)
     stated_options = {k: Setting(v, sources.get(k, "argument")) for k, v in given_options.items() if v is not None}
     options = option_settings(cls.name, defaults, stated_options)
+    if not check_options:
+        return settings, options
     try:
         cls.config_from_dict({key: option.value for key, option in options.items()})
     except ConfigError as error:

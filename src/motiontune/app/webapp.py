@@ -46,10 +46,9 @@ SUBJECT_EXAMPLE, SUBJECT_TOKEN, SUBJECT_CLASS = "subject-star", "sks", "star"
 def method_defaults(model: Path, method: str) -> dict[str, object]:
     """Steps, learning rate and batch size `method` trains with on `model` when the user gives none."""
     from ..methods import method_class
-    from ..settings import training_settings
+    from .api import training_settings_for
 
-    cls = method_class(method)
-    settings = training_settings(method, {"ema_decay": 0.0, **cls.paper_settings}, ModelDefaults.read(model), {})
+    settings, _ = training_settings_for(method_class(method), model, {}, {}, {}, check_options=False)
     return {key: settings[key].value for key in ("steps", "learning_rate", "batch_size") if key in settings}
 
 
@@ -138,9 +137,7 @@ class MotiontuneApp:
         learns_subject = method_class(method).training_data == "subject images"
         extra: list = []
         if learns_subject:
-            data, regularization, extra = self._subject_data(files, example, caption, subject_files, class_word)
-            if regularization is not None:
-                extra += ["--reg-data", regularization]
+            data, extra = self._subject_data(files, example, caption, subject_files, class_word)
             if example == SUBJECT_EXAMPLE:
                 token = SUBJECT_TOKEN
         elif example == SUBJECT_EXAMPLE:
@@ -157,11 +154,11 @@ class MotiontuneApp:
         outputs = {"run": str(run), "adapter": str(run / "adapter.safetensors")}
         return self.queue.submit("train", f"{method}: {run.name}", motiontune_command(*arguments), outputs, total)
 
-    def _subject_data(self, files, example, caption, subject_files, class_word) -> tuple[Path, Path | None, list]:
-        """A subject training's images, its video preservation clips (or None) and its class word option."""
+    def _subject_data(self, files, example, caption, subject_files, class_word) -> tuple[Path, list]:
+        """A subject training's images and its options: the class word and the video preservation clips (if any)."""
         if example == SUBJECT_EXAMPLE:
             images, regularization = bundled_subject(self.workspace, self.model)
-            return images, regularization, ["--class-word", SUBJECT_CLASS]
+            return images, ["--class-word", SUBJECT_CLASS, "--reg-data", regularization]
         if example:
             raise MotiontuneError(
                 "motionbooth learns a subject: upload its images with masks or pick the bundled subject"
@@ -169,8 +166,10 @@ class MotiontuneApp:
         if not (class_word or "").strip():
             raise MotiontuneError("class word: name what the subject is, e.g. dog (captions read 'a sks dog')")
         images = self.workspace.save_subject_images(_paths(subject_files))
-        regularization = self.workspace.save_videos(_paths(files), caption or "") if files else None
-        return images, regularization, ["--class-word", class_word.strip()]
+        options = ["--class-word", class_word.strip()]
+        if files:
+            options += ["--reg-data", self.workspace.save_videos(_paths(files), caption or "")]
+        return images, options
 
     # --- generate ------------------------------------------------------------------------------------
     def generate(
