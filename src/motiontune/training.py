@@ -9,7 +9,7 @@ weights, which the final adapter holds.
 Every micro-batch draws its randomness (its examples, timesteps, noise, dropout) from its own stream, seeded by
 the run's seed and the micro-batch's index over the whole run and all processes (`micro_batch_seed`): a run
 resumed at step k draws what it would have drawn, and P processes with accumulation A run the same micro-batches
-as one process with accumulation P x A (the same global batch), so their results agree up to float rounding.
+as one process with accumulation P x A (the same global batch), and their results agree (identical on CPU).
 """
 
 from __future__ import annotations

@@ -77,6 +77,8 @@ ROWS: dict[str, Row] = {
     "newmove, token trained": Row("newmove", {"train_token": True}),
     "newmove, uniform sampling": Row("newmove", {"timestep_sampling": "uniform"}),
     "newmove, no regularization": Row("newmove", regularized=False),
+    "newmove, regularization 1 in 8": Row("newmove", {"regularization_share": 0.125}),
+    "newmove, lr 5e-3": Row("newmove", learning_rate=5e-3),
     "newmove, lora 32": Row("newmove", {"adapter": "lora", "lora_rank": 32}),
     "dreambooth baseline": Row("dreambooth"),
     "motion inversion, debias object": Row(
