@@ -38,6 +38,14 @@ from .io.adapters import atomic_save_tensors, read_adapter, save_adapter
 from .io.data import VideoDataset
 from .io.video import frames_to_uint8, save_outputs
 from .methods.base import Method, uniform_picks
+from .sharding import (
+    as_placed,
+    average_unsharded_gradients,
+    clip_gradients,
+    full_tensors,
+    local_part,
+    shard_denoiser,
+)
 from .utils import atomic_directory, atomic_write_text, check_seed, peak_memory_mb
 
 
@@ -78,6 +86,8 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
+    #: shard the denoiser's blocks across the processes (FSDP2; `sharding.py`) instead of a full copy on each
+    fsdp: bool = False
     save_precision: str = "fp32"
     resume: bool = False
     progress: bool = True
@@ -104,6 +114,8 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
+        if self.fsdp and self.validate_every:
+            raise ConfigError("--fsdp with --validate-every: validation videos are not sampled from a sharded model")
 
 
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -224,6 +236,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    for parameter, values in optimizer.state.items():  # a shard's moments go back into shards like it
+        for name, value in values.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape:
+                values[name] = as_placed(value, parameter)
 
 
 class WeightAverage:
@@ -301,27 +317,40 @@ def _micro_batch_streams(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(micro_seed)
 
 
-def _save_checkpoint(
-    output_dir: Path,
-    step: int,
-    method: Method,
-    optimizer,
-    keep: int,
-    average: WeightAverage | None,
-) -> Path:
+@dataclass
+class _CheckpointContents:
+    """What a checkpoint holds, read on every process (shards gathered): the adapter, its weight average, the
+    optimizer's tensors and layout, and the adapter's metadata."""
+
+    adapter: dict[str, torch.Tensor]
+    average: dict[str, torch.Tensor] | None
+    optimizer: dict[str, torch.Tensor]
+    layout: dict
+    metadata: dict
+
+
+def _checkpoint_contents(method: Method, optimizer, average: WeightAverage | None) -> _CheckpointContents:
+    adapter = full_tensors(method.adapter_tensors())
+    averaged = None
+    if average is not None:
+        with average.swapped_in():
+            averaged = full_tensors(method.adapter_tensors())
+    tensors, layout = optimizer_tensors(optimizer)
+    return _CheckpointContents(adapter, averaged, full_tensors(tensors), layout, method.adapter_metadata())
+
+
+def _save_checkpoint(output_dir: Path, step: int, contents: _CheckpointContents, keep: int) -> Path:
     """Write adapter and optimizer state to a temporary folder, then rename it into place (no random state: each
     micro-batch seeds its own, `micro_batch_seed`). With a weight average, `ema.safetensors` holds it as an
     adapter of the same method (usable with `--adapter`)."""
     root = output_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     with atomic_directory(final) as staging:
-        save_adapter(staging / "adapter.safetensors", method.adapter_tensors(), method.adapter_metadata())
-        if average is not None:
-            with average.swapped_in():
-                save_adapter(staging / "ema.safetensors", method.adapter_tensors(), method.adapter_metadata())
-        tensors, layout = optimizer_tensors(optimizer)
-        atomic_save_tensors(tensors, staging / "optimizer.safetensors", {})
-        (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": layout}))
+        save_adapter(staging / "adapter.safetensors", contents.adapter, contents.metadata)
+        if contents.average is not None:
+            save_adapter(staging / "ema.safetensors", contents.average, contents.metadata)
+        atomic_save_tensors(contents.optimizer, staging / "optimizer.safetensors", {})
+        (staging / "state.json").write_text(json.dumps({"step": step, "optimizer": contents.layout}))
     for old in checkpoint_folders(output_dir)[:-keep]:
         shutil.rmtree(old)
     return final
@@ -385,7 +414,8 @@ def _restore_checkpoint(output_dir: Path, method: Method, optimizer, average: We
 
 
 def _finite(parameters: list[torch.nn.Parameter]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in parameters)
+    """Whether every trained value is finite (this process's part of a shard)."""
+    return all(bool(torch.isfinite(local_part(p)).all()) for p in parameters)
 
 
 def _diverged(output_dir: Path, step: int, what: str) -> TrainingDiverged:
@@ -458,13 +488,22 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     method.prepare_for_training()
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
+    if config.fsdp:
+        if accelerator.num_processes < 2:
+            raise ConfigError("--fsdp shards the model across processes: launch 2 or more (torchrun, accelerate)")
+        if method.sharding_obstacle():
+            raise ConfigError(f"--fsdp: {method.name} cannot train sharded: {method.sharding_obstacle()}")
+        shard_denoiser(backbone)
     groups = method.parameter_groups(learning_rate)
     if not any(p.requires_grad for group in groups for p in group["params"]):
         raise ConfigError(f"method '{method.name}' has no trainable parameters with these options")
     _float32_trained(groups)
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2, foreach=False if config.fsdp else None)
     module = _TrainingModule(method)
-    module, optimizer = accelerator.prepare(module, optimizer)
+    if config.fsdp:  # the shards average their own gradients; no DDP copy around them
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
     trainable = [p for group in groups for p in group["params"] if p.requires_grad]
     average = WeightAverage(trainable, config.ema_decay) if config.ema_decay else None
 
@@ -495,8 +534,13 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
             with accelerator.accumulate(module), accelerator.autocast():
                 loss = module(batch, generator)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and config.fsdp:
+                    average_unsharded_gradients(trainable)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    if config.fsdp:
+                        clip_gradients(trainable, config.max_grad_norm)
+                    else:
+                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if average is not None and accelerator.sync_gradients:
@@ -510,10 +554,12 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
                 seconds = seconds_before + time.perf_counter() - started
                 log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and accelerator.is_main_process:
-            if not _finite(trainable):
-                raise _diverged(output_dir, done, "non-finite weights")
-            _save_checkpoint(output_dir, done, method, optimizer, config.keep_checkpoints, average)
+        if config.checkpoint_every and done % config.checkpoint_every == 0:
+            contents = _checkpoint_contents(method, optimizer, average)  # every process: shards are gathered
+            if accelerator.is_main_process:
+                if not _finite(trainable):
+                    raise _diverged(output_dir, done, "non-finite weights")
+                _save_checkpoint(output_dir, done, contents, config.keep_checkpoints)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             module.eval()
             with average.swapped_in() if average is not None else contextlib.nullcontext():
@@ -526,14 +572,18 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         raise _diverged(output_dir, config.steps, "non-finite weights")
     elapsed = time.perf_counter() - started
     _check_processes_agree(accelerator, trainable)
+    tensors = full_tensors(method.adapter_tensors())
     if accelerator.is_main_process:
-        _save_adapter(method, config, output_dir, examples, latent_shape, learning_rate, accumulation, elapsed, weights)
+        _save_adapter(
+            method, tensors, config, output_dir, examples, latent_shape, learning_rate, accumulation, elapsed, weights
+        )
     accelerator.wait_for_everyone()  # every process returns once the adapter is there
     return output_dir / "adapter.safetensors"
 
 
 def _save_adapter(
     method: Method,
+    tensors: dict[str, torch.Tensor],
     config: TrainConfig,
     output_dir: Path,
     examples: list[Example],
@@ -546,7 +596,7 @@ def _save_adapter(
     """The trained adapter with its training record (and the final validation videos when asked)."""
     backbone = method.backbone
     dtype = SAVE_DTYPES[config.save_precision]
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in method.adapter_tensors().items()}
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = method.adapter_metadata()
     metadata["training"] = {
         "steps": config.steps,
@@ -585,7 +635,8 @@ def _check_processes_agree(accelerator: Accelerator, trainable: list[torch.Tenso
     ConfigError on every process, before anything is saved."""
     if accelerator.num_processes == 1:
         return
-    checksum = trained_checksum(trainable).to(accelerator.device, torch.float64)
+    checksum = trained_checksum(list(full_tensors(dict(enumerate(trainable))).values()))
+    checksum = checksum.to(accelerator.device, torch.float64)
     gathered = accelerator.gather(checksum[None]).cpu()
     if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-9):
         raise ConfigError(

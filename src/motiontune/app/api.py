@@ -249,6 +249,7 @@ def train(
     seed: int = 0,
     mixed_precision: str = "auto",
     gradient_checkpointing: bool = False,
+    fsdp: bool = False,
     save_precision: str = "fp32",
     cache_dir: PathLike | None = None,
     device: str | torch.device | None = None,
@@ -271,8 +272,9 @@ def train(
     Steps, learning rate, batch size, accumulation, weight average, frames and size left as None (and method
     options not given) come from the model folder's `motiontune.json`, else the method's paper setting
     (`motiontune.settings`); `sources` names where given values came from (default "argument"), and the
-    result's `settings` says where each value came from. `weights_dtype` (`fp32`, `bf16`, `fp16`) is the precision
-    the model's weights load in; trained tensors stay float32 and train under autocast in that precision.
+    result's `settings` says where each value came from. `fsdp` shards the denoiser's blocks across the training
+    processes (`motiontune.sharding`; launched with 2 or more). `weights_dtype` (`fp32`, `bf16`, `fp16`) is the
+    precision the model's weights load in; trained tensors stay float32 and train under autocast in that precision.
     """
     import time
 
@@ -316,6 +318,7 @@ def train(
         seed=seed,
         mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing,
+        fsdp=fsdp,
         save_precision=save_precision,
         resume=resume,
         progress=progress,

@@ -252,6 +252,12 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="recompute activations in backward to save memory",
     )
+    train.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the denoiser's blocks across the training processes (FSDP2) instead of a full copy on each: "
+        "for models whose weights do not fit one device (Wan 14B); needs 2 or more processes (torchrun)",
+    )
     train.add_argument("--save-precision", default="fp32", help="adapter tensor precision: fp32, fp16 or bf16")
     train.add_argument("--cache-dir", type=Path, default=None, help="cache VAE latents here (default OUTPUT/cache)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -801,6 +807,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        fsdp=args.fsdp,
         save_precision=args.save_precision,
         cache_dir=args.cache_dir,
         device=args.device,

@@ -466,6 +466,12 @@ class Backbone(abc.ABC):
         """The attention modules a site stands for (one; a model with several experts has one per expert)."""
         return [self.denoiser.get_submodule(name)]
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The denoiser's modules that sharded training (`sharding.shard_denoiser`, FSDP) shards one by one: each
+        gathers its weights for its own forward and backward, so a process holds one unit's at a time. Empty when
+        the backbone names none (sharding is then refused)."""
+        return []
+
     def capabilities(self) -> set[str]:
         """What this backbone provides, in the words methods name their needs with (`Method.requirements`):
         `parameter group G`, `LoRA target G` and `K attention` for each attention kind among its sites."""

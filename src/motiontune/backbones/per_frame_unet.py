@@ -257,6 +257,11 @@ class PerFrameUNetBackbone(Backbone):
         """Text embeddings `(B, L, D)` as the denoiser takes them for `frames` frames (as they are by default)."""
         return text
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The UNet's down blocks, middle block and up blocks."""
+        unet = self.denoiser
+        return [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
+
     def enable_gradient_checkpointing(self) -> None:
         """Checkpoint every `checkpoint_units` module (diffusers has no gradient checkpointing for UNet3D).
 

@@ -19,6 +19,7 @@ from ..backbones.base import Backbone
 from ..diffusion import NoiseProcess
 from ..errors import ConfigError, InputError
 from ..sampling import StepHook
+from ..sharding import as_placed
 
 
 def uniform_timesteps(
@@ -199,6 +200,10 @@ class Method:
         the method is built, so a backbone without it fails with one line naming the method and the need."""
         return set()
 
+    def sharding_obstacle(self) -> str | None:
+        """Why this method with its config cannot train on a sharded denoiser (`--fsdp`), or None when it can."""
+        return None
+
     @property
     def trains_token(self) -> bool:
         """Whether the token's text embedding trains too: the config's `train_token` option, where it has one."""
@@ -357,4 +362,4 @@ def copy_tensors(parameters: dict[str, torch.Tensor], tensors: dict[str, torch.T
     check_tensor_shapes({key: parameter.shape for key, parameter in parameters.items()}, tensors, source)
     with torch.no_grad():
         for key, parameter in parameters.items():
-            parameter.copy_(tensors[key].to(parameter.dtype))
+            parameter.copy_(as_placed(tensors[key].to(parameter.dtype), parameter))

@@ -25,6 +25,7 @@ from peft.tuners.lora import LoraLayer
 from ..backbones.base import set_active_adapters
 from ..errors import ConfigError
 from ..io.adapters import DENOISER_PREFIX
+from ..sharding import as_placed
 from .base import Method
 
 
@@ -126,7 +127,7 @@ def load_lora_tensors(unet: torch.nn.Module, name: str, tensors: dict[str, torch
             )
     with torch.no_grad():
         for key, value in given.items():
-            factors[key].copy_(value.to(factors[key].dtype))
+            factors[key].copy_(as_placed(value.to(factors[key].dtype), factors[key]))
 
 
 class LoraMethod(Method):

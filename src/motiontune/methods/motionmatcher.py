@@ -144,6 +144,14 @@ class MotionMatcher(LoraMethod):
     def requirements(self) -> set[str]:
         return super().requirements() | {"cross attention", "temporal attention"}
 
+    def sharding_obstacle(self) -> str | None:
+        if self.config.loss != "feature":
+            return None
+        return (
+            "its motion features stop the denoiser after its middle block, which a sharded denoiser does not "
+            "survive (a crash in FSDP2's block hooks, torch 2.13); --loss pixel trains sharded"
+        )
+
     @property
     def feature_level(self) -> int:
         return self.backbone.down_attention_level(self.config.feature_level)
