@@ -399,3 +399,16 @@ def test_autoencoder_training_resumes_exactly_where_it_stopped(tmp_path):
     (tmp_path / "ckpt" / "latest" / "optimizer.safetensors").unlink()
     again = fresh()
     assert len(train_autoencoder(again, clips, config(4), False, tmp_path / "ckpt", resume=True)) == 1
+
+
+def test_the_autoencoders_learning_rate_holds_then_falls_along_a_cosine():
+    from motiontune.lab.worldmodel import autoencoder_learning_rate
+
+    config = BaseModelConfig(vae_steps=100, vae_learning_rate=0.002, vae_decay_from=60)
+    rates = [autoencoder_learning_rate(config, step) for step in (0, 59, 60, 80, 99)]
+    assert rates[:3] == [0.002, 0.002, 0.002]
+    assert rates[3] == pytest.approx(0.001)  # half-way down the cosine: (1 + cos(pi / 2)) / 2
+    assert 0 < rates[4] < 1e-5
+    assert autoencoder_learning_rate(BaseModelConfig(vae_steps=100), 99) == BaseModelConfig().vae_learning_rate
+    with pytest.raises(ConfigError, match="vae_decay_from must be in"):
+        BaseModelConfig(vae_steps=100, vae_decay_from=100)

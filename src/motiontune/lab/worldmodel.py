@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class BaseModelConfig:
     vae_steps: int = 1500
     vae_batch: int = 64
     vae_learning_rate: float = 2e-3
+    #: from this step the autoencoder's learning rate falls along a cosine to 0 at `vae_steps` (None: constant)
+    vae_decay_from: int | None = None
     vae_kl_weight: float = 1e-6
     vae_frames: int | None = None
     denoiser_steps: int = 20000
@@ -143,6 +146,8 @@ class BaseModelConfig:
                 setattr(self, name, defaults[name])
         self.vae = {**defaults["vae"], **self.vae}
         self.denoiser = {**defaults["denoiser"], **self.denoiser}
+        if self.vae_decay_from is not None and not 0 <= self.vae_decay_from < self.vae_steps:
+            raise ConfigError(f"vae_decay_from must be in [0, vae_steps), got {self.vae_decay_from}")
         if self.architecture == "wan":
             if self.frame_positions:
                 raise ConfigError("frame_positions is for UNet3D's order-blind temporal attention; Wan has rotary ones")
@@ -211,6 +216,8 @@ def train_autoencoder(
     losses = []
     steps = range(start, config.vae_steps)
     for step in tqdm(steps, desc="training autoencoder", disable=not progress, initial=start, total=config.vae_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = autoencoder_learning_rate(config, step)
         batch = _autoencoder_batch(pixels, config, generator)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator)).sample
@@ -223,6 +230,16 @@ def train_autoencoder(
             _save_autoencoder(checkpoints / "latest", step + 1, vae, optimizer, generator)
     vae.eval().requires_grad_(False)
     return losses
+
+
+def autoencoder_learning_rate(config: BaseModelConfig, step: int) -> float:
+    """`vae_learning_rate`, then from `vae_decay_from` a cosine to 0 at `vae_steps`:
+    `lr * (1 + cos(pi * (step - d) / (vae_steps - d))) / 2`."""
+    start = config.vae_decay_from
+    if start is None or step < start:
+        return config.vae_learning_rate
+    progress = (step - start) / (config.vae_steps - start)
+    return config.vae_learning_rate * (1 + math.cos(math.pi * progress)) / 2
 
 
 def _save_autoencoder(folder: Path, step: int, vae, optimizer, generator: torch.Generator) -> None:
