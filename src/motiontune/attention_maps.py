@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .backbones.base import AttentionSite, Backbone
+from .control import prompt_phrase_positions
 from .errors import ConfigError
 from .sampling import StepState
 
@@ -34,13 +35,9 @@ class WordAttention:
         if backbone.controller is None:
             raise ConfigError("attention maps need the attention controller (open the model with api.open_backbone)")
         self.backbone, self.words = backbone, list(words)
-        self.positions = []
-        for phrase in self.words:
-            try:
-                self.positions.append(backbone.phrase_positions(prompt, phrase))
-            except ValueError as error:
-                truncated = f" ({error})" if "falls beyond" in str(error) else ""
-                raise ConfigError(f"--attention-maps: '{phrase}' is not in the prompt {prompt!r}{truncated}") from None
+        self.positions = [
+            prompt_phrase_positions(backbone, prompt, phrase, "'{}' is", "--attention-maps") for phrase in self.words
+        ]
         level = backbone.cross_attention_level(level)
         self.sites = {site.name for site in backbone.sites if site.kind == "cross" and site.level == level}
         self._sum: torch.Tensor | None = None

@@ -486,15 +486,16 @@ def subject_boxes(backbone: Backbone, prompt: str, script: MotionScript, frames:
     """Token positions of every subject's words in `prompt` and its per-frame boxes (fresh tensors)."""
     return [
         SubjectBox(
-            _positions(backbone, prompt, path.words, "subject words {!r} are", script.source), path.boxes(frames)
+            prompt_phrase_positions(backbone, prompt, path.words, "subject words {!r} are", script.source),
+            path.boxes(frames),
         )
         for path in script.subjects
     ]
 
 
-def _positions(backbone: Backbone, prompt: str, phrase: str, what: str, source: str) -> list[int]:
-    """Token positions of `phrase` in `prompt`, or one ConfigError line naming the script and the phrase
-    (`what` is e.g. "bg_phrase {!r} is"; a phrase cut off by the text length says so)."""
+def prompt_phrase_positions(backbone: Backbone, prompt: str, phrase: str, what: str, source: str) -> list[int]:
+    """Token positions of `phrase` in `prompt`, or one ConfigError line naming its source (a script, an option) and
+    the phrase (`what` is e.g. "bg_phrase {!r} is"; a phrase cut off by the text length says so)."""
     try:
         return backbone.phrase_positions(prompt, phrase)
     except ValueError as error:
@@ -525,7 +526,9 @@ def control_hooks(
             raise ConfigError("box control needs the attention controller (open the model with api.open_backbone)")
         background = []
         if script.background is not None:
-            background = _positions(backbone, prompt, script.background, "bg_phrase {!r} is", script.source)
+            background = prompt_phrase_positions(
+                backbone, prompt, script.background, "bg_phrase {!r} is", script.source
+            )
         edit = options.box_edit(subjects, backbone.word_positions(prompt), background)
         hooks.append(BoxControl(backbone.controller, edit, options.amplify_until))
     return hooks

@@ -554,8 +554,12 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
                 seconds = seconds_before + time.perf_counter() - started
                 log.write(json.dumps({"step": step + 1, "loss": total, "seconds": round(seconds, 3)}) + "\n")
         done = step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
-            contents = _checkpoint_contents(method, optimizer, average)  # every process: shards are gathered
+        if (
+            config.checkpoint_every
+            and done % config.checkpoint_every == 0
+            and (config.fsdp or accelerator.is_main_process)
+        ):
+            contents = _checkpoint_contents(method, optimizer, average)  # sharded: every process gathers
             if accelerator.is_main_process:
                 if not _finite(trainable):
                     raise _diverged(output_dir, done, "non-finite weights")

@@ -103,8 +103,8 @@ def requested_attributes(prompt: str | None) -> dict[str, str]:
     for name in BACKGROUNDS:
         if f"{name} background" in text:
             requested["background"] = name
-    phrases = {**{phrase: motion for motion, phrase in MOTION_PHRASES.items()}}
-    phrases.update({f"moving in a {m}": m for m in NOVEL_MOTIONS} | {f"moving in an {m}": m for m in NOVEL_MOTIONS})
+    phrases = {phrase: motion for motion, phrase in MOTION_PHRASES.items()}
+    phrases |= {f"moving in {article} {m}": m for m in NOVEL_MOTIONS for article in ("a", "an")}
     for phrase, motion in phrases.items():
         if phrase in text:
             requested["motion"] = motion
