@@ -95,7 +95,8 @@ def test_autoencoder_evaluation_scores_reconstructions_from_the_command_line(smo
         assert main(["world", "evaluate", "--autoencoder", "--model", str(model), "--prompts", "2", "--quiet"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["clips"] == 2 and set(summary) >= {"colour_accuracy", "shape_accuracy", "motion_accuracy"}
-        assert summary["mse"] > 0.01
+        assert summary["mse"] > 0.01 and summary["object_mse"] > 0 and summary["background_mse"] > 0
+        assert 0 <= summary["outside_share"] <= 1
         summaries.append(summary)
     assert summaries[2]["mse"] == pytest.approx(summaries[0]["mse"], rel=1e-4)
     alone = tmp_path / "moved" / "latest"
@@ -412,3 +413,69 @@ def test_the_autoencoders_learning_rate_holds_then_falls_along_a_cosine():
     assert autoencoder_learning_rate(BaseModelConfig(vae_steps=100), 99) == BaseModelConfig().vae_learning_rate
     with pytest.raises(ConfigError, match="vae_decay_from must be in"):
         BaseModelConfig(vae_steps=100, vae_decay_from=100)
+
+
+def test_object_weights_cover_the_object_and_its_edge():
+    """1 + w on a mask grown by one pixel, 1 elsewhere (a hand-drawn one-pixel object)."""
+    import numpy as np
+
+    from motiontune.lab.worldmodel import object_weights
+
+    masks = np.zeros((1, 2, 6, 6), bool)
+    masks[0, 1, 2, 3] = True
+    weights = object_weights(masks, 20.0)
+    assert weights.shape == (1, 2, 1, 6, 6)
+    assert torch.all(weights[0, 0] == 1)
+    expected = torch.ones(6, 6)
+    expected[1:4, 2:5] = 21
+    torch.testing.assert_close(weights[0, 1, 0], expected)
+
+
+@pytest.mark.parametrize("kind", ["per-frame", "wan"])
+def test_the_autoencoder_learns_from_its_decoders_output_before_the_clamp(kind):
+    """What the autoencoder is trained on is the decoder's output before Wan's clamp to [-1, 1]: clamped it is
+    what `decode` returns, and latents far out give values past the clamp (which would have no gradient)."""
+    from diffusers import AutoencoderKL, AutoencoderKLWan
+
+    from motiontune.lab.tiny import TINY_VAE, TINY_WAN_VAE
+    from motiontune.lab.worldmodel import _unclamped_decode
+
+    torch.manual_seed(0)
+    if kind == "wan":
+        vae, latents = AutoencoderKLWan(**TINY_WAN_VAE), torch.randn(2, 4, 3, 2, 2) * 50
+    else:
+        vae, latents = AutoencoderKL(**TINY_VAE), torch.randn(2, 4, 4, 4) * 50
+    with torch.no_grad():
+        raw = _unclamped_decode(vae, latents)
+        decoded = vae.decode(latents).sample
+    assert raw.shape == decoded.shape
+    if kind == "wan":
+        assert (raw.abs() > 1).any()
+        torch.testing.assert_close(raw.clamp(-1, 1), decoded)
+    else:
+        torch.testing.assert_close(raw, decoded)
+
+
+def test_object_weight_zero_is_plain_mse_and_a_weight_changes_the_training():
+    """Masks with weight 0 train exactly as no masks; weight 20 trains differently (the loss sees the masks)."""
+    import numpy as np
+    from diffusers import AutoencoderKL
+
+    from motiontune.lab.tiny import TINY_VAE
+    from motiontune.lab.worldmodel import train_autoencoder
+
+    clips = np.random.default_rng(0).integers(0, 255, (4, 2, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((4, 2, 16, 16), bool)
+    masks[:, :, 4:8, 4:8] = True
+
+    def trained(weight, with_masks):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(**TINY_VAE)
+        config = BaseModelConfig(vae_steps=2, vae_batch=2, vae_object_weight=weight)
+        train_autoencoder(vae, clips, config, False, masks=masks if with_masks else None)
+        return vae.state_dict()
+
+    plain, zero, weighted = trained(0.0, False), trained(0.0, True), trained(20.0, True)
+    for name, tensor in plain.items():
+        torch.testing.assert_close(zero[name], tensor, rtol=0, atol=0)
+    assert any(not torch.equal(weighted[name], tensor) for name, tensor in plain.items())

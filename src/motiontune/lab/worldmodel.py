@@ -119,6 +119,8 @@ class BaseModelConfig:
     #: from this step the autoencoder's learning rate falls along a cosine to 0 at `vae_steps` (None: constant)
     vae_decay_from: int | None = None
     vae_kl_weight: float = 1e-6
+    #: pixels of the object (its masks grown by one pixel) weigh 1 + this in the autoencoder's MSE (0: plain MSE)
+    vae_object_weight: float = 0.0
     vae_frames: int | None = None
     denoiser_steps: int = 20000
     batch_size: int = 32
@@ -185,15 +187,30 @@ def training_clips(config: BaseModelConfig):
     return sample_clips(config.clips, config.seed, motions=KNOWN_MOTIONS, shapes=SHAPES)
 
 
-def _autoencoder_batch(clips: torch.Tensor, config: BaseModelConfig, generator: torch.Generator) -> torch.Tensor:
-    """A random batch from clips `(N, F, 3, H, W)`: single frames `(B, 3, H, W)` for a per-frame autoencoder,
-    windows of `vae_frames` frames `(B, 3, vae_frames, H, W)` for a video one."""
+def _autoencoder_batch(
+    clips: torch.Tensor, weights: torch.Tensor, config: BaseModelConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch from clips `(N, F, 3, H, W)` and their pixel weights `(N, F, 1, H, W)`: single frames
+    `(B, 3, H, W)` for a per-frame autoencoder, windows of `vae_frames` frames `(B, 3, vae_frames, H, W)` for a
+    video one; the weights alike with one channel."""
     if config.architecture == "unet3d":
-        frames = clips.flatten(0, 1)
-        return frames[torch.randint(len(frames), (config.vae_batch,), generator=generator)]
+        rows = torch.randint(len(clips) * clips.shape[1], (config.vae_batch,), generator=generator)
+        return clips.flatten(0, 1)[rows], weights.flatten(0, 1)[rows]
     rows = torch.randint(len(clips), (config.vae_batch,), generator=generator)
     starts = torch.randint(clips.shape[1] - config.vae_frames + 1, (config.vae_batch,), generator=generator)
-    return torch.stack([clips[r, s : s + config.vae_frames] for r, s in zip(rows, starts, strict=True)]).transpose(1, 2)
+    windows = [slice(s, s + config.vae_frames) for s in starts]
+
+    def gather(source: torch.Tensor) -> torch.Tensor:
+        return torch.stack([source[r, w] for r, w in zip(rows, windows, strict=True)]).transpose(1, 2)
+
+    return gather(clips), gather(weights)
+
+
+def object_weights(masks: np.ndarray, weight: float) -> torch.Tensor:
+    """Pixel weights `(N, F, 1, H, W)` of the autoencoder's loss from object masks `(N, F, H, W)`: 1 + `weight`
+    on the object and the pixel ring around it (its edge), 1 elsewhere."""
+    grown = torch.nn.functional.max_pool2d(torch.from_numpy(masks).float(), 3, stride=1, padding=1)
+    return (1 + weight * grown)[:, :, None]
 
 
 def train_autoencoder(
@@ -203,13 +220,17 @@ def train_autoencoder(
     progress: bool,
     checkpoints: Path | None = None,
     resume: bool = False,
+    masks: np.ndarray | None = None,
 ) -> list:
-    """Fit the VAE to ShapeWorld clips `(N, F, H, W, 3)` uint8: MSE(x, D(z)) + w * KL(q(z|x) || N(0, I)).
+    """Fit the VAE to ShapeWorld clips `(N, F, H, W, 3)` uint8: `sum(m * (x - D(z))^2) / sum(m) + w * KL(q(z|x) ||
+    N(0, I))`, with pixel weights m = 1 + `vae_object_weight` on the objects of `masks` `(N, F, H, W)` (m = 1
+    without masks: plain MSE).
 
     With `checkpoints`, every `checkpoint_every` steps the weights, the optimizer and the generator are written to
     `checkpoints/latest/` (atomically), and `resume` goes on from there. Returns the losses of the steps run."""
     generator = torch.Generator().manual_seed(config.seed)
     pixels = uint8_to_frames(clips)
+    weights = torch.ones_like(pixels[:, :, :1]) if masks is None else object_weights(masks, config.vae_object_weight)
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
     start = _restore_autoencoder(checkpoints / "latest", vae, optimizer, generator) if checkpoints and resume else 0
@@ -218,10 +239,11 @@ def train_autoencoder(
     for step in tqdm(steps, desc="training autoencoder", disable=not progress, initial=start, total=config.vae_steps):
         for group in optimizer.param_groups:
             group["lr"] = autoencoder_learning_rate(config, step)
-        batch = _autoencoder_batch(pixels, config, generator)
+        batch, weight = _autoencoder_batch(pixels, weights, config, generator)
         posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample(generator)).sample
-        loss = torch.nn.functional.mse_loss(recon, batch) + config.vae_kl_weight * posterior.kl().mean()
+        recon = _unclamped_decode(vae, posterior.sample(generator))
+        error = (weight * (recon - batch).square()).mean() / weight.mean()
+        loss = error + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -230,6 +252,22 @@ def train_autoencoder(
             _save_autoencoder(checkpoints / "latest", step + 1, vae, optimizer, generator)
     vae.eval().requires_grad_(False)
     return losses
+
+
+def _unclamped_decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(latents)` as its decoder module returns it, before any clamp of the result to [-1, 1].
+
+    Wan's autoencoder clamps what it decodes; trained through that clamp, a pixel pushed past it gets no gradient,
+    and the black and white backgrounds (+-0.9) invite such overshoot, which then spreads over the small objects
+    on them and stays (a fifth of the decoded values of the plain recipe sat beyond the clamp). Runs its
+    decoder once per latent frame (Wan) or once (a per-frame autoencoder); the outputs are joined along time."""
+    outputs = []
+    hook = vae.decoder.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    try:
+        vae.decode(latents)
+    finally:
+        hook.remove()
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
 def autoencoder_learning_rate(config: BaseModelConfig, step: int) -> float:
@@ -343,8 +381,10 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
     """Score the model's autoencoder: held-out clips (known motions and shapes, an independent seed) at the
     model's native size, encoded and decoded, then read by the analytic metrics as a sample would be. What the
     autoencoder loses (a shape's corners, a frame's position inside a latent frame) no denoiser can give back,
-    so these accuracies cap the base model's. `model` may also be an autoencoder checkpoint of a recipe in
-    training (`OUTPUT/stages/autoencoder-training/latest`): its weights are scored in the recipe's untrained model."""
+    so these accuracies cap the base model's. Also the squared error over all pixels, the objects' and the
+    background's, and `outside_share`: the share of the decoder's values past [-1, 1] (what Wan's clamp cuts).
+    `model` may also be an autoencoder checkpoint of a recipe in training
+    (`OUTPUT/stages/autoencoder-training/latest`): its weights are scored in the recipe's untrained model."""
     model = Path(model)
     checkpoint = model if (model / "state.json").is_file() and (model / "vae.safetensors").is_file() else None
     if checkpoint is not None:
@@ -356,17 +396,28 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
         _restore_autoencoder(checkpoint, backbone.vae, None, None)
     frames, size = native_clip(model)
     scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
-    errors = []
-    for clip in tqdm(sample_clips(clips, seed, motions=KNOWN_MOTIONS, shapes=SHAPES), disable=not progress):
-        rendered = render(clip, frames, size)
-        pixels = uint8_to_frames(rendered.frames[None])
-        decoded = backbone.decode_latents(backbone.encode_video(pixels))
-        errors.append(float((decoded.float().cpu() - pixels).square().mean()))
-        result = evaluate_video(frames_to_uint8(decoded[0]), clip)
-        for attribute in scores:
-            scores[attribute].append(bool(result["correct"][attribute]))
+    errors: dict[str, list] = {"mse": [], "object_mse": [], "background_mse": [], "outside_share": []}
+    raw: list = []
+    hook = backbone.vae.decoder.register_forward_hook(lambda module, inputs, output: raw.append(output))
+    try:
+        for clip in tqdm(sample_clips(clips, seed, motions=KNOWN_MOTIONS, shapes=SHAPES), disable=not progress):
+            rendered = render(clip, frames, size)
+            pixels = uint8_to_frames(rendered.frames[None])
+            raw.clear()
+            decoded = backbone.decode_latents(backbone.encode_video(pixels))
+            squared = (decoded.float().cpu() - pixels).square().mean(2)[0]
+            masks = torch.from_numpy(rendered.masks)
+            errors["mse"].append(float(squared.mean()))
+            errors["object_mse"].append(float(squared[masks].mean()))
+            errors["background_mse"].append(float(squared[~masks].mean()))
+            errors["outside_share"].append(float(np.mean([(r.abs() > 1).float().mean().item() for r in raw])))
+            result = evaluate_video(frames_to_uint8(decoded[0]), clip)
+            for attribute in scores:
+                scores[attribute].append(bool(result["correct"][attribute]))
+    finally:
+        hook.remove()
     summary = {f"{name}_accuracy": float(np.mean(values)) for name, values in scores.items()}
-    return {**summary, "mse": float(np.mean(errors)), "clips": clips}
+    return {**summary, **{name: float(np.mean(values)) for name, values in errors.items()}, "clips": clips}
 
 
 def evaluate_base_model(
@@ -450,7 +501,9 @@ def build_base_model(
         folder = untrained_model(stage / "untrained", config)
         backbone = controlled_backbone(folder, "cpu")
         videos = np.stack([r.frames for r in rendered])
-        losses = train_autoencoder(backbone.vae, videos, config, progress, stage / "autoencoder-training", resume)
+        masks = np.stack([r.masks for r in rendered])
+        checkpoints = stage / "autoencoder-training"
+        losses = train_autoencoder(backbone.vae, videos, config, progress, checkpoints, resume, masks)
         if losses:
             summary["autoencoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
         summary["latent_normalisation"] = _normalise_latents(backbone.vae, videos, config)
