@@ -30,6 +30,8 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,19 +256,26 @@ def train_autoencoder(
     return losses
 
 
+@contextmanager
+def _decoder_outputs(vae: torch.nn.Module) -> Iterator[list]:
+    """A list that collects what the autoencoder's decoder module returns (before `decode` clamps anything):
+    one output per latent frame on Wan's causal autoencoder, one per call on a per-frame one."""
+    outputs: list = []
+    hook = vae.decoder.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        hook.remove()
+
+
 def _unclamped_decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """`vae.decode(latents)` as its decoder module returns it, before any clamp of the result to [-1, 1].
+    """`vae.decode(latents)` before any clamp of the result to [-1, 1].
 
     Wan's autoencoder clamps what it decodes; trained through that clamp, a pixel pushed past it gets no gradient,
     and the black and white backgrounds (+-0.9) invite such overshoot, which then spreads over the small objects
-    on them and stays (a fifth of the decoded values of the plain recipe sat beyond the clamp). Runs its
-    decoder once per latent frame (Wan) or once (a per-frame autoencoder); the outputs are joined along time."""
-    outputs = []
-    hook = vae.decoder.register_forward_hook(lambda module, inputs, output: outputs.append(output))
-    try:
+    on them and stays (a fifth of the decoded values of the plain recipe sat beyond the clamp)."""
+    with _decoder_outputs(vae) as outputs:
         vae.decode(latents)
-    finally:
-        hook.remove()
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
@@ -397,9 +406,7 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
     frames, size = native_clip(model)
     scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
     errors: dict[str, list] = {"mse": [], "object_mse": [], "background_mse": [], "outside_share": []}
-    raw: list = []
-    hook = backbone.vae.decoder.register_forward_hook(lambda module, inputs, output: raw.append(output))
-    try:
+    with _decoder_outputs(backbone.vae) as raw:
         for clip in tqdm(sample_clips(clips, seed, motions=KNOWN_MOTIONS, shapes=SHAPES), disable=not progress):
             rendered = render(clip, frames, size)
             pixels = uint8_to_frames(rendered.frames[None])
@@ -410,12 +417,11 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
             errors["mse"].append(float(squared.mean()))
             errors["object_mse"].append(float(squared[masks].mean()))
             errors["background_mse"].append(float(squared[~masks].mean()))
-            errors["outside_share"].append(float(np.mean([(r.abs() > 1).float().mean().item() for r in raw])))
+            outside = sum(int((r.abs() > 1).sum()) for r in raw) / sum(r.numel() for r in raw)
+            errors["outside_share"].append(outside)
             result = evaluate_video(frames_to_uint8(decoded[0]), clip)
             for attribute in scores:
                 scores[attribute].append(bool(result["correct"][attribute]))
-    finally:
-        hook.remove()
     summary = {f"{name}_accuracy": float(np.mean(values)) for name, values in scores.items()}
     return {**summary, **{name: float(np.mean(values)) for name, values in errors.items()}, "clips": clips}
 
