@@ -99,6 +99,17 @@ def test_autoencoder_evaluation_scores_reconstructions_from_the_command_line(smo
         assert 0 <= summary["outside_share"] <= 1
         summaries.append(summary)
     assert summaries[2]["mse"] == pytest.approx(summaries[0]["mse"], rel=1e-4)
+    sheet = tmp_path / "reconstructions.png"
+    arguments = ["world", "evaluate", "--autoencoder", "--model", str(output / "model"), "--prompts", "3"]
+    assert main([*arguments, "--sheet", str(sheet), "--quiet"]) == 0
+    capsys.readouterr()
+    one_clip = tmp_path / "one.png"
+    assert main([*arguments[:-1], "1", "--sheet", str(one_clip), "--quiet"]) == 0
+    capsys.readouterr()
+    from PIL import Image
+
+    with Image.open(sheet) as three, Image.open(one_clip) as one:
+        assert three.width == one.width and three.height == pytest.approx(3 * one.height, rel=0.05)
     alone = tmp_path / "moved" / "latest"
     shutil.copytree(checkpoint, alone)
     assert main(["world", "evaluate", "--autoencoder", "--model", str(alone), "--quiet"]) == 2

@@ -416,7 +416,12 @@ def _add_world_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     evaluate.add_argument("--steps", type=_positive_int, default=25, help="sampling steps")
     evaluate.add_argument("--guidance-scale", type=_finite_float, default=5.0, help="classifier-free guidance scale")
-    evaluate.add_argument("--sheet", type=Path, default=None, help="write a PNG contact sheet of samples here")
+    evaluate.add_argument(
+        "--sheet",
+        type=Path,
+        default=None,
+        help="write a PNG contact sheet of samples here (with --autoencoder: clips above their reconstructions)",
+    )
     evaluate.add_argument(
         "--autoencoder",
         action="store_true",
@@ -917,7 +922,8 @@ def run_world(args: argparse.Namespace) -> int:
 
         model = Path(args.model) if args.model else default_model_dir()
         if args.autoencoder:
-            print(json.dumps(evaluate_autoencoder(model, args.prompts, progress=not args.quiet), indent=2))
+            summary = evaluate_autoencoder(model, args.prompts, progress=not args.quiet, sheet=args.sheet)
+            print(json.dumps(summary, indent=2))
             return 0
         summary = evaluate_base_model(
             model,

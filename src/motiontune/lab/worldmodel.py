@@ -386,14 +386,17 @@ def native_clip(model: Path) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progress: bool = True) -> dict:
+def evaluate_autoencoder(
+    model: Path, clips: int = 48, seed: int = 4321, progress: bool = True, sheet: Path | None = None
+) -> dict:
     """Score the model's autoencoder: held-out clips (known motions and shapes, an independent seed) at the
     model's native size, encoded and decoded, then read by the analytic metrics as a sample would be. What the
     autoencoder loses (a shape's corners, a frame's position inside a latent frame) no denoiser can give back,
     so these accuracies cap the base model's. Also the squared error over all pixels, the objects' and the
     background's, and `outside_share`: the share of the decoder's values past [-1, 1] (what Wan's clamp cuts).
     `model` may also be an autoencoder checkpoint of a recipe in training
-    (`OUTPUT/stages/autoencoder-training/latest`): its weights are scored in the recipe's untrained model."""
+    (`OUTPUT/stages/autoencoder-training/latest`): its weights are scored in the recipe's untrained model. With
+    `sheet`, a PNG of the first clips (up to 6), each above its reconstruction."""
     model = Path(model)
     checkpoint = model if (model / "state.json").is_file() and (model / "vae.safetensors").is_file() else None
     if checkpoint is not None:
@@ -406,6 +409,8 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
     frames, size = native_clip(model)
     scores: dict[str, list] = {"colour": [], "shape": [], "background": [], "motion": []}
     errors: dict[str, list] = {"mse": [], "object_mse": [], "background_mse": [], "outside_share": []}
+    rows: list[np.ndarray] = []
+    labels: list[str] = []
     with _decoder_outputs(backbone.vae) as raw:
         for clip in tqdm(sample_clips(clips, seed, motions=KNOWN_MOTIONS, shapes=SHAPES), disable=not progress):
             rendered = render(clip, frames, size)
@@ -419,9 +424,15 @@ def evaluate_autoencoder(model: Path, clips: int = 48, seed: int = 4321, progres
             errors["background_mse"].append(float(squared[~masks].mean()))
             outside = sum(int((r.abs() > 1).sum()) for r in raw) / sum(r.numel() for r in raw)
             errors["outside_share"].append(outside)
-            result = evaluate_video(frames_to_uint8(decoded[0]), clip)
+            reconstruction = frames_to_uint8(decoded[0])
+            if len(rows) < 12:
+                rows += [rendered.frames, reconstruction]
+                labels += [rendered.caption, "encoded and decoded"]
+            result = evaluate_video(reconstruction, clip)
             for attribute in scores:
                 scores[attribute].append(bool(result["correct"][attribute]))
+    if sheet is not None:
+        write_contact_sheet(rows, sheet, labels=labels, max_frames=9)
     summary = {f"{name}_accuracy": float(np.mean(values)) for name, values in scores.items()}
     return {**summary, **{name: float(np.mean(values)) for name, values in errors.items()}, "clips": clips}
 
