@@ -273,7 +273,7 @@ def _unclamped_decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tens
 
     Wan's autoencoder clamps what it decodes; trained through that clamp, a pixel pushed past it gets no gradient,
     and the black and white backgrounds (+-0.9) invite such overshoot, which then spreads over the small objects
-    on them and stays (a fifth of the decoded values of the plain recipe sat beyond the clamp)."""
+    on them and stays (a quarter of the decoded values of the first recipe sat beyond the clamp)."""
     with _decoder_outputs(vae) as outputs:
         vae.decode(latents)
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
