@@ -152,6 +152,8 @@ class BaseModelConfig:
         self.denoiser = {**defaults["denoiser"], **self.denoiser}
         if self.vae_decay_from is not None and not 0 <= self.vae_decay_from < self.vae_steps:
             raise ConfigError(f"vae_decay_from must be in [0, vae_steps), got {self.vae_decay_from}")
+        if not self.vae_object_weight >= 0:
+            raise ConfigError(f"vae_object_weight must be >= 0 (0: plain MSE), got {self.vae_object_weight}")
         if self.architecture == "wan":
             if self.frame_positions:
                 raise ConfigError("frame_positions is for UNet3D's order-blind temporal attention; Wan has rotary ones")
