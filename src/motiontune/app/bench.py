@@ -72,6 +72,7 @@ ROWS: dict[str, Row] = {
     "base model, from inverted reference": Row("none", one_video=True, generation=FROM_REFERENCE),
     "newmove": Row("newmove"),
     "newmove, spatial none": Row("newmove", {"spatial": "none"}),
+    "newmove, spatial kv": Row("newmove", {"spatial": "kv"}),
     "newmove, spatial all": Row("newmove", {"spatial": "all"}),
     "newmove, temporal off": Row("newmove", {"temporal": False}),
     "newmove, token trained": Row("newmove", {"train_token": True}),

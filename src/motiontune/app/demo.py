@@ -26,16 +26,12 @@ from ..errors import ConfigError
 from ..lab.shapeworld import Clip, write_subject_images
 from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores, write_task
 from ..utils import atomic_write_text, check_writable_folder
-from .bench import ROWS, train_row
+from .bench import ROWS, bench_prompts, train_row
 from .bench_common import default_or_tiny_model, model_clip
 from .bench_motionbooth import subject_images
 
-PROMPTS = [
-    Clip("square", "blue", "gray", NOVEL_MOTION),
-    Clip("square", "yellow", "black", NOVEL_MOTION),
-    Clip("square", "blue", "white", NOVEL_MOTION),
-    Clip("square", "yellow", "gray", NOVEL_MOTION),
-]
+#: the bench's first 8 prompts (blue/yellow squares, circles and triangles), seed 0: 8 videos per method
+PROMPTS = bench_prompts(8)
 
 
 DEMO_ROWS = {
@@ -265,9 +261,9 @@ def _report(training, scores, composed, steps, model_line, sheet, reference_shee
         model_line,
         f"Reference clips: 4 {NOVEL_MOTION} clips of red/green circles/triangles captioned `... doing {TOKEN} ...`",
         "(every method learns from all 4 at the model's recommended settings, as `motiontune train --data CLIPS`",
-        "with no tuning flag; NewMove with 4 regularization clips of known motions); prompts ask for blue/yellow",
-        "squares; copy score = share of videos whose object takes the references' colour or shape instead of the",
-        "prompt's.",
+        "with no tuning flag; NewMove with 4 regularization clips of known motions); 8 prompts (seed 0) ask for",
+        "blue/yellow squares, circles and triangles; copy score = share of videos whose object takes the",
+        "references' colour or shape instead of the prompt's.",
         "",
         "| model | motion accuracy | appearance accuracy | copy score | steps | train s | adapter MB |",
         "| --- | --- | --- | --- | --- | --- | --- |",
