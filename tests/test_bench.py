@@ -40,7 +40,7 @@ def test_prompts_avoid_the_references_look_and_rows_are_checked(tmp_path):
     for clip in bench_prompts(8):
         assert clip.colour not in REFERENCE_LOOK["colours"] and clip.motion == "zigzag"
     with pytest.raises(ConfigError, match="unknown bench row"):
-        bench_shapeworld(tmp_path, "unused", ["newmove, spatial kv"], progress=False)
+        bench_shapeworld(tmp_path, "unused", ["newmove, spatial sideways"], progress=False)
     with pytest.raises(ConfigError, match=r"motion 'wiggle': learn a novel motion .* or a path of your own"):
         bench_shapeworld(tmp_path, "unused", ["newmove"], motions=("wiggle",), progress=False)
     with pytest.raises(ConfigError, match="motion 'path:0 0': a path is"):
