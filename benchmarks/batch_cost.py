@@ -29,7 +29,7 @@ def step_seconds(model: str | None, method_name: str, batch: int, steps: int) ->
     native = ModelDefaults.read(backbone.path).native
     frames, height, width = (native.get(k, d) for k, d in (("frames", 8), ("height", 32), ("width", 32)))
     h, w = backbone.latent_size(height, width)
-    shape = (backbone.latent_channels, frames, h, w)
+    shape = (backbone.latent_channels, backbone.latent_frames(frames), h, w)
     method = create_method(method_name, backbone, {}, token="sks")
     method.bind_training_shape(torch.Size(shape))
     method.prepare_for_training()

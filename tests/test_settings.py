@@ -192,3 +192,15 @@ def test_the_shipped_models_recommendations_are_valid_for_every_method():
         METHODS[name].config_from_dict({**required, **values["options"]})  # raises on an unknown or bad option
         settings = training_settings(name, METHODS[name].paper_settings, defaults, {})
         assert all(settings[key].source.startswith("model") for key in ("steps", "learning_rate", "frames")), name
+
+
+def test_a_shipped_models_name_stands_for_its_folder_unless_a_local_folder_has_that_name(tmp_path, monkeypatch):
+    assert api.model_folder("unet3d") == api.default_model_dir() == api.shipped_model_dir("unet3d")
+    assert api.shipped_model_name(api.default_model_dir()) == "unet3d"
+    assert api.model_folder("zeroscope/") == api.model_folder("zeroscope")  # anything else as given
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unet3d").mkdir()
+    assert api.model_folder("unet3d") == tmp_path.joinpath("unet3d").relative_to(tmp_path)
+    assert api.shipped_model_name("unet3d") is None
+    with pytest.raises(ConfigError, match="no shipped model 'wan-14b' \\(shipped: unet3d, dit\\)"):
+        api.shipped_model_dir("wan-14b")

@@ -46,15 +46,49 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike
 
 
-def default_model_dir() -> Path:
-    """The model folder shipped inside the package."""
-    shipped = Path(str(resources.files("motiontune") / "assets" / "shapeworld"))
+#: the ShapeWorld models shipped inside the package, by the name `--model` takes: their folders under assets/
+SHIPPED_MODELS = {"unet3d": "shapeworld", "dit": "shapeworld-dit"}
+#: the shipped model used when no `--model` is given
+DEFAULT_SHIPPED_MODEL = "unet3d"
+
+
+def shipped_model_dir(name: str = DEFAULT_SHIPPED_MODEL) -> Path:
+    """The folder of the shipped ShapeWorld model `name` (`unet3d`: the UNet3D model, `dit`: the Wan-format DiT)."""
+    if name not in SHIPPED_MODELS:
+        raise ConfigError(f"no shipped model '{name}' (shipped: {', '.join(SHIPPED_MODELS)})")
+    shipped = Path(str(resources.files("motiontune") / "assets" / SHIPPED_MODELS[name]))
     if not (shipped / "model_index.json").exists():
         raise ConfigError(
-            "no --model given and this install ships no default model yet: pass --model DIR "
+            f"this install ships no '{name}' model: pass --model DIR "
             "(a diffusers text-to-video folder, or one written by `motiontune tiny-model DIR`)"
         )
     return shipped
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped inside the package that runs when no model is given."""
+    return shipped_model_dir(DEFAULT_SHIPPED_MODEL)
+
+
+def shipped_model_name(model: PathLike) -> str | None:
+    """The name of the shipped model whose folder `model` is, else None."""
+    folder = Path(model).resolve()
+    for name in SHIPPED_MODELS:
+        try:
+            if shipped_model_dir(name).resolve() == folder:
+                return name
+        except ConfigError:
+            continue
+    return None
+
+
+def model_folder(model: PathLike) -> Path:
+    """`model` as a folder: a shipped model's name (`unet3d`, `dit`) names its folder in the package unless a
+    local folder of that name exists; anything else is taken as given."""
+    text = str(model)
+    if text in SHIPPED_MODELS and not Path(text).exists():
+        return shipped_model_dir(text)
+    return Path(text)
 
 
 #: `--weights-dtype` names

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..utils import atomic_write_text
-from .api import default_model_dir
+from .api import DEFAULT_SHIPPED_MODEL, default_model_dir, shipped_model_name
 
 
 def chosen_rows(rows: list[str] | None, known: Iterable[str]) -> list[str]:
@@ -60,11 +60,10 @@ def model_clip(model: str | os.PathLike | None) -> tuple[int, int, float]:
 
 def model_label(model: str) -> str:
     """How a report names the benched model folder: "the shipped model" for the package's own, else its path."""
-    try:
-        shipped = default_model_dir().resolve()
-    except ConfigError:
+    name = shipped_model_name(model)
+    if name is None:
         return f"`{model}`"
-    return "the shipped model" if Path(model).resolve() == shipped else f"`{model}`"
+    return "the shipped model" if name == DEFAULT_SHIPPED_MODEL else f"the shipped {name} model"
 
 
 def run_rows(

@@ -54,6 +54,14 @@ def _checked_number(kind: type, valid, requirement: str):
 _positive_int = _checked_number(int, lambda value: value >= 1, "a positive integer")
 _finite_float = _checked_number(float, math.isfinite, "a finite number")
 _seed = _checked_number(int, lambda value: 0 <= value <= MAX_SEED, "an integer from 0 to 2**63 - 1")
+SHIPPED_MODEL_HELP = "'unet3d' or 'dit' names a ShapeWorld model shipped with motiontune"
+
+
+def _model_argument(text: str) -> str:
+    """`--model`: a folder or hub id as given, or the folder of the shipped model it names (`unet3d`, `dit`)."""
+    from .api import model_folder
+
+    return str(model_folder(text))
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +76,9 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
+        type=_model_argument,
         help="diffusers text-to-video model folder (e.g. a local ZeroScope checkout); "
-        "defaults to the model shipped with motiontune",
+        f"defaults to the model shipped with motiontune; {SHIPPED_MODEL_HELP}",
     )
     parser.add_argument(
         "--motion-adapter",
@@ -357,10 +366,10 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
     demo.add_argument(
         "--model",
-        type=Path,
+        type=_model_argument,
         default=None,
         help="a ShapeWorld model folder, UNet3D or Wan format (default: the shipped model); the demo's clips take "
-        "its native frames and size",
+        f"its native frames and size; {SHIPPED_MODEL_HELP}",
     )
     demo.add_argument("--device", default=None, help="torch device")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -408,7 +417,11 @@ def _add_world_command(commands: argparse._SubParsersAction) -> None:
         help="score a ShapeWorld model with the analytic metrics (colour, shape, background, motion)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    evaluate.add_argument("--model", help="model folder (default: the shipped ShapeWorld model)")
+    evaluate.add_argument(
+        "--model",
+        type=_model_argument,
+        help=f"model folder (default: the shipped ShapeWorld model); {SHIPPED_MODEL_HELP}",
+    )
     evaluate.add_argument(
         "--adapter", type=Path, action="append", default=[], help="adapter to apply, e.g. a training checkpoint"
     )
@@ -446,7 +459,12 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         help="every method and NewMove ablation learning a novel ShapeWorld motion, scored analytically",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    shapeworld_bench.add_argument("--model", default=None, help="model folder (default: shipped, else tiny random)")
+    shapeworld_bench.add_argument(
+        "--model",
+        type=_model_argument,
+        default=None,
+        help=f"model folder (default: shipped, else tiny random); {SHIPPED_MODEL_HELP}",
+    )
     shapeworld_bench.add_argument("--rows", default=None, help="semicolon-separated rows (default: all)")
     shapeworld_bench.add_argument("--row", default=None, help=argparse.SUPPRESS)
     shapeworld_bench.add_argument(
@@ -474,7 +492,12 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "--every steps and write results.json, curves.png and (with --report) a markdown table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    curves_bench.add_argument("--model", default=None, help="model folder (default: shipped, else tiny random)")
+    curves_bench.add_argument(
+        "--model",
+        type=_model_argument,
+        default=None,
+        help=f"model folder (default: shipped, else tiny random); {SHIPPED_MODEL_HELP}",
+    )
     curves_bench.add_argument(
         "--rows",
         default=None,
@@ -504,7 +527,10 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     motionbooth_bench.add_argument(
-        "--model", default=None, help="model folder (default: the shipped model, else a tiny random one)"
+        "--model",
+        type=_model_argument,
+        default=None,
+        help=f"model folder (default: the shipped model, else a tiny random one); {SHIPPED_MODEL_HELP}",
     )
     motionbooth_bench.add_argument(
         "--rows",
@@ -662,7 +688,12 @@ def _add_app_command(commands: argparse._SubParsersAction) -> None:
         help="teach, steer and compare motions in a browser (Gradio; pip install 'motiontune[app]')",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    app.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped ShapeWorld model)")
+    app.add_argument(
+        "--model",
+        type=_model_argument,
+        default=None,
+        help=f"model folder (default: the shipped ShapeWorld model); {SHIPPED_MODEL_HELP}",
+    )
     app.add_argument(
         "--workspace",
         type=Path,

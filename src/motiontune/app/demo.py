@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..lab.shapeworld import Clip, write_subject_images
 from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores, write_task
 from ..utils import atomic_write_text, check_writable_folder
+from .api import shipped_model_name
 from .bench import ROWS, bench_prompts, train_row
 from .bench_common import default_or_tiny_model, model_clip
 from .bench_motionbooth import subject_images
@@ -65,7 +66,7 @@ def run_demo(
     if (output / "report.md").exists() and not overwrite:
         raise ConfigError(f"{output}: holds a finished demo (report.md); pass --overwrite to run it again")
     given = model is not None
-    model, shipped = (Path(model), False) if given else default_or_tiny_model(output)
+    model, shipped = (Path(model), shipped_model_name(model) is not None) if given else default_or_tiny_model(output)
     frames, size, _ = model_clip(model)
     task = write_task(output, frames, size, NOVEL_MOTION, 0)
     write_subject_images(output / "subject", subject_images(), size)
