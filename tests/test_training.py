@@ -12,7 +12,14 @@ from motiontune.app.api import open_backbone
 from motiontune.errors import ConfigError
 from motiontune.io.data import VideoDataset, find_video_items
 from motiontune.methods import create_method
-from motiontune.training import TrainConfig, WeightAverage, latest_checkpoint, prepare_examples, train
+from motiontune.training import (
+    TrainConfig,
+    WeightAverage,
+    cosine_decay,
+    latest_checkpoint,
+    prepare_examples,
+    train,
+)
 
 
 def _run(model_dir, data, output, steps, resume=False, **overrides):
@@ -32,6 +39,22 @@ def test_interrupted_run_resumes_bit_exactly(tiny_model_dir, motion_data, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "training_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+
+
+def test_learning_rate_decay_starts_at_its_step_and_resumes_bit_exactly(tiny_model_dir, motion_data, tmp_path):
+    """decay_from 2 of 4 steps: factors 1, 1, 1, then (1 + cos(pi / 2)) / 2 = 0.5; the first three steps are
+    the constant run's, the last is not."""
+    assert [cosine_decay(step, 4, 2) for step in range(4)] == pytest.approx([1.0, 1.0, 1.0, 0.5])
+    constant = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "c", 4, checkpoint_every=1)))
+    decayed = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "a", 4, checkpoint_every=1, decay_from=2)))
+    step_3 = [load_file(str(tmp_path / r / "checkpoints" / "step-000003" / "adapter.safetensors")) for r in "ca"]
+    assert all(torch.equal(step_3[0][k], step_3[1][k]) for k in decayed)
+    assert any(not torch.equal(constant[k], decayed[k]) for k in decayed)
+    _run(tiny_model_dir, motion_data, tmp_path / "b", 3, decay_from=2)
+    resumed = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "b", 4, resume=True, decay_from=2)))
+    assert all(torch.equal(decayed[k], resumed[k]) for k in decayed)
+    with pytest.raises(ConfigError, match="--decay-from must be in \\[0, steps\\), got 3"):
+        TrainConfig("unused", steps=3, decay_from=3)
 
 
 def test_weight_average_follows_the_hand_computed_recursion_and_swaps_back():

@@ -424,6 +424,8 @@ def test_the_autoencoders_learning_rate_holds_then_falls_along_a_cosine():
     assert autoencoder_learning_rate(BaseModelConfig(vae_steps=100), 99) == BaseModelConfig().vae_learning_rate
     with pytest.raises(ConfigError, match="vae_decay_from must be in"):
         BaseModelConfig(vae_steps=100, vae_decay_from=100)
+    with pytest.raises(ConfigError, match="decay_from must be in \\[0, denoiser_steps\\)"):
+        BaseModelConfig(denoiser_steps=100, decay_from=100)
     with pytest.raises(ConfigError, match="vae_object_weight must be >= 0"):
         BaseModelConfig(vae_object_weight=-1.0)
 

@@ -92,6 +92,8 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     frames: int | None = None  # pixel frames of the videos the adapter is for; default: the longest example's
+    #: from this step the learning rate falls along a cosine to 0 at `steps` (None: constant)
+    decay_from: int | None = None
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir)
@@ -114,8 +116,18 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
+        if self.decay_from is not None and not 0 <= self.decay_from < self.steps:
+            raise ConfigError(f"--decay-from must be in [0, steps), got {self.decay_from}")
         if self.fsdp and self.validate_every:
             raise ConfigError("--fsdp with --validate-every: validation videos are not sampled from a sharded model")
+
+
+def cosine_decay(step: int, steps: int, decay_from: int | None) -> float:
+    """The learning rate's factor at `step`: 1, then from `decay_from` a cosine to 0 at `steps`,
+    `(1 + cos(pi * (step - d) / (steps - d))) / 2`."""
+    if decay_from is None or step < decay_from:
+        return 1.0
+    return (1 + math.cos(math.pi * (step - decay_from) / (steps - decay_from))) / 2
 
 
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -499,6 +511,7 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
         raise ConfigError(f"method '{method.name}' has no trainable parameters with these options")
     _float32_trained(groups)
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2, foreach=False if config.fsdp else None)
+    group_rates = [group["lr"] for group in optimizer.param_groups]
     module = _TrainingModule(method)
     if config.fsdp:  # the shards average their own gradients; no DDP copy around them
         optimizer = accelerator.prepare(optimizer)
@@ -526,6 +539,8 @@ def train(method: Method, examples: list[Example], config: TrainConfig) -> Path:
     bar = tqdm(range(start, config.steps), desc=f"training {method.name}", disable=not config.progress)
     started = time.perf_counter()
     for step in bar:
+        for group, rate in zip(optimizer.param_groups, group_rates, strict=True):
+            group["lr"] = rate * cosine_decay(step, config.steps, config.decay_from)
         total = 0.0
         for micro in range(accumulation):
             index = (step * accumulation + micro) * accelerator.num_processes + accelerator.process_index

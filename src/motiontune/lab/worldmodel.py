@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from ..io.video import frames_to_uint8, uint8_to_frames, write_contact_sheet
 from ..methods import load_adapter
 from ..methods.pretrain import Pretrain, PretrainConfig
 from ..settings import ModelDefaults
-from ..training import Example, TrainConfig, load_optimizer, optimizer_tensors, train
+from ..training import Example, TrainConfig, cosine_decay, load_optimizer, optimizer_tensors, train
 from ..utils import atomic_directory, atomic_write_text, default_device
 from .evaluation import evaluate_video
 from .shapeworld import KNOWN_MOTIONS, NOVEL_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
@@ -127,6 +126,8 @@ class BaseModelConfig:
     denoiser_steps: int = 20000
     batch_size: int = 32
     learning_rate: float = 1e-3
+    #: from this step the denoiser's learning rate falls along a cosine to 0 at `denoiser_steps` (None: constant)
+    decay_from: int | None = None
     snr_gamma: float = 0.0
     ema_decay: float = 0.0
     zero_terminal_snr: bool | None = None
@@ -152,6 +153,8 @@ class BaseModelConfig:
         self.denoiser = {**defaults["denoiser"], **self.denoiser}
         if self.vae_decay_from is not None and not 0 <= self.vae_decay_from < self.vae_steps:
             raise ConfigError(f"vae_decay_from must be in [0, vae_steps), got {self.vae_decay_from}")
+        if self.decay_from is not None and not 0 <= self.decay_from < self.denoiser_steps:
+            raise ConfigError(f"decay_from must be in [0, denoiser_steps), got {self.decay_from}")
         if not self.vae_object_weight >= 0:
             raise ConfigError(f"vae_object_weight must be >= 0 (0: plain MSE), got {self.vae_object_weight}")
         if self.architecture == "wan":
@@ -282,13 +285,8 @@ def _unclamped_decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tens
 
 
 def autoencoder_learning_rate(config: BaseModelConfig, step: int) -> float:
-    """`vae_learning_rate`, then from `vae_decay_from` a cosine to 0 at `vae_steps`:
-    `lr * (1 + cos(pi * (step - d) / (vae_steps - d))) / 2`."""
-    start = config.vae_decay_from
-    if start is None or step < start:
-        return config.vae_learning_rate
-    progress = (step - start) / (config.vae_steps - start)
-    return config.vae_learning_rate * (1 + math.cos(math.pi * progress)) / 2
+    """`vae_learning_rate`, then from `vae_decay_from` a cosine to 0 at `vae_steps` (`training.cosine_decay`)."""
+    return config.vae_learning_rate * cosine_decay(step, config.vae_steps, config.vae_decay_from)
 
 
 def _save_autoencoder(folder: Path, step: int, vae, optimizer, generator: torch.Generator) -> None:
@@ -561,6 +559,7 @@ def build_base_model(
             learning_rate=config.learning_rate,
             batch_size=config.batch_size,
             ema_decay=config.ema_decay,
+            decay_from=config.decay_from,
             checkpoint_every=config.checkpoint_every,
             seed=config.seed,
             resume=resume,
