@@ -13,7 +13,14 @@ from motiontune.app.api import generate, open_backbone
 from motiontune.app.cli import main
 from motiontune.diffusion import DiscreteDiffusion
 from motiontune.errors import ConfigError
-from motiontune.lab.worldmodel import BaseModelConfig, build_base_model, evaluate_base_model, set_noise_schedule
+from motiontune.lab.shapeworld import KNOWN_MOTIONS, PATH_PREFIX, path_keyframes
+from motiontune.lab.worldmodel import (
+    BaseModelConfig,
+    build_base_model,
+    decoder_clips,
+    evaluate_base_model,
+    set_noise_schedule,
+)
 from motiontune.methods import create_method
 from motiontune.sampling import make_scheduler
 
@@ -325,11 +332,17 @@ WAN_SMOKE = {
 
 def test_wan_recipe_writes_a_wan_pipeline_folder_that_diffusers_samples(tmp_path):
     """The DiT recipe: a causal autoencoder 4x in space and time, per-channel latent statistics, a patch-1
-    transformer on 5 latent frames of 8 x 8, flow matching; the folder loads in `WanPipeline` itself."""
-    from diffusers import WanPipeline
+    transformer on 5 latent frames of 8 x 8, flow matching, then the decoder alone on random paths (the encoder,
+    so the transformer's latents, unchanged); the folder loads in `WanPipeline` itself."""
+    from diffusers import AutoencoderKLWan, WanPipeline
 
-    summary = build_base_model(BaseModelConfig(**WAN_SMOKE), tmp_path, progress=False)
+    summary = build_base_model(BaseModelConfig(**WAN_SMOKE, decoder_steps=2), tmp_path, progress=False)
     model = tmp_path / "model"
+    staged, exported = (AutoencoderKLWan.from_pretrained(f / "vae") for f in (tmp_path / "stages/autoencoded", model))
+    for part, same in (("encoder", True), ("quant_conv", True), ("decoder", False)):
+        pairs = zip(getattr(staged, part).parameters(), getattr(exported, part).parameters(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs) is same, part
+    assert len(summary["decoder_loss"]) == 2 and (tmp_path / "stages/decoder-training/latest/state.json").is_file()
     assert json.loads((model / "motiontune.json").read_text())["native"] == {"frames": 17, "height": 32, "width": 32}
     assert (tmp_path / "transformer-training" / "checkpoints" / "step-000002").is_dir()
     backbone = open_backbone(model, "cpu")
@@ -364,6 +377,7 @@ def test_wan_recipe_writes_a_wan_pipeline_folder_that_diffusers_samples(tmp_path
         ({"architecture": "wan", "vae_frames": 4}, "vae_frames must be 4k\\+1"),
         ({"architecture": "wan", "frame_positions": True}, "frame_positions is for UNet3D"),
         ({"architecture": "wan", "zero_terminal_snr": True}, "zero_terminal_snr is for DDPM schedules"),
+        ({"decoder_steps": -1}, "decoder_steps must be >= 0"),
     ],
 )
 def test_recipe_options_that_do_not_fit_the_architecture_are_refused(tmp_path, options, message):
@@ -494,3 +508,14 @@ def test_object_weight_zero_is_plain_mse_and_a_weight_changes_the_training():
     for name, tensor in plain.items():
         torch.testing.assert_close(zero[name], tensor, rtol=0, atol=0)
     assert any(not torch.equal(weighted[name], tensor) for name, tensor in plain.items())
+
+
+def test_the_decoder_stage_draws_half_its_clips_along_random_paths_and_none_along_a_named_novel_motion():
+    config = BaseModelConfig(clips=40, frames=17)
+    clips = decoder_clips(config)
+    paths = [c.motion for c in clips if c.motion.startswith(PATH_PREFIX)]
+    assert len(paths) == 20 and len(set(paths)) == 20  # every path its own
+    assert {c.motion for c in clips} - set(paths) <= set(KNOWN_MOTIONS)
+    assert [c.motion for c in decoder_clips(config)] == [c.motion for c in clips]  # from the seed
+    for motion in paths:
+        assert 3 <= len(path_keyframes(motion)) <= 17

@@ -442,6 +442,12 @@ def _add_world_command(commands: argparse._SubParsersAction) -> None:
         "model's accuracies); --model may then be a recipe's stages/autoencoded folder before the denoiser trains, or "
         "an autoencoder checkpoint in training (OUTPUT/stages/autoencoder-training/latest)",
     )
+    evaluate.add_argument(
+        "--novel-motions",
+        action="store_true",
+        help="with --autoencoder: held-out clips of the novel motions (zigzag, orbit, bounce, diagonal) instead of "
+        "the known ones, to see whether a novel motion survives the autoencoder's temporal compression",
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument(
         "--allow-other-model",
@@ -946,14 +952,20 @@ def run_world(args: argparse.Namespace) -> int:
         )
         print(shapeworld.write_dataset(args.output, clips, args.frames, args.size, args.token))
         return 0
+    from ..lab.shapeworld import KNOWN_MOTIONS, NOVEL_MOTIONS
     from ..lab.worldmodel import BaseModelConfig, build_base_model, evaluate_autoencoder, evaluate_base_model
 
     if args.world_command == "evaluate":
         from .api import default_model_dir
 
         model = Path(args.model) if args.model else default_model_dir()
+        if args.novel_motions and not args.autoencoder:
+            raise ConfigError("--novel-motions scores the autoencoder: give it with --autoencoder")
         if args.autoencoder:
-            summary = evaluate_autoencoder(model, args.prompts, progress=not args.quiet, sheet=args.sheet)
+            motions = NOVEL_MOTIONS if args.novel_motions else KNOWN_MOTIONS
+            summary = evaluate_autoencoder(
+                model, args.prompts, progress=not args.quiet, sheet=args.sheet, motions=motions
+            )
             print(json.dumps(summary, indent=2))
             return 0
         summary = evaluate_base_model(

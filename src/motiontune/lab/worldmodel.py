@@ -25,6 +25,7 @@ sampling time pure noise carries none, and the motion follows the noise rather t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -53,7 +54,17 @@ from ..settings import ModelDefaults
 from ..training import Example, TrainConfig, cosine_decay, load_optimizer, optimizer_tensors, train
 from ..utils import atomic_directory, atomic_write_text, default_device
 from .evaluation import evaluate_video
-from .shapeworld import KNOWN_MOTIONS, NOVEL_MOTIONS, SHAPES, VOCABULARY, render, sample_clips, with_motion
+from .shapeworld import (
+    KNOWN_MOTIONS,
+    MAX_PATH_EXTENT,
+    NOVEL_MOTIONS,
+    PATH_PREFIX,
+    SHAPES,
+    VOCABULARY,
+    render,
+    sample_clips,
+    with_motion,
+)
 from .tiny import TINY_VAE, WAN_SCHEDULER, build_tiny_model, build_tiny_wan
 
 #: what each architecture's recipe uses where the config says nothing (None)
@@ -123,6 +134,12 @@ class BaseModelConfig:
     #: pixels of the object (its masks grown by one pixel) weigh 1 + this in the autoencoder's MSE (0: plain MSE)
     vae_object_weight: float = 0.0
     vae_frames: int | None = None
+    #: after the denoiser: steps that train the autoencoder's decoder alone (the encoder, so every latent the
+    #: denoiser learned, stays as it is) on clips whose objects follow random paths, half of them, so that it draws
+    #: motions faster and less regular than the known ones (the named novel motions are not among them). Its
+    #: learning rate falls along a cosine from `decoder_learning_rate` to 0. 0: no such stage
+    decoder_steps: int = 0
+    decoder_learning_rate: float = 5e-4
     denoiser_steps: int = 20000
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -153,6 +170,8 @@ class BaseModelConfig:
         self.denoiser = {**defaults["denoiser"], **self.denoiser}
         if self.vae_decay_from is not None and not 0 <= self.vae_decay_from < self.vae_steps:
             raise ConfigError(f"vae_decay_from must be in [0, vae_steps), got {self.vae_decay_from}")
+        if self.decoder_steps < 0 or not self.decoder_learning_rate > 0:
+            raise ConfigError("decoder_steps must be >= 0 (0: no decoder stage) and decoder_learning_rate > 0")
         if self.decay_from is not None and not 0 <= self.decay_from < self.denoiser_steps:
             raise ConfigError(f"decay_from must be in [0, denoiser_steps), got {self.decay_from}")
         if not self.vae_object_weight >= 0:
@@ -194,6 +213,18 @@ def training_clips(config: BaseModelConfig):
     return sample_clips(config.clips, config.seed, motions=KNOWN_MOTIONS, shapes=SHAPES)
 
 
+def decoder_clips(config: BaseModelConfig) -> list:
+    """The decoder stage's clips: known shapes and backgrounds, every other one moving along a random path of 3 to
+    `frames` keyframes (a motion no code names), the rest with known motions."""
+    rng = np.random.default_rng(config.seed + 1)
+    clips = sample_clips(config.clips, config.seed + 1, motions=KNOWN_MOTIONS, shapes=SHAPES)
+    paths = []
+    for _ in clips[::2]:
+        keys = rng.uniform(0, MAX_PATH_EXTENT * 0.9, size=(int(rng.integers(3, config.frames + 1)), 2))
+        paths.append(PATH_PREFIX + ";".join(f"{x:.3f} {y:.3f}" for x, y in keys))
+    return [with_motion(clip, paths[i // 2]) if i % 2 == 0 else clip for i, clip in enumerate(clips)]
+
+
 def _autoencoder_batch(
     clips: torch.Tensor, weights: torch.Tensor, config: BaseModelConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,29 +259,38 @@ def train_autoencoder(
     checkpoints: Path | None = None,
     resume: bool = False,
     masks: np.ndarray | None = None,
+    decoder_only: bool = False,
 ) -> list:
     """Fit the VAE to ShapeWorld clips `(N, F, H, W, 3)` uint8: `sum(m * (x - D(z))^2) / sum(m) + w * KL(q(z|x) ||
     N(0, I))`, with pixel weights m = 1 + `vae_object_weight` on the objects of `masks` `(N, F, H, W)` (m = 1
-    without masks: plain MSE).
+    without masks: plain MSE). `decoder_only`: the recipe's decoder stage (`decoder_steps`): the encoder stays
+    frozen (the KL term is then constant and left out).
 
     With `checkpoints`, every `checkpoint_every` steps the weights, the optimizer and the generator are written to
     `checkpoints/latest/` (atomically), and `resume` goes on from there. Returns the losses of the steps run."""
     generator = torch.Generator().manual_seed(config.seed)
     pixels = uint8_to_frames(clips)
     weights = torch.ones_like(pixels[:, :, :1]) if masks is None else object_weights(masks, config.vae_object_weight)
-    vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
+    vae.train().requires_grad_(not decoder_only)
+    if decoder_only:
+        vae.decoder.requires_grad_(True)
+        vae.post_quant_conv.requires_grad_(True)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.vae_learning_rate, weight_decay=0.0)
     start = _restore_autoencoder(checkpoints / "latest", vae, optimizer, generator) if checkpoints and resume else 0
     losses = []
-    steps = range(start, config.vae_steps)
-    for step in tqdm(steps, desc="training autoencoder", disable=not progress, initial=start, total=config.vae_steps):
+    total = config.decoder_steps if decoder_only else config.vae_steps
+    desc = "training decoder" if decoder_only else "training autoencoder"
+    for step in tqdm(range(start, total), desc=desc, disable=not progress, initial=start, total=total):
         for group in optimizer.param_groups:
-            group["lr"] = autoencoder_learning_rate(config, step)
+            group["lr"] = autoencoder_learning_rate(config, step, decoder_only)
         batch, weight = _autoencoder_batch(pixels, weights, config, generator)
-        posterior = vae.encode(batch).latent_dist
-        recon = _unclamped_decode(vae, posterior.sample(generator))
+        with torch.no_grad() if decoder_only else contextlib.nullcontext():
+            posterior = vae.encode(batch).latent_dist
+            latents = posterior.sample(generator)
+        recon = _unclamped_decode(vae, latents)
         error = (weight * (recon - batch).square()).mean() / weight.mean()
-        loss = error + config.vae_kl_weight * posterior.kl().mean()
+        loss = error if decoder_only else error + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -284,8 +324,11 @@ def _unclamped_decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tens
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
 
-def autoencoder_learning_rate(config: BaseModelConfig, step: int) -> float:
-    """`vae_learning_rate`, then from `vae_decay_from` a cosine to 0 at `vae_steps` (`training.cosine_decay`)."""
+def autoencoder_learning_rate(config: BaseModelConfig, step: int, decoder_only: bool = False) -> float:
+    """`vae_learning_rate`, then from `vae_decay_from` a cosine to 0 at `vae_steps` (`training.cosine_decay`); in
+    the decoder stage a cosine from `decoder_learning_rate` to 0 at `decoder_steps`."""
+    if decoder_only:
+        return config.decoder_learning_rate * cosine_decay(step, config.decoder_steps, 0)
     return config.vae_learning_rate * cosine_decay(step, config.vae_steps, config.vae_decay_from)
 
 
@@ -387,7 +430,12 @@ def native_clip(model: Path) -> tuple[int, int]:
 
 @torch.no_grad()
 def evaluate_autoencoder(
-    model: Path, clips: int = 48, seed: int = 4321, progress: bool = True, sheet: Path | None = None
+    model: Path,
+    clips: int = 48,
+    seed: int = 4321,
+    progress: bool = True,
+    sheet: Path | None = None,
+    motions: tuple[str, ...] = KNOWN_MOTIONS,
 ) -> dict:
     """Score the model's autoencoder: held-out clips (known motions and shapes, an independent seed) at the
     model's native size, encoded and decoded, then read by the analytic metrics as a sample would be. What the
@@ -396,7 +444,8 @@ def evaluate_autoencoder(
     background's, and `outside_share`: the share of the decoder's values past [-1, 1] (what Wan's clamp cuts).
     `model` may also be an autoencoder checkpoint of a recipe in training
     (`OUTPUT/stages/autoencoder-training/latest`): its weights are scored in the recipe's untrained model. With
-    `sheet`, a PNG of the first clips (up to 6), each above its reconstruction."""
+    `sheet`, a PNG of the first clips (up to 6), each above its reconstruction. `motions`: the clips' motions
+    (`NOVEL_MOTIONS`: does a novel motion survive the autoencoder's temporal compression?)."""
     model = Path(model)
     checkpoint = model if (model / "state.json").is_file() and (model / "vae.safetensors").is_file() else None
     if checkpoint is not None:
@@ -412,7 +461,7 @@ def evaluate_autoencoder(
     rows: list[np.ndarray] = []
     labels: list[str] = []
     with _decoder_outputs(backbone.vae) as raw:
-        for clip in tqdm(sample_clips(clips, seed, motions=KNOWN_MOTIONS, shapes=SHAPES), disable=not progress):
+        for clip in tqdm(sample_clips(clips, seed, motions=motions, shapes=SHAPES), disable=not progress):
             rendered = render(clip, frames, size)
             pixels = uint8_to_frames(rendered.frames[None])
             raw.clear()
@@ -567,6 +616,15 @@ def build_base_model(
         ),
     )
     summary["denoiser_seconds"] = round(time.perf_counter() - started, 1)
+    if config.decoder_steps:
+        started = time.perf_counter()
+        paths = [render(c, config.frames, config.size) for c in decoder_clips(config)]
+        videos, masks = np.stack([r.frames for r in paths]), np.stack([r.masks for r in paths])
+        checkpoints = stage / "decoder-training"
+        losses = train_autoencoder(backbone.vae, videos, config, progress, checkpoints, resume, masks, True)
+        if losses:
+            summary["decoder_loss"] = [losses[0], float(np.mean(losses[-50:]))]
+        summary["decoder_seconds"] = round(time.perf_counter() - started, 1)
     export_model(backbone, untrained, output / "model", config, summary)
     return summary
 
@@ -605,6 +663,8 @@ def export_model(backbone, autoencoded: Path, target: Path, config: BaseModelCon
     with atomic_directory(target) as staging:
         shutil.copytree(autoencoded, staging, dirs_exist_ok=True)
         backbone.denoiser.save_pretrained(staging / _denoiser_folder(autoencoded))
+        if config.decoder_steps:
+            backbone.vae.save_pretrained(staging / "vae")
         if backbone.frame_positions:
             backbone.save_frame_positions(staging)
         (staging / "recipe.json").write_text(json.dumps(summary, indent=2))
