@@ -180,10 +180,11 @@ def test_generate_shifts_the_camera_in_the_models_window_unless_told(recommendin
     assert windows == [(500, 200), (900, 100)]
 
 
-def test_the_shipped_models_recommendations_are_valid_for_every_method():
-    shipped = api.default_model_dir()
+@pytest.mark.parametrize(("name", "frames"), [("unet3d", 8), ("dit", 17)])
+def test_the_shipped_models_recommendations_are_valid_for_every_method(name, frames):
+    shipped = api.shipped_model_dir(name)
     defaults = ModelDefaults.read(shipped)
-    assert defaults.native == {"frames": 8, "height": 32, "width": 32}
+    assert defaults.native == {"frames": frames, "height": 32, "width": 32}
     assert generation_settings(defaults, {})["shift_window"].value == (400, 100)
     offered = {name for name, cls in METHODS.items() if not cls.internal}
     assert set(defaults.training) == offered  # a value for every method `train` offers
@@ -197,6 +198,8 @@ def test_the_shipped_models_recommendations_are_valid_for_every_method():
 def test_a_shipped_models_name_stands_for_its_folder_unless_a_local_folder_has_that_name(tmp_path, monkeypatch):
     assert api.model_folder("unet3d") == api.default_model_dir() == api.shipped_model_dir("unet3d")
     assert api.shipped_model_name(api.default_model_dir()) == "unet3d"
+    assert api.shipped_model_name(api.model_folder("dit")) == "dit"
+    assert (api.model_folder("dit") / "transformer").is_dir()  # the Wan-format DiT
     assert api.model_folder("zeroscope/") == api.model_folder("zeroscope")  # anything else as given
     monkeypatch.chdir(tmp_path)
     (tmp_path / "unet3d").mkdir()

@@ -38,7 +38,15 @@ import numpy as np
 from ..errors import ConfigError
 from ..lab.shapeworld import COLOURS, MOTION_PHRASES, Clip
 from ..utils import atomic_write_text
-from .bench_common import bench_model, chosen_rows, model_label, run_rows, wilson_interval, write_marked_section
+from .bench_common import (
+    bench_model,
+    chosen_rows,
+    model_clip,
+    model_label,
+    run_rows,
+    wilson_interval,
+    write_marked_section,
+)
 
 TOKEN = "sks"
 CLASS_WORD = "star"
@@ -48,6 +56,7 @@ SUBJECT_STARTS = ((0.3, 0.3), (0.7, 0.35), (0.5, 0.5), (0.35, 0.7), (0.65, 0.68)
 SUBJECT_MOTIONS = ("left", "right", "up", "down")
 PROMPT_BACKGROUNDS = ("white", "black", "textured")
 PANS = {"left": (-0.25, 0.0), "right": (0.25, 0.0), "up": (0.0, -0.25), "down": (0.0, 0.25), "diagonal": (0.25, 0.25)}
+#: the shipped model's clip and guidance (`benchmarks/box_edit_reach.py`); the bench takes its model's (`model_clip`)
 FRAMES, SIZE, GUIDANCE_SCALE = 8, 32, 7.5
 #: per-video yes/no scores (their share gets a Wilson interval); the other scores are means over videos
 PROPORTIONS = (
@@ -170,8 +179,9 @@ def train_subject(
     from ..lab.shapeworld import write_dataset, write_subject_images
     from . import api
 
-    images = write_subject_images(workdir / "subject", subject_images(), SIZE)
-    regularization = write_dataset(workdir / "regularization", regularization_clips(), FRAMES, SIZE)
+    frames, size, _ = model_clip(model)
+    images = write_subject_images(workdir / "subject", subject_images(), size)
+    regularization = write_dataset(workdir / "regularization", regularization_clips(), frames, size)
     return api.train(
         "motionbooth",
         data=images,
@@ -180,9 +190,9 @@ def train_subject(
         model=model,
         token=TOKEN,
         steps=steps,
-        frames=FRAMES,
-        height=SIZE,
-        width=SIZE,
+        frames=frames,
+        height=size,
+        width=size,
         learning_rate=learning_rate,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=10_000 if checkpoint_every else 2,
@@ -193,7 +203,9 @@ def train_subject(
     )
 
 
-def _control_hooks(backbone, row: Row, clip: Clip, requested: np.ndarray | None, sampling: int, seed: int) -> list:
+def _control_hooks(
+    backbone, row: Row, clip: Clip, requested: np.ndarray | None, frames: int, sampling: int, seed: int
+) -> list:
     """The box edit (subject words = colour and shape, background words kept outside) or the latent shift."""
     from ..control import ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
 
@@ -206,8 +218,8 @@ def _control_hooks(backbone, row: Row, clip: Clip, requested: np.ndarray | None,
         )
     else:
         script = MotionScript(clip.caption(), camera_speed=clip.camera, source="bench motionbooth")
-    timesteps = sampling_timesteps(backbone, "ddim", sampling)
-    return control_hooks(backbone, script, FRAMES, timesteps, ControlOptions(**row.control_options), seed)
+    timesteps = sampling_timesteps(backbone, None, sampling)
+    return control_hooks(backbone, script, frames, timesteps, ControlOptions(**row.control_options), seed)
 
 
 def _scores(row: Row, clip: Clip, video: np.ndarray, requested: np.ndarray | None) -> dict[str, float]:
@@ -276,14 +288,15 @@ def measure(backbone, row: Row, methods: list, prompts: int, seeds: int, samplin
     from ..lab.shapeworld import render
 
     requests = {"subject": subject_prompts, "boxes": box_requests, "camera": camera_requests}[row.task](prompts)
+    frames, size, guidance = model_clip(backbone.path)
     measured: list[dict[str, float]] = []
     sampling_seconds = 0.0
     for clip in requests:
         prompt = subject_caption(clip) if row.task == "subject" else clip.caption()
-        requested = render(clip, FRAMES, SIZE).boxes if row.task == "boxes" else None
+        requested = render(clip, frames, size).boxes if row.task == "boxes" else None
         for seed in range(seeds):
-            hooks = _control_hooks(backbone, row, clip, requested, sampling, seed)
-            settings = GenerationConfig(FRAMES, SIZE, SIZE, sampling, GUIDANCE_SCALE, seed=seed, progress=False)
+            hooks = _control_hooks(backbone, row, clip, requested, frames, sampling, seed)
+            settings = GenerationConfig(frames, size, size, sampling, guidance, seed=seed, progress=False)
             started = time.perf_counter()
             latents = generate_latents(backbone, [prompt], methods, settings, hooks)
             video = frames_to_uint8(backbone.decode_latents(latents)[0])

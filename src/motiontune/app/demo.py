@@ -66,7 +66,8 @@ def run_demo(
     if (output / "report.md").exists() and not overwrite:
         raise ConfigError(f"{output}: holds a finished demo (report.md); pass --overwrite to run it again")
     given = model is not None
-    model, shipped = (Path(model), shipped_model_name(model) is not None) if given else default_or_tiny_model(output)
+    model, shipped = (Path(model), False) if given else default_or_tiny_model(output)
+    name = shipped_model_name(model) if given or shipped else None
     frames, size, _ = model_clip(model)
     task = write_task(output, frames, size, NOVEL_MOTION, 0)
     write_subject_images(output / "subject", subject_images(), size)
@@ -90,8 +91,10 @@ def run_demo(
     sheet = write_contact_sheet(rows, output / "contact_sheet.png", labels=labels)
     reference_rows = [read_native_video(p) for p in sorted((output / "reference").glob("*.mp4"))]
     reference_sheet = write_contact_sheet(reference_rows, output / "reference_sheet.png")
-    if shipped or given:
-        model_line = f"Model: {'the shipped ShapeWorld base model' if shipped else 'the ShapeWorld model'} (`{model}`)."
+    if name is not None:
+        model_line = f"Model: the shipped ShapeWorld base model `{name}` (`{model}`)."
+    elif given:
+        model_line = f"Model: the ShapeWorld model `{model}`."
     else:
         model_line = (
             "Model: a tiny random UNet3D built from config (no ShapeWorld model is shipped in this install),\n"
