@@ -629,3 +629,21 @@ def test_console_script_runs_and_is_registered(console_help):
         assert command in stdout
     scripts = {ep.name: ep.value for ep in importlib_metadata.entry_points(group="console_scripts")}
     assert scripts.get("motiontune") == "motiontune.app.cli:main"
+
+
+def test_demo_names_a_model_folder_that_is_not_one(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["demo", "--model", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
+    assert error_line(capsys).endswith(f"--model {tmp_path / 'empty'}: not a model folder (no model_index.json)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shipped_models_name_is_taken_wherever_a_model_folder_is(tmp_path, capsys, monkeypatch):
+    """`--model dit` is the shipped Wan-format DiT: its autoencoder scores one held-out clip of its 17 frames."""
+    assert main(["world", "evaluate", "--model", "dit", "--autoencoder", "--prompts", "1", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["clips"] == 1
+    assert main(["world", "evaluate", "--model", "dit", "--novel-motions"]) == 2
+    assert "--novel-motions scores the autoencoder: give it with --autoencoder" in error_line(capsys)
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--model", "no-such-model", "--prompt", "a red circle", "--output", "v.mp4"]) == 2
+    assert "no-such-model: model folder does not exist" in error_line(capsys)

@@ -917,15 +917,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
-    if args.model is not None and not (args.model / "model_index.json").is_file():
-        raise InputError(f"--model {args.model}: not a model folder (no model_index.json)")
+    model = Path(args.model) if args.model is not None else None
+    if model is not None and not (model / "model_index.json").is_file():
+        raise InputError(f"--model {model}: not a model folder (no model_index.json)")
     demo(
         args.output,
         steps=args.steps,
         device=args.device,
         progress=not args.quiet,
         overwrite=args.overwrite,
-        model=args.model,
+        model=model,
     )
     return 0
 
