@@ -18,6 +18,7 @@ from motiontune.app.bench_motionbooth import (
     box_requests,
     camera_requests,
     markdown_tables,
+    mean_interval,
     run_row,
     subject_caption,
     subject_images,
@@ -80,8 +81,8 @@ def test_the_late_window_camera_row_shifts_only_between_t_400_and_100(tiny_model
 
     backbone = open_backbone(str(tiny_model_dir))
     clip = camera_requests(1)[0]
-    (late,) = _control_hooks(backbone, ROWS["camera, latent shift at t 400-100"], clip, None, 25, 0)
-    (official,) = _control_hooks(backbone, ROWS["camera, latent shift"], clip, None, 25, 0)
+    (late,) = _control_hooks(backbone, ROWS["camera, latent shift at t 400-100"], clip, None, 8, 25, 0)
+    (official,) = _control_hooks(backbone, ROWS["camera, latent shift"], clip, None, 8, 25, 0)
     late_levels = [late.noise_levels[i] for i in late.window_steps]
     assert late_levels and all(0.1 < level <= 0.4 for level in late_levels)
     assert all(0.6 < official.noise_levels[i] <= 0.8 for i in official.window_steps)
@@ -156,3 +157,11 @@ def test_an_unknown_row_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "motionbooth", "--rows", "nope", "--output", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "unknown bench row(s) nope" in error
+
+
+def test_a_mean_scores_interval_stays_inside_what_the_score_can_be():
+    """Three videos with no frame in its box and one with all: mean 0.25, sd 0.5, half-width 1.96 * 0.5 / 2 = 0.49."""
+    low, high = mean_interval([0.0, 0.0, 0.0, 1.0], bounds=(0.0, 1.0))
+    assert (low, high) == (0.0, pytest.approx(0.74))
+    assert mean_interval([0.9, 1.0, 1.0, 1.0], bounds=(0.0, 1.0))[1] == 1.0
+    assert mean_interval([0.0, 0.4])[0] == 0.0  # a pan error is never negative (unbounded: 0.2 - 0.39)

@@ -53,7 +53,7 @@ def test_learning_rate_decay_starts_at_its_step_and_resumes_bit_exactly(tiny_mod
     _run(tiny_model_dir, motion_data, tmp_path / "b", 3, decay_from=2)
     resumed = load_file(str(_run(tiny_model_dir, motion_data, tmp_path / "b", 4, resume=True, decay_from=2)))
     assert all(torch.equal(decayed[k], resumed[k]) for k in decayed)
-    with pytest.raises(ConfigError, match="--decay-from must be in \\[0, steps\\), got 3"):
+    with pytest.raises(ConfigError, match="decay_from must be in \\[0, steps\\), got 3"):
         TrainConfig("unused", steps=3, decay_from=3)
 
 

@@ -117,7 +117,7 @@ class TrainConfig:
         if self.save_precision not in SAVE_DTYPES:
             raise ConfigError(f"--save-precision must be one of {', '.join(SAVE_DTYPES)}")
         if self.decay_from is not None and not 0 <= self.decay_from < self.steps:
-            raise ConfigError(f"--decay-from must be in [0, steps), got {self.decay_from}")
+            raise ConfigError(f"decay_from must be in [0, steps), got {self.decay_from}")
         if self.fsdp and self.validate_every:
             raise ConfigError("--fsdp with --validate-every: validation videos are not sampled from a sharded model")
 

@@ -29,6 +29,7 @@ word like "shape" is not in the vocabulary and would be spelled letter by letter
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ PROPORTIONS = (
     "background_accuracy",
     "background_leakage",
 )
+#: per-video scores between 0 and 1 that are not yes/no (their mean's interval stays inside [0, 1])
+FRACTIONS = ("box_iou", "box_hit_rate")
 
 BEGIN, END = "<!-- bench-motionbooth:begin -->", "<!-- bench-motionbooth:end -->"
 
@@ -348,13 +351,16 @@ def bench_motionbooth(
     return results
 
 
-def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """The normal 95% interval of a mean, mean +- z sd / sqrt(n) (the sample sd; a single value: itself)."""
+def mean_interval(
+    values: list[float], z: float = 1.96, bounds: tuple[float, float] = (0.0, math.inf)
+) -> tuple[float, float]:
+    """The normal 95% interval of a mean, mean +- z sd / sqrt(n) (the sample sd; a single value: itself), kept
+    inside the score's `bounds` (every score here is >= 0; a share of frames or an IoU also <= 1)."""
     array = np.asarray(values, float)
     if len(array) < 2:
         return (float(array.mean()), float(array.mean()))
     half = z * array.std(ddof=1) / np.sqrt(len(array))
-    return (float(array.mean() - half), float(array.mean() + half))
+    return (max(bounds[0], float(array.mean() - half)), min(bounds[1], float(array.mean() + half)))
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -370,7 +376,10 @@ def summarise(results: list[dict]) -> list[dict]:
         for key in runs[0]["per_video"]:
             values = [value for run in runs for value in run["per_video"][key]]
             entry[key] = float(np.mean(values))
-            interval = wilson_interval(sum(values), len(values)) if key in PROPORTIONS else mean_interval(values)
+            if key in PROPORTIONS:
+                interval = wilson_interval(sum(values), len(values))
+            else:
+                interval = mean_interval(values, bounds=(0.0, 1.0 if key in FRACTIONS else math.inf))
             entry[f"{key}_interval"] = interval
         for key in ("train_seconds", "adapter_mb", "seconds_per_video", "peak_memory_mb"):
             known = [run[key] for run in runs if run.get(key) is not None]
