@@ -27,7 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from motiontune.app.api import open_backbone
-from motiontune.app.bench_motionbooth import FRAMES, GUIDANCE_SCALE, SIZE, box_requests
+from motiontune.app.bench_common import model_clip
+from motiontune.app.bench_motionbooth import box_requests
 from motiontune.attention import BoxEdit, SubjectBox
 from motiontune.control import BoxControl, ControlOptions, MotionScript, SubjectPath, control_hooks, sampling_timesteps
 from motiontune.errors import MotiontuneError
@@ -51,22 +52,26 @@ def edited_tokens(backbone, prompt: str, subject: str, edit: str) -> list[int]:
 
 
 def edit_hooks(backbone, clip: Clip, requested: np.ndarray, edit: str, steps: int, amplify_until: int) -> list:
-    """The step hooks of one edit for `clip`'s prompt with the `requested` boxes `(F, 4)`."""
+    """The step hooks of one edit for `clip`'s prompt with the `requested` boxes `(F, 4)`, one per frame."""
     subject = f"{clip.colour} {clip.shape}"
     path = SubjectPath(subject, tuple(tuple(box) for box in requested.tolist()))
     if edit in ("official", "keep other words"):
         options = ControlOptions(amplify_until=amplify_until, keep_other_words=edit == "keep other words")
         script = MotionScript(clip.caption(), (path,), source="box_edit_reach")
-        return control_hooks(backbone, script, FRAMES, sampling_timesteps(backbone, "ddim", steps), options)
+        timesteps = sampling_timesteps(backbone, None, steps)
+        return control_hooks(backbone, script, len(requested), timesteps, options)
     tokens = edited_tokens(backbone, clip.caption(), subject, edit)
-    box_edit = BoxEdit([SubjectBox(tokens, path.boxes(FRAMES))], suppress_other_words=False)
+    # boxes over the latent frames, as `control_hooks` lays them
+    latent_boxes = path.boxes(backbone.latent_frames(len(requested)))
+    box_edit = BoxEdit([SubjectBox(tokens, latent_boxes)], suppress_other_words=False)
     return [BoxControl(backbone.controller, box_edit, amplify_until)]
 
 
 def reach(model: str | None, requests: int, steps: int, amplify_until: int, seed: int) -> dict[str, dict]:
     """Mean IoU of each edit's object boxes with the requested boxes and with the unedited video's."""
     backbone = open_backbone(model)
-    settings = GenerationConfig(FRAMES, SIZE, SIZE, steps, GUIDANCE_SCALE, seed=seed, progress=False)
+    frames, size, guidance = model_clip(backbone.path)
+    settings = GenerationConfig(frames, size, size, steps, guidance, seed=seed, progress=False)
 
     def object_boxes(clip: Clip, hooks: list) -> np.ndarray:
         latents = generate_latents(backbone, [clip.caption()], [], settings, hooks)
@@ -74,7 +79,7 @@ def reach(model: str | None, requests: int, steps: int, amplify_until: int, seed
 
     scores = {name: {"requested": [], "unedited": []} for name in ("none", *EDITS)}
     for clip in tqdm(box_requests(requests), desc="requests"):
-        requested = render(clip, FRAMES, SIZE).boxes
+        requested = render(clip, frames, size).boxes
         unedited = object_boxes(clip, [])
         scores["none"]["requested"].append(np.nanmean(box_iou(unedited, requested)))
         scores["none"]["unedited"].append(1.0)
@@ -89,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped ShapeWorld model)")
     parser.add_argument("--requests", type=int, default=12, help="box requests (bench motionbooth's paths)")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps (the model's own sampler)")
     parser.add_argument(
         "--amplify-until", type=int, default=700, help="amplify while t > this timestep (0: every step)"
     )

@@ -15,12 +15,11 @@ import argparse
 import json
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from motiontune.app.api import model_folder, open_backbone
 from motiontune.errors import MotiontuneError
-from motiontune.generation import GenerationConfig, generate_latents
+from motiontune.generation import GenerationConfig, generate_latents, initial_latents
 from motiontune.io.video import frames_to_uint8, write_contact_sheet
 from motiontune.lab.evaluation import evaluate_video
 from motiontune.lab.shapeworld import KNOWN_MOTIONS, SHAPES, sample_clips
@@ -44,10 +43,7 @@ def compare(model: str, prompts: int, steps: int, guidance: float, seed: int, sh
     for index, clip in enumerate(tqdm(clips, desc="sampling")):
         settings = GenerationConfig(frames, size, size, steps, guidance, seed=index, progress=False)
         ours = frames_to_uint8(backbone.decode_latents(generate_latents(backbone, [clip.caption()], [], settings))[0])
-        noise = torch.randn(
-            (1, backbone.latent_channels, backbone.latent_frames(frames), *backbone.latent_size(size, size)),
-            generator=torch.Generator().manual_seed(index),
-        )
+        noise = initial_latents(backbone, 1, settings)  # the noise motiontune's sampler started from
         theirs = pipe(
             clip.caption(),
             negative_prompt="",

@@ -57,8 +57,6 @@ SUBJECT_STARTS = ((0.3, 0.3), (0.7, 0.35), (0.5, 0.5), (0.35, 0.7), (0.65, 0.68)
 SUBJECT_MOTIONS = ("left", "right", "up", "down")
 PROMPT_BACKGROUNDS = ("white", "black", "textured")
 PANS = {"left": (-0.25, 0.0), "right": (0.25, 0.0), "up": (0.0, -0.25), "down": (0.0, 0.25), "diagonal": (0.25, 0.25)}
-#: the shipped model's clip and guidance (`benchmarks/box_edit_reach.py`); the bench takes its model's (`model_clip`)
-FRAMES, SIZE, GUIDANCE_SCALE = 8, 32, 7.5
 #: per-video yes/no scores (their share gets a Wilson interval); the other scores are means over videos
 PROPORTIONS = (
     "subject_accuracy",

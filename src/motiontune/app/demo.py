@@ -66,8 +66,8 @@ def run_demo(
     if (output / "report.md").exists() and not overwrite:
         raise ConfigError(f"{output}: holds a finished demo (report.md); pass --overwrite to run it again")
     given = model is not None
-    model, shipped = (Path(model), False) if given else default_or_tiny_model(output)
-    name = shipped_model_name(model) if given or shipped else None
+    model = Path(model) if given else default_or_tiny_model(output)[0]
+    name = shipped_model_name(model)
     frames, size, _ = model_clip(model)
     task = write_task(output, frames, size, NOVEL_MOTION, 0)
     write_subject_images(output / "subject", subject_images(), size)
