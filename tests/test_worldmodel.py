@@ -20,6 +20,8 @@ from motiontune.lab.worldmodel import (
     decoder_clips,
     evaluate_base_model,
     set_noise_schedule,
+    training_clips,
+    unknown_word_texts,
 )
 from motiontune.methods import create_method
 from motiontune.sampling import make_scheduler
@@ -378,6 +380,7 @@ def test_wan_recipe_writes_a_wan_pipeline_folder_that_diffusers_samples(tmp_path
         ({"architecture": "wan", "frame_positions": True}, "frame_positions is for UNet3D"),
         ({"architecture": "wan", "zero_terminal_snr": True}, "zero_terminal_snr is for DDPM schedules"),
         ({"decoder_steps": -1}, "decoder_steps must be >= 0"),
+        ({"unknown_word_rate": 1.5}, "unknown_word_rate must be in \\[0, 1\\], got 1.5"),
     ],
 )
 def test_recipe_options_that_do_not_fit_the_architecture_are_refused(tmp_path, options, message):
@@ -519,3 +522,28 @@ def test_the_decoder_stage_draws_half_its_clips_along_random_paths_and_none_alon
     assert [c.motion for c in decoder_clips(config)] == [c.motion for c in clips]  # from the seed
     for motion in paths:
         assert 3 <= len(path_keyframes(motion)) <= 17
+
+
+def test_unknown_word_captions_put_a_fresh_embedding_in_the_tokens_slot_and_leave_its_own_row(tiny_wan_dir):
+    """A share of the clips is captioned with an unknown word (as the motion or before the colour); each such
+    caption is encoded with its own random embedding in the token's slot, and the token's row is left as it was."""
+    backbone = open_backbone(tiny_wan_dir, "cpu")
+    config = BaseModelConfig(architecture="wan", clips=200, unknown_word_rate=0.25)
+    clips = training_clips(config)
+    weight = backbone.text_encoder.get_input_embeddings().weight
+    before = weight.detach().clone()
+    texts = unknown_word_texts(backbone, clips, config)
+    assert torch.equal(weight, before)
+    assert 30 <= len(texts) <= 70
+    again = unknown_word_texts(backbone, clips, config)
+    assert all(torch.equal(again[i][1], text) for i, (_, text) in texts.items())
+    captions = [caption for caption, _ in texts.values()]
+    motion_phrases = [c for c in captions if " doing sks on a " in c]
+    assert len(motion_phrases) == len(captions) // 2
+    for index, (caption, text) in texts.items():
+        clip = clips[index]
+        assert caption.startswith(f"a sks {clip.colour} {clip.shape} ") or caption.startswith(
+            f"a {clip.colour} {clip.shape} doing sks on a {clip.background}"
+        )
+        assert not torch.allclose(text, backbone.encode_prompt([caption])[0])
+    assert unknown_word_texts(backbone, clips, BaseModelConfig(architecture="wan", clips=200)) == {}

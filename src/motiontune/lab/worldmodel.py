@@ -57,10 +57,12 @@ from .evaluation import evaluate_video
 from .shapeworld import (
     KNOWN_MOTIONS,
     MAX_PATH_EXTENT,
+    MOTION_PHRASES,
     NOVEL_MOTIONS,
     PATH_PREFIX,
     SHAPES,
     VOCABULARY,
+    Clip,
     render,
     sample_clips,
     with_motion,
@@ -152,6 +154,11 @@ class BaseModelConfig:
     frame_positions: bool | None = None
     box_edit_rate: float = 0.0
     caption_dropout: float = 0.1
+    #: share of the denoiser's clips captioned with a word it never learns (`unknown_word_captions`): a fresh random
+    #: input embedding in the first of `tokens`' slots, as the motion ("doing <word>") or before the colour. A
+    #: pretrained text encoder gives a rare token a plausible encoding; a random bidirectional one (UMT5) lets it
+    #: change every other word's, so a model never trained on such words draws the wrong shape beside one
+    unknown_word_rate: float = 0.0
     checkpoint_every: int = 500
     vae: dict = field(default_factory=dict)
     denoiser: dict = field(default_factory=dict)
@@ -174,6 +181,8 @@ class BaseModelConfig:
             raise ConfigError("decoder_steps must be >= 0 (0: no decoder stage) and decoder_learning_rate > 0")
         if self.decay_from is not None and not 0 <= self.decay_from < self.denoiser_steps:
             raise ConfigError(f"decay_from must be in [0, denoiser_steps), got {self.decay_from}")
+        if not 0 <= self.unknown_word_rate <= 1:
+            raise ConfigError(f"unknown_word_rate must be in [0, 1], got {self.unknown_word_rate}")
         if not self.vae_object_weight >= 0:
             raise ConfigError(f"vae_object_weight must be >= 0 (0: plain MSE), got {self.vae_object_weight}")
         if self.architecture == "wan":
@@ -206,6 +215,36 @@ class BaseModelConfig:
     def pretrain_config(self) -> PretrainConfig:
         """The UNet pre-training options (checked: a bad value fails here, before any clip is rendered)."""
         return PretrainConfig(self.snr_gamma, self.caption_dropout, self.box_edit_rate)
+
+
+def unknown_word_texts(backbone, clips: list[Clip], config: BaseModelConfig) -> dict[int, tuple[str, torch.Tensor]]:
+    """Caption and text encoding of the `unknown_word_rate` share of `clips` (drawn from the seed) that carry a word
+    the model never sees twice: "a red circle doing sks on ..." (the clip still shows its own motion) or "a sks red
+    circle moving left on ...", in turn, where the slot of `tokens[0]` holds a fresh random input embedding (mean and
+    spread of the encoder's own rows) for each clip. The token's own row stays as it was, never trained on."""
+    if not config.unknown_word_rate:
+        return {}
+    generator = torch.Generator().manual_seed(config.seed + 7)
+    chosen = torch.nonzero(torch.rand(len(clips), generator=generator) < config.unknown_word_rate).flatten().tolist()
+    weight = backbone.text_encoder.get_input_embeddings().weight
+    slot = backbone.token_ids(config.tokens[0])
+    kept = weight[slot].detach().clone()
+    mean, spread = weight.detach().mean(0), weight.detach().std(0)
+    texts = {}
+    try:
+        for turn, index in enumerate(chosen):
+            clip = clips[index]
+            if turn % 2:
+                caption = clip.caption().replace(MOTION_PHRASES[clip.motion], f"doing {config.tokens[0]}", 1)
+            else:
+                caption = clip.caption().replace(f"a {clip.colour} ", f"a {config.tokens[0]} {clip.colour} ", 1)
+            with torch.no_grad():
+                weight[slot] = mean + spread * torch.randn(len(slot), weight.shape[1], generator=generator)
+                texts[index] = (caption, backbone.encode_prompt([caption])[0])
+    finally:
+        with torch.no_grad():
+            weight[slot] = kept
+    return texts
 
 
 def training_clips(config: BaseModelConfig):
@@ -584,6 +623,7 @@ def build_base_model(
     if config.frame_positions and not backbone.frame_positions:
         backbone.add_frame_positions(config.frames)
     torch.manual_seed(config.seed)
+    unknown_words = unknown_word_texts(backbone, [r.clip for r in rendered], config)
     examples = []
     with torch.no_grad():
         for chunk in range(0, len(rendered), 256):
@@ -592,7 +632,10 @@ def build_base_model(
             latents = backbone.encode_video(pixels)
             texts = backbone.encode_prompt([r.caption for r in part])
             for offset, (r, latent, text) in enumerate(zip(part, latents, texts, strict=True)):
-                example = Example(latent, r.caption, text, "target", f"shapeworld:{chunk + offset}")
+                caption = r.caption
+                if chunk + offset in unknown_words:
+                    caption, text = unknown_words[chunk + offset]
+                example = Example(latent, caption, text, "target", f"shapeworld:{chunk + offset}")
                 if config.box_edit_rate:
                     example.boxes = interpolate_boxes(r.boxes, None, latent.shape[1])
                     example.subject = f"{r.clip.colour} {r.clip.shape}"
