@@ -34,8 +34,13 @@ def _trained_adapter(backbone, data, tmp_path, options):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"adapter": "lora", "lora_rank": 4}, {"train_token": True, "spatial": "none"}],
-    ids=["full", "lora", "token"],
+    [
+        {},
+        {"adapter": "lora", "lora_rank": 4},
+        {"train_token": True, "spatial": "none"},
+        {"temporal_part": "routing", "spatial": "none"},
+    ],
+    ids=["full", "lora", "token", "routing"],
 )
 def test_adapter_round_trips_to_identical_outputs(backbone, any_model_dir, motion_data, tmp_path, options):
     method, path = _trained_adapter(backbone, motion_data, tmp_path, options)
@@ -59,6 +64,17 @@ def test_adapter_holds_only_what_changed_with_metadata(backbone, motion_data, tm
     assert metadata["training"]["steps"] == 2 and metadata["format_version"] == 1
     with safe_open(str(path), framework="pt") as handle:
         assert json.loads(handle.metadata()["motiontune"])["method"] == "newmove"
+
+
+def test_routing_newmove_holds_and_changes_only_the_temporal_queries_and_keys(backbone, motion_data, tmp_path):
+    before = {n: p.detach().clone() for n, p in backbone.denoiser.named_parameters()}
+    _method, path = _trained_adapter(backbone, motion_data, tmp_path, {"temporal_part": "routing", "spatial": "none"})
+    tensors, metadata = read_adapter(path)
+    routing = set(backbone.parameter_names("temporal_routing"))
+    assert set(tensors) == {f"unet.{n}" for n in routing}
+    assert metadata["targets"]["groups"] == ["temporal_routing"]
+    changed = {n for n, p in backbone.denoiser.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= routing
 
 
 def test_non_adapter_files_are_rejected_by_name(tmp_path):

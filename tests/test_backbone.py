@@ -129,6 +129,17 @@ def test_parameter_groups_select_the_right_layers(backbone):
         backbone.parameter_names("nope")
 
 
+def test_temporal_routing_is_the_temporal_attentions_queries_and_keys(backbone):
+    routing = backbone.parameter_names("temporal_routing")
+    assert set(routing) < set(backbone.parameter_names("temporal_attention"))
+    assert all(re.search(r"\.(?:to_q|to_k|norm_q|norm_k)\.", n) for n in routing)
+    assert any(".to_q." in n for n in routing) and any(".to_k." in n for n in routing)
+    names = [name for name, _ in backbone.denoiser.named_modules()]
+    targets = [n for n in names if re.fullmatch(backbone.lora_target(["temporal_routing"]), n)]
+    temporal = {n for n in names if re.fullmatch(backbone.lora_target(["temporal"]), n)}
+    assert targets and set(targets) <= temporal and all(n.endswith((".to_q", ".to_k")) for n in targets)
+
+
 def test_lora_targets_hit_only_their_group(backbone):
     names = [name for name, _ in backbone.denoiser.named_modules()]
     temporal = [n for n in names if re.fullmatch(backbone.lora_target(["temporal"]), n)]

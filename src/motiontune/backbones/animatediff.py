@@ -35,6 +35,8 @@ class AnimateDiffBackbone(PerFrameUNetBackbone):
         **SPATIAL_GROUPS,
         "temporal": r"\.motion_modules\.",
         "temporal_attention": r"\.motion_modules\.",
+        # the motion modules' queries and keys: which frame reads which, not what it reads
+        "temporal_routing": r"\.motion_modules\..*\.attn[12]\.to_[qk]\.",
         "spatial": r"^(?!.*\.motion_modules\.)",
         # everything but the motion modules: MotionBooth's wo_temp
         "without_temporal_blocks": r"^(?!.*\.motion_modules\.)",
@@ -42,6 +44,7 @@ class AnimateDiffBackbone(PerFrameUNetBackbone):
     lora_target_patterns: ClassVar[dict[str, str]] = {
         **SPATIAL_LORA_TARGETS,
         "temporal": rf".*\.motion_modules\.\d+\.transformer_blocks\.\d+(?:\.attn[12]{PROJECTIONS}|{FEED_FORWARD})",
+        "temporal_routing": r".*\.motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qk]",
     }
     checkpoint_units = re.compile(r"^.*\.(?:attentions|motion_modules|resnets)\.\d+$")
 

@@ -25,6 +25,8 @@ class UNet3DBackbone(PerFrameUNetBackbone):
         **SPATIAL_GROUPS,
         "temporal": r"^(?:transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",
         "temporal_attention": r"^(?:transformer_in\.|.*\.temp_attentions\.)",
+        # the temporal attentions' queries and keys: which frame reads which, not what it reads
+        "temporal_routing": r"^(?:transformer_in\.|.*\.temp_attentions\.).*\.attn[12]\.to_[qk]\.",
         "spatial": r"^(?!transformer_in\.|.*\.temp_attentions\.|.*\.temp_convs\.)",
         # everything but temporal attention blocks and temporal convs (transformer_in stays): MotionBooth's wo_temp
         "without_temporal_blocks": r"^(?!.*\.temp_attentions\.|.*\.temp_convs\.)",
@@ -32,6 +34,7 @@ class UNet3DBackbone(PerFrameUNetBackbone):
     lora_target_patterns: ClassVar[dict[str, str]] = {
         **SPATIAL_LORA_TARGETS,
         "temporal": rf"{_TEMPORAL_LINEARS}(?:\.attn[12]{PROJECTIONS}|{FEED_FORWARD})",
+        "temporal_routing": rf"{_TEMPORAL_LINEARS}\.attn[12]\.to_[qk]",
     }
     checkpoint_units = re.compile(r"^(?:transformer_in|.*\.(?:attentions|temp_attentions|resnets|temp_convs)\.\d+)$")
 

@@ -117,6 +117,9 @@ class WanBackbone(Backbone):
     parameter_group_patterns: ClassVar[dict[str, str]] = {
         "temporal": rf"{_BLOCK}\.attn1\.",
         "temporal_attention": rf"{_BLOCK}\.attn1\.",
+        # where frames meet, only what decides which token reads which (queries, keys and their norms): the 3D
+        # self-attention's values and output also carry every frame's look, these only route it
+        "temporal_routing": rf"{_BLOCK}\.attn1\.(?:to_q|to_k|norm_q|norm_k)\.",
         "cross": rf"{_BLOCK}\.attn2\.",
         "cross_kv": rf"{_BLOCK}\.attn2\.to_[kv]\.",
         "spatial": rf"^(?!.*{_BLOCK}\.attn1\.)",
@@ -126,6 +129,7 @@ class WanBackbone(Backbone):
     }
     lora_target_patterns: ClassVar[dict[str, str]] = {
         "temporal": rf".*{_BLOCK}\.attn1{_PROJECTIONS}",
+        "temporal_routing": rf".*{_BLOCK}\.attn1\.to_[qk]",
         "spatial": rf".*{_BLOCK}\.(?:attn[12]{_PROJECTIONS}|ffn\.net\.(?:0\.proj|2))",
         "spatial_self": rf".*{_BLOCK}\.ffn\.net\.(?:0\.proj|2)",
         "cross_kv": rf".*{_BLOCK}\.attn2\.to_[kv]",

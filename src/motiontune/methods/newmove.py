@@ -25,6 +25,9 @@ from .base import TOKEN_KEY, Method, check_timestep_sampling, copy_into_paramete
 from .lora import inject_lora, load_lora_tensors, lora_layers, lora_parameters, lora_tensors
 
 SPATIAL_GROUPS = {"none": [], "kv": ["cross_kv"], "all": ["spatial"]}
+#: what of the temporal layers trains: all of them (the paper), or only their queries and keys (`routing`: which
+#: frame, or on a DiT which token of which frame, reads which; the values that carry the look stay frozen)
+TEMPORAL_GROUPS = {"all": "temporal", "routing": "temporal_routing"}
 
 
 @dataclass
@@ -34,6 +37,10 @@ class NewMoveConfig:
         metadata={"help": "spatial parameters to train: none, kv (cross-attention keys/values) or all"},
     )
     temporal: bool = field(default=True, metadata={"help": "train all temporal layers (convs and transformers)"})
+    temporal_part: str = field(
+        default="all",
+        metadata={"help": "all temporal parameters (the paper) or routing (their attention queries and keys only)"},
+    )
     train_token: bool = field(default=False, metadata={"help": "also train the token's text embedding"})
     timestep_sampling: str = field(
         default="coarse", metadata={"help": "coarse (p(t) ∝ 1 - alpha cos(pi t/T)) or uniform"}
@@ -52,6 +59,8 @@ class NewMoveConfig:
     def __post_init__(self):
         if self.spatial not in SPATIAL_GROUPS:
             raise ConfigError(f"spatial must be one of {', '.join(SPATIAL_GROUPS)}, got '{self.spatial}'")
+        if self.temporal_part not in TEMPORAL_GROUPS:
+            raise ConfigError(f"temporal_part must be one of {', '.join(TEMPORAL_GROUPS)}, got '{self.temporal_part}'")
         check_timestep_sampling(self.timestep_sampling)
         if self.adapter not in ("full", "lora"):
             raise ConfigError(f"adapter must be full or lora, got '{self.adapter}'")
@@ -85,7 +94,8 @@ class NewMove(Method):
         return {f"{kind} {group}" for group in self._groups()}
 
     def _groups(self) -> list[str]:
-        return (["temporal"] if self.config.temporal else []) + SPATIAL_GROUPS[self.config.spatial]
+        temporal = [TEMPORAL_GROUPS[self.config.temporal_part]] if self.config.temporal else []
+        return temporal + SPATIAL_GROUPS[self.config.spatial]
 
     def _full_weight_names(self) -> list[str]:
         """The denoiser parameters a full-weight adapter holds."""
