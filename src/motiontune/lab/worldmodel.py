@@ -154,7 +154,7 @@ class BaseModelConfig:
     frame_positions: bool | None = None
     box_edit_rate: float = 0.0
     caption_dropout: float = 0.1
-    #: share of the denoiser's clips captioned with a word it never learns (`unknown_word_captions`): a fresh random
+    #: share of the denoiser's clips captioned with a word it never learns (`unknown_word_texts`): a fresh random
     #: input embedding in the first of `tokens`' slots, as the motion ("doing <word>") or before the colour. A
     #: pretrained text encoder gives a rare token a plausible encoding; a random bidirectional one (UMT5) lets it
     #: change every other word's, so a model never trained on such words draws the wrong shape beside one

@@ -9,6 +9,7 @@ Every ablation of the paper's Table 2 is a switch: `spatial` none/kv/all (a), `t
 `train_token` (c), `timestep_sampling` uniform/coarse (d), regularization none/real (the
 training data, e), and `adapter` full/lora with `lora_rank` 32 (f). The LoRA variant's adapter
 (`methods.lora`) stays active next to other adapters, e.g. a MotionMatcher LoRA, when they compose.
+Beyond the paper, `temporal_part routing` trains only the temporal attentions' queries and keys.
 """
 
 from __future__ import annotations
