@@ -137,6 +137,17 @@ def test_a_bad_recommended_option_names_the_model_file(recommending_model, motio
     assert not (tmp_path / "o").exists()
 
 
+def test_a_bad_command_line_option_is_not_blamed_on_the_model_file(recommending_model, motion_data, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(recommending_model, folder)
+    (folder / "motiontune.json").write_text(json.dumps({"training": {"newmove": {"options": {"train_token": True}}}}))
+    argv = ["train", "--model", str(folder), "--data", str(motion_data), "--output", str(tmp_path / "o")]
+    assert main([*argv, "--spatial", "qkv"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "motiontune: error: spatial must be one of none, kv, all, got 'qkv'"
+    assert not (tmp_path / "o").exists()
+
+
 def test_generate_uses_the_models_sampling_settings(recommending_model, tmp_path, monkeypatch):
     import motiontune.generation as generation
     from motiontune.io.video import count_frames

@@ -463,10 +463,20 @@ def training_settings_for(
         cls.config_from_dict({key: option.value for key, option in options.items()})
     except ConfigError as error:
         recommended = [key for key, option in options.items() if option.source == defaults.label]
-        if recommended and defaults.path is not None:
+        if recommended and defaults.path is not None and _options_valid(cls, stated_options):
             raise ConfigError(f"{defaults.path}: training.{cls.name}.options: {error}") from None
         raise
     return settings, options
+
+
+def _options_valid(cls, options: dict[str, Setting]) -> bool:
+    """Whether the method accepts `options` on its own defaults: when it does not, the error is the caller's, not
+    the model folder's recommendations'."""
+    try:
+        cls.config_from_dict({key: option.value for key, option in options.items()})
+    except ConfigError:
+        return False
+    return True
 
 
 def generate(prompt: str | None = None, output: PathLike = "output.mp4", **options) -> dict[str, Path]:
