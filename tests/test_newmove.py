@@ -63,6 +63,8 @@ def test_nothing_to_train_and_bad_switches_are_rejected(backbone):
         create_method("newmove", backbone, {"spatial": "none", "temporal": False}, token="sks")
     with pytest.raises(ConfigError, match="spatial must be one of"):
         create_method("newmove", backbone, {"spatial": "qkv"}, token="sks")
+    with pytest.raises(ConfigError, match=r"^temporal_part must be one of all, routing, got 'values'$"):
+        create_method("newmove", backbone, {"temporal_part": "values"}, token="sks")
     with pytest.raises(ConfigError, match="unknown newmove option"):
         create_method("newmove", backbone, {"lr": 1.0}, token="sks")
 
