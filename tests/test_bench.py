@@ -47,6 +47,27 @@ def test_prompts_avoid_the_references_look_and_rows_are_checked(tmp_path):
         bench_shapeworld(tmp_path, "unused", ["newmove"], motions=("path:0 0",), progress=False)
 
 
+def test_regularization_clips_cover_the_backgrounds_a_row_asks_for_and_nothing_else_changes(tmp_path):
+    from motiontune.app.bench import ROWS
+    from motiontune.lab.tasks import write_task
+
+    def clips(folder):
+        return [json.loads(f.read_text())["clip"] for f in sorted(folder.glob("*.json"), key=lambda f: f.stem[-3:])]
+
+    every = ROWS["newmove, regularization on every background"].regularization_backgrounds
+    assert every == ("white", "black", "gray", "textured")
+    plain = write_task(tmp_path / "plain", 2, 16, seed=3)
+    covered = write_task(tmp_path / "covered", 2, 16, seed=3, regularization_backgrounds=every)
+    assert plain[0] == covered[0] and clips(plain[1]) == clips(covered[1])  # the references stay as they were
+    drawn, forced = clips(plain[2]), clips(covered[2])
+    assert {clip["background"] for clip in drawn} <= {"white", "gray"}
+    assert [clip["background"] for clip in forced] == list(every)
+    for before, after in zip(drawn, forced, strict=True):  # only the background differs
+        assert {k: v for k, v in before.items() if k != "background"} == {
+            k: v for k, v in after.items() if k != "background"
+        }
+
+
 def test_two_paths_that_differ_only_in_signs_get_their_own_row_folders():
     from motiontune.app.bench_common import row_folder
 

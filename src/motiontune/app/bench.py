@@ -40,7 +40,8 @@ class Row:
     and MotionMatcher), with or without regularization videos, and generates with extra
     `GenerationConfig` settings (Motion Inversion's debiasing, a noise prior from the inverted reference).
     Learning rate, batch size and steps are the model's recommendations for the method unless given (the
-    bench's `--steps` wins over the row's `steps`).
+    bench's `--steps` wins over the row's `steps`). The regularization clips are on white or gray backgrounds,
+    or clip i on `regularization_backgrounds[i % n]`.
     """
 
     method: str
@@ -51,6 +52,7 @@ class Row:
     generation: dict = field(default_factory=dict)
     steps: int | None = None
     batch_size: int | None = None
+    regularization_backgrounds: tuple[str, ...] | None = None
 
 
 ONE_VIDEO = {"one_video": True, "regularized": False}
@@ -76,8 +78,12 @@ ROWS: dict[str, Row] = {
     "newmove, spatial all": Row("newmove", {"spatial": "all"}),
     "newmove, temporal off": Row("newmove", {"temporal": False}),
     "newmove, token trained": Row("newmove", {"train_token": True}),
+    "newmove, token frozen": Row("newmove", {"train_token": False}),
     "newmove, uniform sampling": Row("newmove", {"timestep_sampling": "uniform"}),
     "newmove, no regularization": Row("newmove", regularized=False),
+    "newmove, regularization on every background": Row(
+        "newmove", regularization_backgrounds=("white", "black", "gray", "textured")
+    ),
     "newmove, regularization 1 in 8": Row("newmove", {"regularization_share": 0.125}),
     "newmove, lr 5e-3": Row("newmove", learning_rate=5e-3),
     "newmove, lora 32": Row("newmove", {"adapter": "lora", "lora_rank": 32}),
@@ -192,7 +198,9 @@ def train_row(
     from . import api
 
     frames, size, _ = model_clip(model)
-    references, reference_dir, regularization_dir = task or write_task(workdir, frames, size, motion, seed)
+    references, reference_dir, regularization_dir = task or write_task(
+        workdir, frames, size, motion, seed, row.regularization_backgrounds
+    )
     first_video = sorted(reference_dir.glob("*.mp4"))[0]
     if row.one_video:
         references = references[:1]

@@ -17,13 +17,15 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..control import SubjectPath
 from ..errors import ConfigError
-from ..lab.shapeworld import Clip, write_subject_images
+from ..lab.shapeworld import Clip, render, write_subject_images
 from ..lab.tasks import NOVEL_MOTION, TOKEN, task_scores, write_task
 from ..utils import atomic_write_text, check_writable_folder
 from .api import shipped_model_name
@@ -204,29 +206,37 @@ def _generate_prompts(
     return videos, [evaluate_video(video, clip) for video, clip in zip(videos, PROMPTS, strict=True)]
 
 
+#: seeds of the composition prompt, for the composed row and the base model alike
+COMPOSITION_SEEDS = 4
+
+
+def composition_request(model) -> tuple[str, SubjectPath, np.ndarray]:
+    """The composition's prompt, its box path (a zigzag in the upper half of the frame, as asked with a still
+    camera) and the boxes the same zigzag takes when filmed by the panning camera (what the object should fill)."""
+    prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
+    frames, size, _ = model_clip(model)
+    requested = render(replace(COMPOSED, camera=(0.0, 0.0)), frames, size).boxes
+    filmed = render(COMPOSED, frames, size).boxes
+    path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
+    return prompt, path, filmed
+
+
 def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, device, progress: bool) -> dict:
     """MotionBooth learns a blue star from 5 masked stills (token `pll`); one generate call then combines
     it with the NewMove zigzag adapter, boxes along a zigzag in the upper half of the frame (box edit) and
     a camera pan to the right (latent shift). The boxes move with the scene, so the object should end in
     the boxes of the same zigzag filmed by the panning camera. The base model gets the same prompt with no
     adapter and no control, for comparison; a still camera's pan error is the requested pan's length."""
-    from dataclasses import replace
-
-    from ..control import SubjectPath
-    from ..lab.shapeworld import render
     from . import api
 
-    prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
+    prompt, path, filmed = composition_request(model)
     frames, size, _ = model_clip(model)
-    requested = render(replace(COMPOSED, camera=(0.0, 0.0)), frames, size).boxes
-    filmed = render(COMPOSED, frames, size).boxes
-    path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
     controlled = {"adapters": [subject_adapter, motion_adapter], "boxes": [path], "camera_speed": COMPOSED.camera}
     composed = {"prompt": prompt, "still_pan_error": float(np.linalg.norm(COMPOSED.camera))}
     files = {"composed": "composed", "base": "composed_base"}
     for label, options in (("composed", controlled), ("base", {})):
         videos = []
-        for seed in range(2):
+        for seed in range(COMPOSITION_SEEDS):
             generated = api.generate_video(
                 prompt,
                 output / "videos" / f"{files[label]}_{seed}.mp4",
@@ -241,12 +251,14 @@ def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, d
                 **options,
             )
             videos.append(generated.frames)
-        composed[label] = {"videos": videos, **_composition_scores(videos, filmed)}
+        composed[label] = {"videos": videos, **composition_scores(videos, filmed)}
     return composed
 
 
-def _composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[str, float]:
-    """Subject correct (a blue star), zigzag, box IoU against the `filmed` boxes and camera pan error."""
+def composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[str, float]:
+    """Subject correct (a blue star), zigzag, box IoU against the `filmed` boxes, camera pan error, and the share
+    of videos whose background reads textured (the pan is measured on the texture; on a plain background a video
+    shows no camera motion)."""
     from ..lab.evaluation import box_iou, boxes, evaluate_video, pan_error, segment
 
     results = [evaluate_video(video, COMPOSED) for video in videos]
@@ -255,6 +267,7 @@ def _composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[st
         "motion": float(np.mean([r["motion"] == NOVEL_MOTION for r in results])),
         "box_iou": float(np.mean([np.nanmean(box_iou(boxes(segment(v)), filmed)) for v in videos])),
         "pan_error": float(np.mean([pan_error(video, COMPOSED.camera) for video in videos])),
+        "textured": float(np.mean([r["background"] == COMPOSED.background for r in results])),
     }
 
 
@@ -287,12 +300,15 @@ def _report(training, scores, composed, steps, model_line, sheet, reference_shee
         f"Composition (one generate call): MotionBooth subject (`{SUBJECT_TOKEN}` = a blue star, learned from 5",
         f"masked stills in {seconds:.1f} s, {subject_size}) + the NewMove zigzag adapter + boxes along a zigzag in "
         f"the upper half of the frame + a camera pan right by {COMPOSED.camera[0]} of the frame:",
-        f"`{composed['prompt']}`, 2 seeds. Box IoU: the object's box against the requested boxes moved with the scene.",
+        f"`{composed['prompt']}`, {COMPOSITION_SEEDS} seeds. Box IoU: the object's box against the requested",
+        "boxes moved with the scene; textured: share of videos whose background reads textured, as asked (the pan",
+        "is measured on the texture).",
         "",
-        "| model | subject correct (blue star) | zigzag | box IoU | camera pan error (fraction of frame) |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | subject correct (blue star) | zigzag | box IoU | camera pan error (fraction of frame) | textured |",
+        "| --- | --- | --- | --- | --- | --- |",
         *(
-            f"| {label} | {c['subject']:.2f} | {c['motion']:.2f} | {c['box_iou']:.2f} | {c['pan_error']:.3f} |"
+            f"| {label} | {c['subject']:.2f} | {c['motion']:.2f} | {c['box_iou']:.2f} | {c['pan_error']:.3f} "
+            f"| {c['textured']:.2f} |"
             for label, c in (("composed", composed["composed"]), ("base model, same prompt", composed["base"]))
         ),
         "",

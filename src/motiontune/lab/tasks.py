@@ -3,6 +3,7 @@ regularization clips of known motions, and the scores of generated videos agains
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,25 @@ REFERENCE_LOOK = {"shapes": ("circle", "triangle"), "colours": ("red", "green")}
 
 
 def write_task(
-    folder: Path, frames: int, size: int, motion: str = NOVEL_MOTION, seed: int = 0
+    folder: Path,
+    frames: int,
+    size: int,
+    motion: str = NOVEL_MOTION,
+    seed: int = 0,
+    regularization_backgrounds: tuple[str, ...] | None = None,
 ) -> tuple[list[Clip], Path, Path]:
     """The motion task (zigzag by default): 4 reference clips of `motion` (red/green circles and triangles,
-    captioned with the token) and 4 regularization clips of known motions, drawn from `seed`; returns the
-    reference clips and both folders."""
+    captioned with the token) and 4 regularization clips of known motions on white or gray backgrounds (or clip
+    i on `regularization_backgrounds[i % n]`), drawn from `seed`; returns the reference clips and both folders."""
     looks = {"backgrounds": ("white", "black", "gray"), **REFERENCE_LOOK}
     references = sample_clips(4, seed, motions=(motion,), **looks)
     reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
     regularization = sample_clips(4, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
+    if regularization_backgrounds:
+        count = len(regularization_backgrounds)
+        regularization = [
+            replace(clip, background=regularization_backgrounds[i % count]) for i, clip in enumerate(regularization)
+        ]
     return references, reference_dir, write_dataset(folder / "regularization", regularization, frames, size)
 
 
