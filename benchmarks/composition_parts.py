@@ -17,9 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from motiontune.app.api import generate_video, model_folder
-from motiontune.app.bench_common import default_or_tiny_model, model_clip
-from motiontune.app.demo import COMPOSED, composition_request, composition_scores
+from motiontune.app.api import model_folder
+from motiontune.app.bench_common import default_or_tiny_model
+from motiontune.app.demo import COMPOSED, composition_request, composition_scores, generate_composition
 from motiontune.errors import ConfigError, MotiontuneError
 
 PARTS = ("base", "subject", "motion", "both", "both + boxes", "both + camera", "all", "base + camera")
@@ -56,25 +56,10 @@ def measure(
             raise ConfigError(f"--demo {demo}: no {adapter.relative_to(demo)} (run `motiontune demo` there first)")
     model = model_folder(model) if model is not None else default_or_tiny_model(demo)[0]
     prompt, path, filmed = composition_request(model)
-    frames, size, _ = model_clip(model)
     report = {"prompt": prompt, "seeds": seeds, "motion adapter": motion_method, "parts": {}}
     for part in parts:
-        videos = []
-        for seed in range(seeds):
-            generated = generate_video(
-                prompt,
-                demo / "composition-parts" / f"{part.replace(' + ', '-')}_{seed}.mp4",
-                model=model,
-                frames=frames,
-                height=size,
-                width=size,
-                steps=steps,
-                seed=seed,
-                progress=False,
-                overwrite=True,
-                **part_options(part, subject, motion, path),
-            )
-            videos.append(generated.frames)
+        prefix = demo / "composition-parts" / part.replace(" + ", "-")
+        videos = generate_composition(prefix, model, part_options(part, subject, motion, path), seeds, steps)
         scores = composition_scores(videos, filmed)
         report["parts"][part] = {name: round(float(value), 3) for name, value in scores.items()}
     return report

@@ -227,32 +227,50 @@ def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, d
     a camera pan to the right (latent shift). The boxes move with the scene, so the object should end in
     the boxes of the same zigzag filmed by the panning camera. The base model gets the same prompt with no
     adapter and no control, for comparison; a still camera's pan error is the requested pan's length."""
-    from . import api
-
     prompt, path, filmed = composition_request(model)
-    frames, size, _ = model_clip(model)
     controlled = {"adapters": [subject_adapter, motion_adapter], "boxes": [path], "camera_speed": COMPOSED.camera}
     composed = {"prompt": prompt, "still_pan_error": float(np.linalg.norm(COMPOSED.camera))}
     files = {"composed": "composed", "base": "composed_base"}
     for label, options in (("composed", controlled), ("base", {})):
-        videos = []
-        for seed in range(COMPOSITION_SEEDS):
-            generated = api.generate_video(
-                prompt,
-                output / "videos" / f"{files[label]}_{seed}.mp4",
-                model=model,
-                frames=frames,
-                height=size,
-                width=size,
-                seed=seed,
-                device=device,
-                progress=progress,
-                overwrite=True,
-                **options,
-            )
-            videos.append(generated.frames)
+        prefix = output / "videos" / files[label]
+        videos = generate_composition(prefix, model, options, device=device, progress=progress)
         composed[label] = {"videos": videos, **composition_scores(videos, filmed)}
     return composed
+
+
+def generate_composition(
+    prefix: Path,
+    model,
+    options: dict,
+    seeds: int = COMPOSITION_SEEDS,
+    steps: int | None = None,
+    device=None,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """The composition prompt generated with `options` (adapters and controls of `api.generate_video`) at seeds
+    0..`seeds`-1 and the model's native clip, written as `<prefix>_<seed>.mp4`; returns the frames as generated."""
+    from . import api
+
+    prompt = composition_request(model)[0]
+    frames, size, _ = model_clip(model)
+    videos = []
+    for seed in range(seeds):
+        generated = api.generate_video(
+            prompt,
+            prefix.parent / f"{prefix.name}_{seed}.mp4",
+            model=model,
+            frames=frames,
+            height=size,
+            width=size,
+            steps=steps,
+            seed=seed,
+            device=device,
+            progress=progress,
+            overwrite=True,
+            **options,
+        )
+        videos.append(generated.frames)
+    return videos
 
 
 def composition_scores(videos: list[np.ndarray], filmed: np.ndarray) -> dict[str, float]:
