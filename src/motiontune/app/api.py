@@ -459,24 +459,23 @@ def training_settings_for(
     options = option_settings(cls.name, defaults, stated_options)
     if not check_options:
         return settings, options
+    error = _config_error(cls, options)
+    if error is None:
+        return settings, options
+    recommended = [key for key, option in options.items() if option.source == defaults.label]
+    if recommended and defaults.path is not None and _config_error(cls, stated_options) is None:
+        raise ConfigError(f"{defaults.path}: training.{cls.name}.options: {error}") from None
+    raise error
+
+
+def _config_error(cls, options: dict[str, Setting]) -> ConfigError | None:
+    """What the method says against `options` (on its own defaults for the rest), or None when it accepts them.
+    When the user's options alone are refused, the error is theirs, not the model folder's recommendations'."""
     try:
         cls.config_from_dict({key: option.value for key, option in options.items()})
     except ConfigError as error:
-        recommended = [key for key, option in options.items() if option.source == defaults.label]
-        if recommended and defaults.path is not None and _options_valid(cls, stated_options):
-            raise ConfigError(f"{defaults.path}: training.{cls.name}.options: {error}") from None
-        raise
-    return settings, options
-
-
-def _options_valid(cls, options: dict[str, Setting]) -> bool:
-    """Whether the method accepts `options` on its own defaults: when it does not, the error is the caller's, not
-    the model folder's recommendations'."""
-    try:
-        cls.config_from_dict({key: option.value for key, option in options.items()})
-    except ConfigError:
-        return False
-    return True
+        return error
+    return None
 
 
 def generate(prompt: str | None = None, output: PathLike = "output.mp4", **options) -> dict[str, Path]:

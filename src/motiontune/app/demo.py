@@ -45,6 +45,7 @@ DEMO_ROWS = {
 }
 SUBJECT_TOKEN = "pll"
 COMPOSED = Clip("star", "blue", "textured", NOVEL_MOTION, "large", start=(0.5, 0.35), camera=(0.25, 0.0))
+COMPOSITION_PROMPT = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
 
 
 def run_demo(
@@ -213,12 +214,11 @@ COMPOSITION_SEEDS = 4
 def composition_request(model) -> tuple[str, SubjectPath, np.ndarray]:
     """The composition's prompt, its box path (a zigzag in the upper half of the frame, as asked with a still
     camera) and the boxes the same zigzag takes when filmed by the panning camera (what the object should fill)."""
-    prompt = f"a {SUBJECT_TOKEN} {COMPOSED.shape} doing {TOKEN} on a {COMPOSED.background} background"
     frames, size, _ = model_clip(model)
     requested = render(replace(COMPOSED, camera=(0.0, 0.0)), frames, size).boxes
     filmed = render(COMPOSED, frames, size).boxes
     path = SubjectPath(f"{SUBJECT_TOKEN} {COMPOSED.shape}", tuple(tuple(box) for box in requested.tolist()))
-    return prompt, path, filmed
+    return COMPOSITION_PROMPT, path, filmed
 
 
 def _compose(output: Path, model, motion_adapter: Path, subject_adapter: Path, device, progress: bool) -> dict:
@@ -251,12 +251,11 @@ def generate_composition(
     0..`seeds`-1 and the model's native clip, written as `<prefix>_<seed>.mp4`; returns the frames as generated."""
     from . import api
 
-    prompt = composition_request(model)[0]
     frames, size, _ = model_clip(model)
     videos = []
     for seed in range(seeds):
         generated = api.generate_video(
-            prompt,
+            COMPOSITION_PROMPT,
             prefix.parent / f"{prefix.name}_{seed}.mp4",
             model=model,
             frames=frames,
