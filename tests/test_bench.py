@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -28,6 +29,8 @@ def test_smoke_bench_row_writes_results_and_replaces_its_report_section(tiny_mod
     assert [row["row"] for row in results] == ["newmove, lora 32", "motion inversion, debias object"]
     for row in results:  # the accuracy is the share of videos whose object did the motion (direction tests below)
         assert row["motion_accuracy"] == row["produced"].get(row["motion"], 0) / row["videos"]
+        assert Counter(m for motions in row["by_prompt"].values() for m in motions) == Counter(row["produced"])
+        assert list(row["by_prompt"]) == [bench_prompts(1, row["motion"])[0].caption("sks")]
         assert row["train_seconds"] > 0 and row["peak_memory_mb"] > 100 and 0 < row["adapter_mb"] < 5
     assert json.loads((tmp_path / "work" / "results.json").read_text()) == results
     text = report.read_text()
@@ -154,3 +157,20 @@ def test_a_bench_row_runs_on_a_wan_model_at_its_native_clip(tiny_wan_dir, tmp_pa
     )
     assert results[0]["videos"] == 1 and results[0]["steps"] == 1
     assert len(list((tmp_path / "work").rglob("reference/*.mp4"))) == 4
+
+
+def test_a_row_can_ask_for_more_regularization_clips_and_the_first_ones_stay(tmp_path):
+    from motiontune.app.bench import ROWS
+    from motiontune.lab.tasks import write_task
+
+    def clips(folder):
+        return [json.loads(f.read_text())["clip"] for f in sorted(folder.glob("*.json"), key=lambda f: f.stem[-3:])]
+
+    count = ROWS["newmove, 16 regularization clips"].regularization_clips
+    assert count == 16 and ROWS["newmove"].regularization_clips == 4
+    plain = write_task(tmp_path / "plain", 2, 16, seed=3)
+    more = write_task(tmp_path / "more", 2, 16, seed=3, regularization_clips=count)
+    assert clips(plain[1]) == clips(more[1])
+    drawn = clips(more[2])
+    assert len(drawn) == 16 and drawn[:4] == clips(plain[2])
+    assert {clip["motion"] for clip in drawn} <= {"left", "right", "up", "down"}

@@ -40,8 +40,8 @@ class Row:
     and MotionMatcher), with or without regularization videos, and generates with extra
     `GenerationConfig` settings (Motion Inversion's debiasing, a noise prior from the inverted reference).
     Learning rate, batch size and steps are the model's recommendations for the method unless given (the
-    bench's `--steps` wins over the row's `steps`). The regularization clips are on white or gray backgrounds,
-    or clip i on `regularization_backgrounds[i % n]`.
+    bench's `--steps` wins over the row's `steps`). The `regularization_clips` regularization clips are on white
+    or gray backgrounds, or clip i on `regularization_backgrounds[i % n]`.
     """
 
     method: str
@@ -53,6 +53,7 @@ class Row:
     steps: int | None = None
     batch_size: int | None = None
     regularization_backgrounds: tuple[str, ...] | None = None
+    regularization_clips: int = 4
 
 
 ONE_VIDEO = {"one_video": True, "regularized": False}
@@ -83,6 +84,10 @@ ROWS: dict[str, Row] = {
     "newmove, no regularization": Row("newmove", regularized=False),
     "newmove, regularization on every background": Row(
         "newmove", regularization_backgrounds=("white", "black", "gray", "textured")
+    ),
+    "newmove, 16 regularization clips": Row("newmove", regularization_clips=16),
+    "newmove, 16 regularization clips, 1 in 8": Row(
+        "newmove", {"regularization_share": 0.125}, regularization_clips=16
     ),
     "newmove, regularization 1 in 8": Row("newmove", {"regularization_share": 0.125}),
     "newmove, lr 5e-3": Row("newmove", learning_rate=5e-3),
@@ -199,7 +204,7 @@ def train_row(
 
     frames, size, _ = model_clip(model)
     references, reference_dir, regularization_dir = task or write_task(
-        workdir, frames, size, motion, seed, row.regularization_backgrounds
+        workdir, frames, size, motion, seed, row.regularization_backgrounds, row.regularization_clips
     )
     first_video = sorted(reference_dir.glob("*.mp4"))[0]
     if row.one_video:
@@ -264,6 +269,7 @@ def run_row(
         "copy_score": scores["copy"],
         "known_kept": scores["known_kept"],
         "produced": scores["produced"],
+        "by_prompt": scores["by_prompt"],
         "steps": result.steps if result else 0,
         "train_seconds": round(train_seconds, 1) if result else 0.0,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
@@ -284,7 +290,8 @@ def score_adapter(
 ):
     """Generate every prompt of `clips` at seeds 0..seeds-1 (one batch per seed) with `adapter` (or none) on a
     freshly loaded model (Motion Inversion's debiasing as the model recommends unless `generation` says) and
-    score the videos with `task_scores`, adding `produced` (how many videos did which motion). With
+    score the videos with `task_scores`, adding `produced` (how many videos did which motion) and `by_prompt` (each
+    prompt's motions, one per video in seed order: which prompts fail, and whether the seed changes that). With
     `retention`, also prompt the same appearances with known directions (no token) and add `known_kept`, the
     share that still moves as asked (what regularization should preserve). Returns the backbone and scores."""
     from ..generation import GenerationConfig, generate_latents
@@ -312,6 +319,9 @@ def score_adapter(
     predicted = evaluated(clips, True)
     scores = task_scores(predicted, clips * seeds, references, motion)
     scores["produced"] = dict(Counter(str(p["motion"]) for p in predicted).most_common())
+    scores["by_prompt"] = {}
+    for clip, result in zip(clips * seeds, predicted, strict=True):
+        scores["by_prompt"].setdefault(clip.caption(TOKEN), []).append(str(result["motion"]))
     if retention:
         known = known_prompts(len(clips))
         scores["known_kept"] = float(np.mean([r["correct"]["motion"] for r in evaluated(known, False)]))

@@ -25,14 +25,18 @@ def write_task(
     motion: str = NOVEL_MOTION,
     seed: int = 0,
     regularization_backgrounds: tuple[str, ...] | None = None,
+    regularization_clips: int = 4,
 ) -> tuple[list[Clip], Path, Path]:
     """The motion task (zigzag by default): 4 reference clips of `motion` (red/green circles and triangles,
-    captioned with the token) and 4 regularization clips of known motions on white or gray backgrounds (or clip
-    i on `regularization_backgrounds[i % n]`), drawn from `seed`; returns the reference clips and both folders."""
+    captioned with the token) and `regularization_clips` clips of known motions on white or gray backgrounds (or
+    clip i on `regularization_backgrounds[i % n]`), drawn from `seed`; returns the reference clips and both
+    folders."""
     looks = {"backgrounds": ("white", "black", "gray"), **REFERENCE_LOOK}
     references = sample_clips(4, seed, motions=(motion,), **looks)
     reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
-    regularization = sample_clips(4, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray"))
+    regularization = sample_clips(
+        regularization_clips, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray")
+    )
     if regularization_backgrounds:
         count = len(regularization_backgrounds)
         regularization = [
