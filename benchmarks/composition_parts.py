@@ -50,6 +50,8 @@ def measure(
     unknown = [part for part in parts if part not in PARTS]
     if unknown:
         raise ConfigError(f"--parts: unknown part '{unknown[0]}' (known: {', '.join(PARTS)})")
+    if not demo.is_dir():
+        raise ConfigError(f"--demo {demo}: no such folder (run `motiontune demo --output {demo}` first)")
     subject, motion = demo / "motionbooth" / "adapter.safetensors", demo / motion_method / "adapter.safetensors"
     for adapter in (subject, motion):
         if not adapter.is_file():

@@ -52,3 +52,5 @@ def _composition_parts_are_scored_as_the_demo_scores(script, demo) -> None:
     (demo / "motionbooth" / "adapter.safetensors").unlink()
     with pytest.raises(script.ConfigError, match=r"no motionbooth/adapter\.safetensors"):
         script.measure(demo, seeds=1, steps=2)
+    with pytest.raises(script.ConfigError, match=r"^--demo .*elsewhere: no such folder \(run `motiontune demo"):
+        script.measure(demo / "elsewhere", seeds=1, steps=2)
