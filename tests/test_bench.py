@@ -50,19 +50,21 @@ def test_prompts_avoid_the_references_look_and_rows_are_checked(tmp_path):
         bench_shapeworld(tmp_path, "unused", ["newmove"], motions=("path:0 0",), progress=False)
 
 
+def _clips(folder):
+    """The clips a `write_task` folder holds, in the order they were written."""
+    return [json.loads(f.read_text())["clip"] for f in sorted(folder.glob("*.json"), key=lambda f: f.stem[-3:])]
+
+
 def test_regularization_clips_cover_the_backgrounds_a_row_asks_for_and_nothing_else_changes(tmp_path):
     from motiontune.app.bench import ROWS
     from motiontune.lab.tasks import write_task
-
-    def clips(folder):
-        return [json.loads(f.read_text())["clip"] for f in sorted(folder.glob("*.json"), key=lambda f: f.stem[-3:])]
 
     every = ROWS["newmove, regularization on every background"].regularization_backgrounds
     assert every == ("white", "black", "gray", "textured")
     plain = write_task(tmp_path / "plain", 2, 16, seed=3)
     covered = write_task(tmp_path / "covered", 2, 16, seed=3, regularization_backgrounds=every)
-    assert plain[0] == covered[0] and clips(plain[1]) == clips(covered[1])  # the references stay as they were
-    drawn, forced = clips(plain[2]), clips(covered[2])
+    assert plain[0] == covered[0] and _clips(plain[1]) == _clips(covered[1])  # the references stay as they were
+    drawn, forced = _clips(plain[2]), _clips(covered[2])
     assert {clip["background"] for clip in drawn} <= {"white", "gray"}
     assert [clip["background"] for clip in forced] == list(every)
     for before, after in zip(drawn, forced, strict=True):  # only the background differs
@@ -163,14 +165,11 @@ def test_a_row_can_ask_for_more_regularization_clips_and_the_first_ones_stay(tmp
     from motiontune.app.bench import ROWS
     from motiontune.lab.tasks import write_task
 
-    def clips(folder):
-        return [json.loads(f.read_text())["clip"] for f in sorted(folder.glob("*.json"), key=lambda f: f.stem[-3:])]
-
     count = ROWS["newmove, 16 regularization clips"].regularization_clips
     assert count == 16 and ROWS["newmove"].regularization_clips == 4
     plain = write_task(tmp_path / "plain", 2, 16, seed=3)
     more = write_task(tmp_path / "more", 2, 16, seed=3, regularization_clips=count)
-    assert clips(plain[1]) == clips(more[1])
-    drawn = clips(more[2])
-    assert len(drawn) == 16 and drawn[:4] == clips(plain[2])
+    assert _clips(plain[1]) == _clips(more[1])
+    drawn = _clips(more[2])
+    assert len(drawn) == 16 and drawn[:4] == _clips(plain[2])
     assert {clip["motion"] for clip in drawn} <= {"left", "right", "up", "down"}
