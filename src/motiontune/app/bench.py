@@ -85,11 +85,12 @@ ROWS: dict[str, Row] = {
     "newmove, regularization on every background": Row(
         "newmove", regularization_backgrounds=("white", "black", "gray", "textured")
     ),
-    "newmove, 16 regularization clips": Row("newmove", regularization_clips=16),
+    "newmove, 16 regularization clips": Row("newmove", {"regularization_share": 0.25}, regularization_clips=16),
     "newmove, 16 regularization clips, 1 in 8": Row(
         "newmove", {"regularization_share": 0.125}, regularization_clips=16
     ),
     "newmove, regularization 1 in 8": Row("newmove", {"regularization_share": 0.125}),
+    "newmove, regularization 1 in 4": Row("newmove", {"regularization_share": 0.25}),
     "newmove, lr 5e-3": Row("newmove", learning_rate=5e-3),
     "newmove, lora 32": Row("newmove", {"adapter": "lora", "lora_rank": 32}),
     "dreambooth baseline": Row("dreambooth"),
