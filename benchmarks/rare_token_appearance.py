@@ -19,12 +19,13 @@ from dataclasses import replace
 import numpy as np
 
 from motiontune.app.api import model_folder, open_backbone
-from motiontune.app.bench import KNOWN_DIRECTIONS, bench_prompts
+from motiontune.app.bench import bench_prompts
 from motiontune.app.bench_common import model_clip
 from motiontune.errors import MotiontuneError
 from motiontune.generation import GenerationConfig, generate_latents
 from motiontune.io.video import frames_to_uint8
 from motiontune.lab.evaluation import evaluate_video
+from motiontune.lab.shapeworld import KNOWN_DIRECTIONS
 from motiontune.lab.tasks import TOKEN
 
 
@@ -34,7 +35,7 @@ def compare(model: str, prompts: int, steps: int, seed: int) -> dict:
     backbone = open_backbone(folder, "cpu")
     frames, size, guidance = model_clip(folder)
     with_token = bench_prompts(prompts)
-    known = [replace(clip, motion=KNOWN_DIRECTIONS[i % 4]) for i, clip in enumerate(with_token)]
+    known = [replace(clip, motion=KNOWN_DIRECTIONS[i % len(KNOWN_DIRECTIONS)]) for i, clip in enumerate(with_token)]
     report = {"prompts": prompts}
     for name, clips in (("with token", with_token), ("known direction, no token", known)):
         settings = GenerationConfig(frames, size, size, steps, guidance, seed=seed, progress=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..lab.shapeworld import COLOURS, NOVEL_MOTIONS, SHAPES, Clip
+from ..lab.shapeworld import COLOURS, KNOWN_DIRECTIONS, NOVEL_MOTIONS, SHAPES, Clip
 from ..lab.tasks import NOVEL_MOTION, REFERENCE_LOOK, TOKEN, check_task_motion, task_scores, write_task
 from .bench_common import (
     bench_model,
@@ -28,8 +28,6 @@ from .bench_common import (
     wilson_interval,
     write_marked_section,
 )
-
-KNOWN_DIRECTIONS = ("left", "right", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,9 @@ ONE_VIDEO = {"one_video": True, "regularized": False}
 PAPER_NEWMOVE = {"spatial": "kv", "train_token": False, "regularization_share": 0.5}
 FROM_REFERENCE = {"noise_prior": 0.5}
 OBJECT = {"debias": "object"}
+#: NewMove's share of regularization clips per batch: one in four (the default until stop 33) or one in eight
+ONE_IN_FOUR = {"regularization_share": 0.25}
+ONE_IN_EIGHT = {"regularization_share": 0.125}
 #: MotionDirector's budget (240 steps of 8 clips) for MotionMatcher, whose own is 120 of 4
 MATCHER_BUDGET = {"steps": 240, "batch_size": 8}
 #: MotionDirector's LoRA placement and timesteps on MotionMatcher's loss
@@ -85,12 +86,10 @@ ROWS: dict[str, Row] = {
     "newmove, regularization on every background": Row(
         "newmove", regularization_backgrounds=("white", "black", "gray", "textured")
     ),
-    "newmove, 16 regularization clips": Row("newmove", {"regularization_share": 0.25}, regularization_clips=16),
-    "newmove, 16 regularization clips, 1 in 8": Row(
-        "newmove", {"regularization_share": 0.125}, regularization_clips=16
-    ),
-    "newmove, regularization 1 in 8": Row("newmove", {"regularization_share": 0.125}),
-    "newmove, regularization 1 in 4": Row("newmove", {"regularization_share": 0.25}),
+    "newmove, 16 regularization clips": Row("newmove", ONE_IN_FOUR, regularization_clips=16),
+    "newmove, 16 regularization clips, 1 in 8": Row("newmove", ONE_IN_EIGHT, regularization_clips=16),
+    "newmove, regularization 1 in 8": Row("newmove", ONE_IN_EIGHT),
+    "newmove, regularization 1 in 4": Row("newmove", ONE_IN_FOUR),
     "newmove, lr 5e-3": Row("newmove", learning_rate=5e-3),
     "newmove, lora 32": Row("newmove", {"adapter": "lora", "lora_rank": 32}),
     "dreambooth baseline": Row("dreambooth"),
@@ -168,7 +167,9 @@ DEFAULT_ROWS = (
 
 def known_prompts(count: int) -> list[Clip]:
     """The appearances of `bench_prompts`, each moving in a known direction (left, right, up, down in turn)."""
-    return [replace(clip, motion=KNOWN_DIRECTIONS[i % 4]) for i, clip in enumerate(bench_prompts(count))]
+    return [
+        replace(clip, motion=KNOWN_DIRECTIONS[i % len(KNOWN_DIRECTIONS)]) for i, clip in enumerate(bench_prompts(count))
+    ]
 
 
 def bench_prompts(count: int, motion: str = NOVEL_MOTION) -> list[Clip]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..lab.shapeworld import COLOURS, MOTION_PHRASES, Clip
+from ..lab.shapeworld import COLOURS, KNOWN_DIRECTIONS, MOTION_PHRASES, Clip
 from ..utils import atomic_write_text
 from .bench_common import (
     bench_model,
@@ -54,7 +54,7 @@ CLASS_WORD = "star"
 SUBJECT_COLOUR = "blue"
 TRAINING_BACKGROUND = "gray"
 SUBJECT_STARTS = ((0.3, 0.3), (0.7, 0.35), (0.5, 0.5), (0.35, 0.7), (0.65, 0.68))
-SUBJECT_MOTIONS = ("left", "right", "up", "down")
+SUBJECT_MOTIONS = KNOWN_DIRECTIONS
 PROMPT_BACKGROUNDS = ("white", "black", "textured")
 PANS = {"left": (-0.25, 0.0), "right": (0.25, 0.0), "up": (0.0, -0.25), "down": (0.0, 0.25), "diagonal": (0.25, 0.25)}
 #: per-video yes/no scores (their share gets a Wilson interval); the other scores are means over videos

@@ -26,6 +26,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), 
 BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "gray": (128, 128, 128), "textured": None}
 SIZES = {"small": 0.2, "large": 0.28}
 KNOWN_MOTIONS = ("static", "left", "right", "up", "down")
+#: the known motions that move the object: what regularization clips and retention prompts use
+KNOWN_DIRECTIONS = tuple(motion for motion in KNOWN_MOTIONS if motion != "static")
 NOVEL_MOTIONS = ("zigzag", "orbit", "bounce", "diagonal")
 MOTION_PHRASES = {
     "static": "static",

@@ -10,7 +10,15 @@ import numpy as np
 
 from ..errors import ConfigError
 from .evaluation import copy_rates
-from .shapeworld import NOVEL_MOTIONS, Clip, is_custom_motion, path_keyframes, sample_clips, write_dataset
+from .shapeworld import (
+    KNOWN_DIRECTIONS,
+    NOVEL_MOTIONS,
+    Clip,
+    is_custom_motion,
+    path_keyframes,
+    sample_clips,
+    write_dataset,
+)
 
 TOKEN = "sks"
 SUBJECT_LOOK = ("colour", "shape")  # what NewMove's copy score is about: the subject, not the background
@@ -35,7 +43,7 @@ def write_task(
     references = sample_clips(4, seed, motions=(motion,), **looks)
     reference_dir = write_dataset(folder / "reference", references, frames, size, token=TOKEN)
     regularization = sample_clips(
-        regularization_clips, seed + 1, motions=("left", "right", "up", "down"), backgrounds=("white", "gray")
+        regularization_clips, seed + 1, motions=KNOWN_DIRECTIONS, backgrounds=("white", "gray")
     )
     if regularization_backgrounds:
         count = len(regularization_backgrounds)
